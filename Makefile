@@ -1,0 +1,39 @@
+# SpFDE — the two commands are `make install` and `make test`; `make run` trains the quickstart.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch pins that install from this workplace's local mirror; elsewhere override, e.g.
+#   make install TORCH_SPEC="torch torchvision"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint plan clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with torch and the package (editable) + dev tools
+
+run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via ARGS="..."
+	$(PY) -m spfde.run experiment=quickstart $(ARGS)
+
+test: install  ## run the whole test suite (slow tests included)
+	$(PY) -m pytest
+
+test-fast: install  ## the test suite without the slow tests
+	$(PY) -m pytest -m "not slow"
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check spfde tests
+
+clean:  ## remove caches (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

@@ -1,0 +1,199 @@
+"""The one place for config defaults: a typed schema (registered with Hydra's ConfigStore) and
+`validate`, which turns every bad value into one clear line before any work starts.
+
+The YAML files under `conf/` only select and override; every key and its default lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line meant for the user."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "cifar100"
+    root: str = "data/cifar100"
+    num_classes: int = 100
+    channels: int = 3
+    image_size: int = 32
+    # sizes are known before any download so that planning needs no data
+    train_size: int = 50000
+    test_size: int = 10000
+    download: bool = True
+    crop_padding: int = 4  # pad-and-random-crop augmentation; 0 turns it off
+    hflip: bool = True
+    workers: int = 8
+    test_fraction: float = 0.2  # digits: share of the stratified test split
+    split_seed: int = 0  # digits: the split is fixed across run seeds
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet32"
+    depth: int = 32  # CIFAR ResNet: 6n+2; VGG: 11/13/16/19
+    width: int = 2  # channel multiplier; the paper's "2x wide" ResNet-32 is width 2
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | constant
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    project: str = "spfde"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment_name: str = "default"
+    epochs: int = 160
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    channels_last: bool = True  # CUDA only
+    deterministic: bool = False  # cuDNN determinism on CUDA (CPU runs are deterministic anyway)
+    progress: bool = True  # tqdm bar (only when stdout is a terminal)
+    fresh: bool = False  # start over in a run directory that already holds results
+    run_dir: Any = MISSING  # set from Hydra's output dir
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line) on the first bad value. Runs before any data or model work."""
+    from spfde.data import DATASETS
+    from spfde.models import MODELS
+
+    d, m, o = cfg.dataset, cfg.model, cfg.optim
+    _check(d.name in DATASETS, f"dataset.name={d.name!r} is unknown; choose one of {sorted(DATASETS)}")
+    _check(m.name in MODELS, f"model.name={m.name!r} is unknown; choose one of {sorted(MODELS)}")
+    _check(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _check(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    _check(o.name == "sgd", f"optim.name={o.name!r} is unknown; only 'sgd' is implemented")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr={o.lr}], got {o.min_lr}")
+    _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(o.schedule in ("cosine", "constant"), f"optim.schedule must be cosine or constant, got {o.schedule!r}")
+    _check(0 <= o.warmup_epochs < cfg.epochs,
+           f"optim.warmup_epochs must be in [0, epochs={cfg.epochs}), got {o.warmup_epochs}")
+    _check(0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}")
+    _check(d.num_classes >= 2, f"dataset.num_classes must be >= 2, got {d.num_classes}")
+    _check(d.channels >= 1, f"dataset.channels must be >= 1, got {d.channels}")
+    _check(d.image_size >= 8, f"dataset.image_size must be >= 8, got {d.image_size}")
+    _check(d.train_size >= 1 and d.test_size >= 1, "dataset.train_size and dataset.test_size must be >= 1")
+    _check(d.crop_padding >= 0, f"dataset.crop_padding must be >= 0, got {d.crop_padding}")
+    _check(d.workers >= 0, f"dataset.workers must be >= 0, got {d.workers}")
+    _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
+    _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
+    if m.name.startswith("resnet") and m.name != "resnet50":
+        _check(m.depth >= 8 and (m.depth - 2) % 6 == 0,
+               f"model.depth={m.depth} is not a CIFAR ResNet depth (6n+2: 8, 14, 20, 32, 44, 56, 110)")
+    if m.name.startswith("vgg"):
+        _check(m.depth in (11, 13, 16, 19), f"model.depth={m.depth} is not a VGG depth (11, 13, 16, 19)")
+    _check(bool(DEVICES.match(cfg.device)), f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        _check(torch.cuda.is_available(), f"device={cfg.device} asked for, but CUDA is not available here")
+    _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
+    _check(cfg.logger.mode in ("offline", "online", "disabled"),
+           f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with command-line style overrides (tests, `spfde.plan`, prechecks)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def precheck_overrides(args: list[str]) -> None:
+    """Compose and validate the command line before Hydra starts (and creates a run directory), so
+    that its multi-line composition errors (unknown group option, wrong type, unknown key) become one
+    line too. Sweeps and Hydra flags are left to Hydra itself."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if any(a.startswith("-") for a in args):
+        return
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+    try:
+        cfg = compose_config(overrides)
+    except MissingConfigException as e:
+        found = re.search(r"Could not find '([^']+)/([^'/]+)'", str(e))
+        if not found:
+            raise ConfigError(str(e).splitlines()[0]) from None
+        group, name = found.groups()
+        raise ConfigError(f"{group}={name} is not an option of '{group}'; choose one of: "
+                          f"{', '.join(e.options or [])}") from None
+    except ConfigCompositionException as e:
+        first = str(e).splitlines()[0].replace("Error merging override ", "").rstrip(".")
+        cause = str(e.__cause__).splitlines()[0] if e.__cause__ else ""
+        if first.startswith("Ambiguous value"):
+            cause = "(to sweep over values add -m; for a list write key=[a,b])"
+        raise ConfigError(f"{first}: {cause}" if cause else first) from None
+    validate(cfg)
+
+
+def run_name(override_dirname: str) -> str:
+    """Run directory name from the job's overrides: the same overrides give the same directory, so
+    a resubmitted job finds its checkpoint. Unsafe characters are replaced; long names are hashed."""
+    if not override_dirname:
+        return "default"
+    name = re.sub(r"[^A-Za-z0-9._,=+-]", "_", override_dirname)
+    if len(name) > 120:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+        name = f"{name[:100]}-{digest}"
+    return name
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("spfde_run_name"):
+        OmegaConf.register_new_resolver("spfde_run_name", run_name)

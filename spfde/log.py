@@ -1,0 +1,67 @@
+"""Console, metrics.jsonl and (optionally) wandb logging for one run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from spfde.checkpoint import METRICS
+
+log = logging.getLogger("spfde")
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(4)  # not from the seeded RNGs: ids differ across seeds and reruns
+
+
+class RunLogger:
+    """`log_epoch` writes one line of metrics.jsonl, a console line and a wandb step.
+    wandb is offline unless logger.mode=online and never waits on a network; `finish` always runs."""
+
+    def __init__(self, cfg, run_dir: Path, run_id: str):
+        self.run_dir, self.run_id = Path(run_dir), run_id
+        self.wandb = None
+        lcfg = cfg.logger
+        if lcfg.name == "wandb" and lcfg.mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self.wandb = wandb.init(
+                project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(self.run_dir),
+                id=run_id, resume="allow", name=self.run_dir.name, group=lcfg.group or cfg.experiment_name,
+                tags=list(lcfg.tags), config=OmegaConf.to_container(cfg, resolve=True),
+            )
+            self.wandb.define_metric("epoch")
+            self.wandb.define_metric("*", step_metric="epoch")
+
+    def log_epoch(self, record: dict, total_epochs: int) -> None:
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        log.info(format_epoch(record, total_epochs))
+        if self.wandb is not None:
+            self.wandb.log(record)
+
+    def finish(self, summary: dict | None = None) -> None:
+        if self.wandb is not None:
+            if summary:
+                for k, v in summary.items():
+                    if isinstance(v, (int, float, str)):
+                        self.wandb.summary[k] = v
+            self.wandb.finish()
+            self.wandb = None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
+
+
+def format_epoch(r: dict, total_epochs: int) -> str:
+    return (f"epoch {r['epoch']}/{total_epochs}  train loss {_fmt(r['train/loss'])} acc {_fmt(r['train/acc'])}"
+            f" | test loss {_fmt(r['test/loss'])} acc {_fmt(r['test/acc'])} (best {_fmt(r['test/best_acc'])})"
+            f" | lr {r['lr']:.4g} | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s")

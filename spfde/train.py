@@ -1,0 +1,194 @@
+"""The training loop. It reads top to bottom; each technique is called by name."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from spfde.checkpoint import (CHECKPOINT, SUMMARY, archive_previous, finished_summary, load_checkpoint,
+                              rng_state, save_checkpoint, set_rng_state, truncate_metrics, write_json)
+from spfde.data import build_data
+from spfde.log import RunLogger, new_run_id
+from spfde.models import build_model
+from spfde.schedule import lr_at
+
+log = logging.getLogger("spfde")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+
+
+def autocast_for(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_one_epoch(model, loader, optimizer, epoch: int, cfg, device, autocast, channels_last, bar) -> dict:
+    model.train()
+    steps = len(loader)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i, (x, y, _idx) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(epoch + i / steps, cfg.optim, cfg.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(1)
+    return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "samples": seen, "lr": lr}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast, channels_last, top5: bool) -> dict:
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct1 = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y, _idx in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        top = logits.topk(5 if top5 else 1, dim=1).indices
+        correct1 += (top[:, 0] == y).sum()
+        if top5:
+            correct5 += (top == y[:, None]).any(1).sum()
+        seen += len(y)
+    stats = {"test/loss": loss_sum.item() / seen, "test/acc": correct1.item() / seen}
+    if top5:
+        stats["test/acc5"] = correct5.item() / seen
+    return stats
+
+
+def train(cfg) -> dict:
+    """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_summary(run_dir)
+    if done is not None and not cfg.fresh:
+        log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done['epochs']} epochs. "
+                 f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
+                 f"(the old results move to {run_dir}/previous-<time>/).")
+        return done
+    if cfg.fresh and (moved := archive_previous(run_dir)):
+        log.info(f"fresh=true: earlier results moved to {moved}")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    # --- the parts of a run
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    generator = torch.Generator().manual_seed(cfg.seed)
+    data = build_data(cfg, device, generator)
+    model = build_model(cfg.model, data.num_classes, data.channels).to(device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    autocast = autocast_for(device, cfg.precision)
+    top5 = data.num_classes > 5
+
+    # --- resume from the run directory's checkpoint, if any
+    start_epoch, best_acc, elapsed, run_id = 0, 0.0, 0.0, new_run_id()
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"], generator)
+        start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
+        truncate_metrics(run_dir, start_epoch)
+        log.info(f"resuming {run_dir} after epoch {start_epoch}")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
+             f"({data.train_size} train images) | {cfg.epochs} epochs x {len(data.train)} steps | device {device}")
+    logger = RunLogger(cfg, run_dir, run_id)
+    summary = None
+    steps = len(data.train)
+    show_bar = cfg.progress and sys.stderr.isatty()
+    try:
+        with logging_redirect_tqdm(), tqdm(total=cfg.epochs * steps, initial=start_epoch * steps,
+                                           disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                train_stats = train_one_epoch(model, data.train, optimizer, epoch, cfg, device, autocast,
+                                              channels_last, bar)
+                t_train = time.perf_counter() - t0
+                test_stats = evaluate(model, data.test, device, autocast, channels_last, top5)
+                t_epoch = time.perf_counter() - t0
+                elapsed += t_epoch
+                best_acc = max(best_acc, test_stats["test/acc"])
+                record = {"epoch": epoch + 1, **train_stats, **test_stats, "test/best_acc": best_acc,
+                          "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
+                          "time/samples_per_s": train_stats["samples"] / t_train}
+                bar.set_postfix(acc=f"{test_stats['test/acc']:.3f}")
+                logger.log_epoch(record, cfg.epochs)  # metrics first: a resume drops lines past the checkpoint
+                save_checkpoint(ckpt_path, {
+                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
+                })
+        last = load_last_record(run_dir)
+        summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
+                   "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
+                   "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
+                   "params": n_params, "seed": cfg.seed}
+        if "test/acc5" in last:
+            summary["final_acc5"] = last["test/acc5"]
+        write_json(run_dir / SUMMARY, summary)
+        log.info(f"done: test acc {summary['final_acc']:.4f} (best {best_acc:.4f}) in {elapsed:.1f} s. "
+                 f"Results in {run_dir}")
+    finally:
+        logger.finish(summary)
+    return summary
+
+
+def load_last_record(run_dir: Path) -> dict:
+    import json
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
