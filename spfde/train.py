@@ -14,8 +14,18 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from spfde.checkpoint import (CHECKPOINT, SUMMARY, archive_previous, finished_summary, load_checkpoint,
-                              rng_state, save_checkpoint, set_rng_state, truncate_metrics, write_json)
+from spfde.checkpoint import (
+    CHECKPOINT,
+    SUMMARY,
+    archive_previous,
+    finished_summary,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_metrics,
+    write_json,
+)
 from spfde.data import build_data
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model

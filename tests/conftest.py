@@ -1,0 +1,64 @@
+"""Shared helpers: compose configs once the way the CLI does, and run short trainings in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import open_dict
+
+from spfde.config import compose_config, validate
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+# tests never touch a network, never draw progress bars and keep to the CPU
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+TEST_DEFAULTS = {"logger": "none", "progress": "false", "device": "cpu"}
+
+
+def make_cfg(overrides: list[str], run_dir: Path | None = None):
+    """Compose like `python -m spfde.run` would, with logger=none and no progress bar by default."""
+    given = {o.split("=")[0].lstrip("+") for o in overrides}
+    defaults = [f"{k}={v}" for k, v in TEST_DEFAULTS.items() if k not in given]
+    cfg = compose_config([*defaults, *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir) if run_dir is not None else "unused"
+    validate(cfg)
+    return cfg
+
+
+def quick_overrides(*extra: str) -> list[str]:
+    """The quickstart setup shrunk for tests: digits, small ResNet, few epochs."""
+    return ["experiment=quickstart", "model.depth=8", "epochs=2", *extra]
+
+
+def run_training(overrides: list[str], run_dir: Path) -> dict:
+    from spfde.train import train
+
+    return train(make_cfg(overrides, run_dir))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "spfde.run", timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))

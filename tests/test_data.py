@@ -1,0 +1,124 @@
+"""Datasets and loaders: splits, the index-array loader, GPU-style augmentation, offline failures."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from spfde.data import DataError, build_data
+from spfde.data.loaders import random_crop_flip
+from tests.conftest import make_cfg
+
+
+def data_for(overrides, tmp_path=None):
+    cfg = make_cfg(overrides, tmp_path)
+    return build_data(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+
+
+def test_digits_stratified_split_matches_config():
+    data = data_for(["dataset=digits"])
+    cfg = make_cfg(["dataset=digits"]).dataset
+    assert data.train.dataset_size == cfg.train_size and data.test.dataset_size == cfg.test_size
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (1, 16, 16)
+    train_counts = torch.bincount(data.train.labels, minlength=10).float()
+    test_counts = torch.bincount(data.test.labels, minlength=10).float()
+    ratio = test_counts / (train_counts + test_counts)
+    assert torch.all((ratio - 0.2).abs() < 0.02)  # stratified: every class split ~80/20
+
+
+def test_loader_covers_its_index_array_once_per_epoch():
+    data = data_for(["dataset=digits", "batch_size=100"])
+    seen = torch.cat([idx for _x, _y, idx in data.train])
+    assert sorted(seen.tolist()) == list(range(data.train.dataset_size))
+    subset = torch.tensor([5, 17, 300, 1000, 3])
+    data.train.set_indices(subset)
+    batches = list(data.train)
+    assert len(batches) == 1 and sorted(batches[0][2].tolist()) == sorted(subset.tolist())
+    x, y, idx = batches[0]
+    assert torch.equal(y, data.train.labels[idx])
+    assert x.dtype == torch.float32 and x.shape == (5, 1, 16, 16)
+
+
+def test_training_order_is_shuffled_and_seeded_test_order_is_not():
+    a = [idx for _x, _y, idx in data_for(["dataset=digits"]).train]
+    b = [idx for _x, _y, idx in data_for(["dataset=digits"]).train]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not torch.equal(torch.cat(a), torch.arange(len(torch.cat(a))))
+    test_idx = torch.cat([idx for _x, _y, idx in data_for(["dataset=digits"]).test])
+    assert torch.equal(test_idx, torch.arange(len(test_idx)))
+
+
+def test_random_crop_flip_on_a_known_image():
+    g = torch.Generator().manual_seed(0)
+    img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(64, 2, 1, 1)
+    assert torch.equal(random_crop_flip(img, 0, False, g), img)
+    flipped = random_crop_flip(img, 0, True, g)
+    is_flip = [torch.equal(f, img[0].flip(2)) for f in flipped]
+    assert all(torch.equal(f, img[0]) or fl for f, fl in zip(flipped, is_flip)) and 10 < sum(is_flip) < 54
+    cropped = random_crop_flip(img, 1, False, g)
+    assert cropped.shape == img.shape and cropped.dtype == torch.uint8
+    padded = torch.nn.functional.pad(img[0], (1, 1, 1, 1))
+    windows = {padded[:, r:r + 4, c:c + 4].numpy().tobytes() for r in range(3) for c in range(3)}
+    assert all(c.numpy().tobytes() in windows for c in cropped)  # every crop is a shifted window
+    assert len({c.numpy().tobytes() for c in cropped}) > 3
+
+
+def test_fake_data_any_shape():
+    data = data_for(["dataset=fake", "dataset.image_size=20", "dataset.channels=2", "dataset.num_classes=7",
+                     "dataset.train_size=30", "dataset.test_size=10"])
+    assert data.train.images.shape == (30, 2, 20, 20) and data.test.images.shape == (10, 2, 20, 20)
+    assert int(data.train.labels.max()) < 7 and data.num_classes == 7
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*_a, **_k):
+        raise socket.gaierror(-2, "Name or service not known (simulated offline)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_offline_fails_fast_saying_where_to_put_files(name, tmp_path, offline):
+    start = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        data_for([f"dataset={name}", f"dataset.root={tmp_path}/c"])
+    assert time.perf_counter() - start < 10
+    message = str(err.value)
+    assert str(tmp_path / "c") in message and ".tar.gz" in message and "dataset.root" in message
+    assert "\n" not in message
+
+
+def test_imagenet_missing_says_what_and_how(tmp_path):
+    with pytest.raises(DataError) as err:
+        data_for(["model=resnet50", f"dataset.root={tmp_path}/none"])
+    assert "ImageNet" in str(err.value) and "dataset.root=" in str(err.value) and "train/" in str(err.value)
+
+
+def make_image_folder(root, classes=3, per_class=4, size=40):
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_image_folder_loads_with_standard_augmentation(tmp_path):
+    root = make_image_folder(tmp_path / "folder")
+    data = data_for(["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=32",
+                     "dataset.workers=0", "batch_size=5"])
+    assert data.num_classes == 3 and data.train.dataset_size == 12
+    batches = list(data.train)
+    assert [len(b[1]) for b in batches] == [5, 5, 2]
+    assert batches[0][0].shape == (5, 3, 32, 32)
+    assert sorted(torch.cat([b[2] for b in batches]).tolist()) == list(range(12))
+    data.train.set_indices(torch.tensor([0, 1, 2]))
+    assert sorted(torch.cat([b[2] for b in data.train]).tolist()) == [0, 1, 2]

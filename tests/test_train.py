@@ -1,0 +1,111 @@
+"""The training loop end to end: learning, exact resume, finished runs, fresh starts, logging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import spfde.train
+from spfde.checkpoint import load_checkpoint
+from tests.conftest import quick_overrides, read_metrics, run_cli, run_training
+
+TIME_KEYS = ("time/",)
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if not k.startswith(TIME_KEYS)} for r in records]
+
+
+@pytest.mark.slow
+def test_two_epoch_digits_run_beats_chance_widely(tmp_path):
+    summary = run_training(["experiment=quickstart", "epochs=2"], tmp_path)
+    assert summary["final_acc"] > 0.6  # chance is 0.1
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert json.loads((tmp_path / "summary.json").read_text())["final_acc"] == summary["final_acc"]
+    assert (tmp_path / "config.yaml").exists()
+
+
+def crash_at_epoch(monkeypatch, epoch: int):
+    """Make evaluation of the given epoch raise, as if the job died mid-run."""
+    calls = {"n": 0}
+    real = spfde.train.evaluate
+
+    def evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spfde.train, "evaluate", evaluate)
+
+
+def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
+    overrides = quick_overrides()
+    straight = run_training(overrides, tmp_path / "straight")
+
+    with monkeypatch.context() as m:
+        crash_at_epoch(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(overrides, tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    resumed = run_training(overrides, tmp_path / "resumed")
+
+    assert without_times(read_metrics(tmp_path / "straight")) == without_times(read_metrics(tmp_path / "resumed"))
+    assert straight["final_acc"] == resumed["final_acc"]
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "resumed").glob(".*tmp*"))  # atomic writes leave nothing behind
+
+
+def test_resume_keeps_the_run_id_and_drops_metrics_past_the_checkpoint(tmp_path, monkeypatch):
+    overrides = quick_overrides("epochs=3")
+    with monkeypatch.context() as m:
+        crash_at_epoch(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(overrides, tmp_path)
+    run_id = load_checkpoint(tmp_path / "last.pt")["run_id"]
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # a line written after the last checkpoint
+        f.write(json.dumps({"epoch": 3, "bogus": True}) + "\n")
+    summary = run_training(overrides, tmp_path)
+    assert summary["run_id"] == run_id
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    assert not any("bogus" in r for r in read_metrics(tmp_path))
+
+
+def test_finished_run_does_not_train_again_and_fresh_archives(tmp_path, monkeypatch):
+    overrides = quick_overrides("epochs=1")
+    first = run_training(overrides, tmp_path)
+    metrics_before = (tmp_path / "metrics.jsonl").read_text()
+    monkeypatch.setattr(spfde.train, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    again = run_training(overrides, tmp_path)
+    assert again == first and (tmp_path / "metrics.jsonl").read_text() == metrics_before
+    monkeypatch.undo()
+    run_training([*overrides, "fresh=true"], tmp_path)
+    archived = list(tmp_path.glob("previous-*"))
+    assert len(archived) == 1 and (archived[0] / "metrics.jsonl").read_text() == metrics_before
+    assert (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_and_keeps_its_id(tmp_path):
+    summary = run_training(quick_overrides("epochs=1", "logger=wandb"), tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and summary["run_id"] in runs[0].name
+    assert load_checkpoint(tmp_path / "last.pt")["run_id"] == summary["run_id"]
+
+
+@pytest.mark.slow
+def test_cli_trains_in_a_deterministic_run_dir_and_refuses_to_retrain(tmp_path):
+    args = ["experiment=quickstart", "model.depth=8", "epochs=1", "progress=false"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = tmp_path / "outputs" / "runs" / "epochs=1,experiment=quickstart,model.depth=8"
+    assert (run_dir / "summary.json").exists() and (run_dir / ".hydra" / "overrides.yaml").exists()
+    again = run_cli([*args, "device=cpu"], cwd=tmp_path)  # device does not change the run directory
+    assert again.returncode == 0 and "already finished" in again.stdout + again.stderr
+    assert len(read_metrics(run_dir)) == 1
