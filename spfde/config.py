@@ -58,6 +58,57 @@ class OptimConfig:
     label_smoothing: float = 0.0
 
 
+# Method options are typed here but their defaults live in conf/sparsity/<method>.yaml, next to the
+# paper or code each value comes from; `???` means "set by the method's file".
+@dataclass
+class DropGrowConfig:  # rigl, set
+    delta_t: int = MISSING  # steps between structure updates; 0 = once per epoch
+    drop_fraction: float = MISSING  # fraction of active weights replaced per update (alpha / zeta)
+    decay: str = MISSING  # cosine | constant
+    end_fraction: float = MISSING  # no updates after this fraction of training
+
+
+@dataclass
+class SaliencyConfig:  # snip
+    batches: int = MISSING
+    scope: str = MISSING  # global | layer
+
+
+@dataclass
+class GraspConfig:
+    samples_per_class: int = MISSING
+    temperature: float = MISSING
+    scope: str = MISSING  # global | layer
+
+
+@dataclass
+class MESTBounds:
+    prune_to: list[float] = MISSING  # per phase: prune to sparsity ratio + offset
+    grow_to: list[float] = MISSING  # per phase: then grow (random, zero init) to sparsity ratio + offset
+
+
+@dataclass
+class MESTConfig:
+    mode: str = MISSING  # em | ems
+    lambda_grad: float = MISSING  # prune score |w| + lambda * |grad|
+    decay_at: list[float] = MISSING  # phase starts, as fractions of training
+    em: MESTBounds = field(default_factory=MESTBounds)
+    ems: MESTBounds = field(default_factory=MESTBounds)
+
+
+@dataclass
+class SparsityConfig:
+    name: str = "mest"
+    ratio: float = 0.9  # target sparsity of the masked layers (paper: 0.9 / 0.95 / 0.98)
+    distribution: str = "uniform"  # uniform (paper Sec. 5) | erk
+    dense_layers: list[str] = field(default_factory=lambda: ["blocks.0.conv"])  # paper: first conv dense
+    rigl: DropGrowConfig = field(default_factory=DropGrowConfig)
+    set: DropGrowConfig = field(default_factory=DropGrowConfig)
+    snip: SaliencyConfig = field(default_factory=SaliencyConfig)
+    grasp: GraspConfig = field(default_factory=GraspConfig)
+    mest: MESTConfig = field(default_factory=MESTConfig)
+
+
 @dataclass
 class LoggerConfig:
     name: str = "wandb"  # wandb | none
@@ -74,8 +125,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     experiment_name: str = "default"
     epochs: int = 160
+    interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)
     batch_size: int = 64
     eval_batch_size: int = 512
     seed: int = 0
@@ -140,6 +193,7 @@ def validate(cfg: DictConfig) -> None:
 
         _check(torch.cuda.is_available(), f"device={cfg.device} asked for, but CUDA is not available here")
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    validate_sparsity(cfg)
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
@@ -180,6 +234,43 @@ def precheck_overrides(args: list[str]) -> None:
             cause = "(to sweep over values add -m; for a list write key=[a,b])"
         raise ConfigError(f"{first}: {cause}" if cause else first) from None
     validate(cfg)
+
+
+def validate_sparsity(cfg: DictConfig) -> None:
+    from spfde.sparse import METHODS
+
+    sp = cfg.sparsity
+    _check(sp.name in METHODS, f"sparsity.name={sp.name!r} is unknown; choose one of {sorted(METHODS)}")
+    _check(0 <= sp.ratio < 1, f"sparsity.ratio must be in [0, 1), got {sp.ratio}")
+    _check(sp.name != "dense" or sp.ratio == 0,
+           f"sparsity=dense trains every weight, but sparsity.ratio={sp.ratio}: pick a sparse method")
+    _check(sp.distribution in ("uniform", "erk"), f"sparsity.distribution must be uniform or erk, got {sp.distribution!r}")
+    _check(cfg.interval >= 1, f"interval must be >= 1 epoch, got {cfg.interval}")
+    if sp.name in ("rigl", "set"):
+        o = sp[sp.name]
+        where = f"sparsity.{sp.name}"
+        _check(o.delta_t >= 0, f"{where}.delta_t must be >= 0 (0 = once per epoch), got {o.delta_t}")
+        _check(0 < o.drop_fraction < 1, f"{where}.drop_fraction must be in (0, 1), got {o.drop_fraction}")
+        _check(o.decay in ("cosine", "constant"), f"{where}.decay must be cosine or constant, got {o.decay!r}")
+        _check(0 < o.end_fraction <= 1, f"{where}.end_fraction must be in (0, 1], got {o.end_fraction}")
+    if sp.name in ("snip", "grasp"):
+        o = sp[sp.name]
+        _check(o.scope in ("global", "layer"), f"sparsity.{sp.name}.scope must be global or layer, got {o.scope!r}")
+        count = o.batches if sp.name == "snip" else o.samples_per_class
+        _check(count >= 1, f"sparsity.{sp.name} needs at least one batch/sample, got {count}")
+    if sp.name == "mest":
+        from spfde.sparse.masks import SparsityError
+        from spfde.sparse.mest import check_bounds
+
+        o = sp.mest
+        _check(o.mode in ("em", "ems"), f"sparsity.mest.mode must be em or ems, got {o.mode!r}")
+        _check(o.lambda_grad >= 0, f"sparsity.mest.lambda_grad must be >= 0, got {o.lambda_grad}")
+        bounds = o[o.mode]
+        try:
+            check_bounds(sp.ratio, list(o.decay_at), [sp.ratio + x for x in bounds.prune_to],
+                         [sp.ratio + x for x in bounds.grow_to], o.mode)
+        except SparsityError as e:
+            raise ConfigError(str(e)) from None
 
 
 def run_name(override_dirname: str) -> str:

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from spfde.data import build_data
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
 from spfde.schedule import lr_at
+from spfde.sparse import build_sparsity
 
 log = logging.getLogger("spfde")
 
@@ -55,32 +57,45 @@ def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
                            weight_decay=optim.weight_decay, nesterov=optim.nesterov)
 
 
-def autocast_for(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+@dataclass
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    def autocast(self):
+        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
 
-def train_one_epoch(model, loader, optimizer, epoch: int, cfg, device, autocast, channels_last, bar) -> dict:
+def train_one_epoch(model, loader, optimizer, sparsity, epoch: int, cfg, rt: Runtime, bar) -> dict:
     model.train()
     steps = len(loader)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), device=rt.device, dtype=torch.long)
     seen = 0
     for i, (x, y, _idx) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = rt.batch(x, y)
+        step = epoch * steps + i
         lr = lr_at(epoch + i / steps, cfg.optim, cfg.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast():
+        with rt.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sparsity.after_backward(step)  # e.g. RigL reads the dense gradient; then masked grads are zeroed
         optimizer.step()
+        sparsity.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -89,17 +104,15 @@ def train_one_epoch(model, loader, optimizer, epoch: int, cfg, device, autocast,
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast, channels_last, top5: bool) -> dict:
+def evaluate(model, loader, rt: Runtime, top5: bool) -> dict:
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct1 = torch.zeros((), device=device, dtype=torch.long)
-    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=rt.device)
+    correct1 = torch.zeros((), device=rt.device, dtype=torch.long)
+    correct5 = torch.zeros((), device=rt.device, dtype=torch.long)
     seen = 0
     for x, y, _idx in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
+        x, y = rt.batch(x, y)
+        with rt.autocast():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         top = logits.topk(5 if top5 else 1, dim=1).indices
@@ -134,12 +147,12 @@ def train(cfg) -> dict:
     torch.backends.cudnn.deterministic = cfg.deterministic
     generator = torch.Generator().manual_seed(cfg.seed)
     data = build_data(cfg, device, generator)
+    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
     model = build_model(cfg.model, data.num_classes, data.channels).to(device)
-    channels_last = cfg.channels_last and device.type == "cuda"
-    if channels_last:
+    if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    autocast = autocast_for(device, cfg.precision)
+    sparsity = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(data.train))
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any
@@ -149,14 +162,18 @@ def train(cfg) -> dict:
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        sparsity.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
         truncate_metrics(run_dir, start_epoch)
         log.info(f"resuming {run_dir} after epoch {start_epoch}")
+    else:
+        sparsity.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
-             f"({data.train_size} train images) | {cfg.epochs} epochs x {len(data.train)} steps | device {device}")
+             f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {cfg.sparsity.ratio:g} | "
+             f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}")
     logger = RunLogger(cfg, run_dir, run_id)
     summary = None
     steps = len(data.train)
@@ -166,27 +183,30 @@ def train(cfg) -> dict:
                                            disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
-                train_stats = train_one_epoch(model, data.train, optimizer, epoch, cfg, device, autocast,
-                                              channels_last, bar)
+                sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
+                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, epoch, cfg, rt, bar)
                 t_train = time.perf_counter() - t0
-                test_stats = evaluate(model, data.test, device, autocast, channels_last, top5)
+                test_stats = evaluate(model, data.test, rt, top5)
                 t_epoch = time.perf_counter() - t0
                 elapsed += t_epoch
                 best_acc = max(best_acc, test_stats["test/acc"])
                 record = {"epoch": epoch + 1, **train_stats, **test_stats, "test/best_acc": best_acc,
+                          **sparsity.epoch_stats(),
                           "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
                           "time/samples_per_s": train_stats["samples"] / t_train}
                 bar.set_postfix(acc=f"{test_stats['test/acc']:.3f}")
                 logger.log_epoch(record, cfg.epochs)  # metrics first: a resume drops lines past the checkpoint
                 save_checkpoint(ckpt_path, {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "sparsity": sparsity.state_dict(),
                     "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                 })
         last = load_last_record(run_dir)
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
                    "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
-                   "params": n_params, "seed": cfg.seed}
+                   "params": n_params, "seed": cfg.seed, "sparsity_method": cfg.sparsity.name,
+                   "sparsity_ratio": cfg.sparsity.ratio, "final_sparsity": last["sparsity/overall"]}
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
         write_json(run_dir / SUMMARY, summary)

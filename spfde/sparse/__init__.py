@@ -1,0 +1,28 @@
+"""Sparse training methods by name; each one owns a `Masks` object and is called by the loop."""
+
+from __future__ import annotations
+
+import torch
+
+from spfde.sparse.base import Schedule, SparseMethod
+from spfde.sparse.dense import Dense
+from spfde.sparse.grasp import GraSP
+from spfde.sparse.masks import Masks, SparsityError
+from spfde.sparse.mest import MEST
+from spfde.sparse.rigl import RigL
+from spfde.sparse.set import SET
+from spfde.sparse.snip import SNIP
+from spfde.sparse.static import Static
+
+METHODS: dict[str, type[SparseMethod]] = {
+    m.name: m for m in (Dense, Static, SNIP, GraSP, SET, RigL, MEST)
+}
+
+__all__ = ["METHODS", "Masks", "Schedule", "SparseMethod", "SparsityError", "build_sparsity"]
+
+
+def build_sparsity(cfg, model, optimizer, steps_per_epoch: int) -> SparseMethod:
+    """The configured method on `model`; raises SparsityError if its target cannot be realised."""
+    schedule = Schedule(epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.interval)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: masks do not shift data order
+    return METHODS[cfg.sparsity.name](cfg.sparsity, model, optimizer, schedule, generator)

@@ -1,0 +1,132 @@
+"""The interface every sparse-training method implements, and the prune-and-grow step they share.
+
+The training loop calls, by name:
+  initialize(batches)             once, on a fresh run (not on resume): the initial masks
+  start_epoch(epoch)              epoch-based structure updates (MEST)
+  after_backward(step)            read what a method needs from the dense gradient, then mask it
+  after_optimizer_step(step)      re-zero masked weights; step-based updates (RigL, SET)
+  epoch_stats()                   realised sparsity + this epoch's prune/grow counts, for the logs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spfde.sparse.masks import Masks, SparsityError, top_k_mask
+
+
+@dataclass
+class Schedule:
+    """What a method needs to know about the run's length."""
+
+    epochs: int
+    steps_per_epoch: int
+    interval: int  # Δτ in epochs
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class SparseMethod:
+    name = "base"
+    uses_gradients = False  # needs gradients beyond the normal training step (saliency, dense grads)
+
+    def __init__(self, cfg, model: torch.nn.Module, optimizer, schedule: Schedule, generator: torch.Generator):
+        self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
+        self.generator = generator
+        self.masks = Masks(model, cfg.dense_layers, cfg.distribution)
+        self.targets = self.masks.target_counts(cfg.ratio)
+        self._pruned: dict[str, int] = {}
+        self._grown: dict[str, int] = {}
+        self._updates = 0
+
+    # ----------------------------------------------------------------- hooks
+    def initialize(self, batches) -> None:
+        """Random masks at the target densities (most DST methods start this way)."""
+        self.masks.random_init(self.targets, self.generator, self.optimizer)
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def after_backward(self, step: int) -> None:
+        self.masks.mask_grads()
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.masks.apply()
+
+    # ----------------------------------------------------------------- shared mechanics
+    def updatable(self) -> list[str]:
+        """Layers whose structure may change (frozen blocks keep theirs)."""
+        return [n for n in self.masks.layers if n not in self.masks.frozen]
+
+    @torch.no_grad()
+    def prune_and_grow(self, name: str, keep: int, final: int, prune_score: torch.Tensor,
+                       grow_score: torch.Tensor) -> None:
+        """Keep the `keep` active weights with the highest prune_score, then activate the
+        `final - keep` inactive positions (just-pruned ones included) with the highest grow_score.
+        Exactly `final` weights are active afterwards."""
+        mask = self.masks.masks[name]
+        active = int(mask.sum())
+        if not 0 <= keep <= active or final < keep or final > mask.numel():
+            raise SparsityError(f"{self.name}: cannot keep {keep} of {active} and end with {final} in {name}")
+        kept = top_k_mask(prune_score.masked_fill(~mask, float("-inf")), keep)
+        grown = top_k_mask(grow_score.masked_fill(kept, float("-inf")), final - keep)
+        self.record(name, *self.masks.set_mask(name, kept | grown, self.optimizer))
+
+    @torch.no_grad()
+    def keep_highest(self, scores: dict[str, torch.Tensor], scope: str) -> None:
+        """One-shot masks from saliency scores: the highest scores per layer (`layer`: each layer at its
+        target count) or across all masked layers (`global`: the same total, as SNIP and GraSP do)."""
+        if scope == "layer":
+            for name, score in scores.items():
+                self.masks.set_mask(name, top_k_mask(score, self.targets[name]), self.optimizer)
+            return
+        flat = torch.cat([scores[n].flatten().float() for n in scores])
+        keep = top_k_mask(flat, sum(self.targets.values()))
+        start = 0
+        for name, score in scores.items():
+            self.masks.set_mask(name, keep[start:start + score.numel()].view_as(score), self.optimizer)
+            start += score.numel()
+
+    def random_scores(self, name: str) -> torch.Tensor:
+        weight = self.masks.layers[name].weight
+        return torch.rand(weight.shape, generator=self.generator).to(weight.device)
+
+    def record(self, name: str, pruned: int, grown: int) -> None:
+        self._pruned[name] = self._pruned.get(name, 0) + pruned
+        self._grown[name] = self._grown.get(name, 0) + grown
+
+    def end_update(self) -> None:
+        self._updates += 1
+
+    # ----------------------------------------------------------------- reporting
+    def epoch_stats(self) -> dict:
+        """Realised sparsity (overall, per layer) and the prune/grow counts since the last call."""
+        stats = {"sparsity/overall": self.masks.overall_sparsity()}
+        stats.update({f"sparsity/layer/{n}": s for n, s in self.masks.layer_sparsity().items()})
+        if self._updates:
+            stats["sparsity/updates"] = self._updates
+            stats["sparsity/pruned"] = sum(self._pruned.values())
+            stats["sparsity/grown"] = sum(self._grown.values())
+            stats.update({f"sparsity/pruned/{n}": v for n, v in self._pruned.items()})
+            stats.update({f"sparsity/grown/{n}": v for n, v in self._grown.items()})
+        self._pruned, self._grown, self._updates = {}, {}, 0
+        return stats
+
+    # ----------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        return {"masks": self.masks.state_dict(), "generator": self.generator.get_state(), "method": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks.load_state_dict(state["masks"])
+        self.generator.set_state(state["generator"])
+        self.load_extra_state(state["method"])
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass

@@ -1,0 +1,66 @@
+"""RigL — Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
+
+Every ΔT steps until `end_fraction` of training: in each layer drop the fraction f(t) of active
+weights with the smallest magnitude and grow as many where the *dense* gradient is largest (new
+weights start at zero). f(t) = α/2 · (1 + cos(π t / T_end)) (cosine decay). The dense gradient is
+read after backward and before gradients are masked, on update steps only. As in the sparselearning
+code base, the update follows that step's optimizer step (RigL's paper skips the SGD step there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spfde.sparse.base import SparseMethod
+
+
+class RigL(SparseMethod):
+    name = "rigl"
+    uses_gradients = True
+
+    def __init__(self, cfg, model, optimizer, schedule, generator):
+        super().__init__(cfg, model, optimizer, schedule, generator)
+        opts = self.options()
+        self.delta_t = opts.delta_t or schedule.steps_per_epoch  # 0 means once per epoch
+        self.drop_fraction, self.decay = opts.drop_fraction, opts.decay
+        self.end_step = int(opts.end_fraction * schedule.total_steps)
+        self.dense_grads: dict[str, torch.Tensor] = {}
+
+    def options(self):
+        return self.cfg.rigl
+
+    def is_update(self, step: int) -> bool:
+        done = step + 1  # steps completed after this one
+        return done % self.delta_t == 0 and done < self.end_step
+
+    def fraction(self, step: int) -> float:
+        if self.decay == "constant":
+            return self.drop_fraction
+        return self.drop_fraction / 2 * (1 + math.cos(math.pi * (step + 1) / self.end_step))
+
+    def after_backward(self, step: int) -> None:
+        if self.is_update(step):
+            self.dense_grads = {n: self.masks.layers[n].weight.grad.detach().abs().clone()
+                                for n in self.updatable() if self.masks.layers[n].weight.grad is not None}
+        self.masks.mask_grads()
+
+    def grow_scores(self, name: str) -> torch.Tensor:
+        return self.dense_grads[name]
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.masks.apply()
+        if not self.is_update(step):
+            return
+        f = self.fraction(step)
+        for name in self.updatable():
+            if name not in self.dense_grads and self.uses_gradients:
+                continue
+            active = self.masks.active(name)
+            drop = int(round(f * active))
+            weight = self.masks.layers[name].weight.detach()
+            self.prune_and_grow(name, keep=active - drop, final=active, prune_score=weight.abs(),
+                                grow_score=self.grow_scores(name))
+        self.dense_grads = {}
+        self.end_update()

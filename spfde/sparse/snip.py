@@ -1,0 +1,41 @@
+"""SNIP — Lee et al., "SNIP: Single-shot Network Pruning based on Connection Sensitivity", ICLR 2019.
+
+At initialisation, the connection sensitivity |g ⊙ w| is computed from mini-batches of training data
+with the dense network, and the connections with the highest sensitivity are kept — globally across
+layers as in the paper (`scope: global`), or per layer at the distribution's densities
+(`scope: layer`). The mask then stays fixed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from spfde.sparse.base import SparseMethod
+
+
+def next_batches(batches, count: int) -> list:
+    out = []
+    for _ in range(count):
+        x, y, _idx = next(batches)
+        out.append((x, y))
+    return out
+
+
+class SNIP(SparseMethod):
+    name = "snip"
+    uses_gradients = True
+
+    def options(self):
+        return self.cfg.snip
+
+    def initialize(self, batches) -> None:
+        opts = self.options()
+        weights = {n: m.weight for n, m in self.masks.layers.items()}
+        grads = {n: torch.zeros_like(w) for n, w in weights.items()}
+        self.model.train()
+        for x, y in next_batches(batches, opts.batches):
+            loss = F.cross_entropy(self.model(x), y)
+            for n, g in zip(weights, torch.autograd.grad(loss, list(weights.values()))):
+                grads[n] += g
+        self.keep_highest({n: (grads[n] * w.detach()).abs() for n, w in weights.items()}, opts.scope)

@@ -1,0 +1,352 @@
+"""The sparse-training engine: mask invariants, ERK, and each method on cases with known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spfde.config import ConfigError, precheck_overrides
+from spfde.models import build_model
+from spfde.models.base import BlockNet
+from spfde.sparse import METHODS, Schedule, SparsityError
+from spfde.sparse.masks import Masks, layer_densities
+from spfde.train import build_optimizer
+from tests.conftest import make_cfg, quick_overrides, read_metrics, run_training
+
+ALL = sorted(METHODS)
+SPARSE = [m for m in ALL if m != "dense"]
+
+
+def make_method(name, *overrides, model=None, epochs=4, steps_per_epoch=5, seed=0):
+    cfg = make_cfg(quick_overrides(f"sparsity={name}", *overrides))
+    model = model if model is not None else build_model(cfg.model, 10, 1)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = Schedule(epochs=epochs, steps_per_epoch=steps_per_epoch, interval=cfg.interval)
+    method = METHODS[name](cfg.sparsity, model, optimizer, schedule, torch.Generator().manual_seed(seed))
+    return method, model, optimizer
+
+
+def random_batches(n=100, batch=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        yield torch.randn(batch, 1, 16, 16, generator=g), torch.randint(0, 10, (batch,), generator=g), None
+
+
+def train_steps(method, model, optimizer, epochs, steps_per_epoch, check=None):
+    """A miniature training loop with the loop's hook order; `check(method, phase)` runs at each hook."""
+    batches = random_batches(epochs * steps_per_epoch)
+    for epoch in range(epochs):
+        method.start_epoch(epoch)
+        if check:
+            check(method, "epoch")
+        for i in range(steps_per_epoch):
+            x, y, _ = next(batches)
+            step = epoch * steps_per_epoch + i
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            method.after_backward(step)
+            if check:
+                check(method, "grads")
+            optimizer.step()
+            method.after_optimizer_step(step)
+            if check:
+                check(method, "step")
+
+
+def assert_masked(method, phase):
+    for name, layer in method.masks.layers.items():
+        mask = method.masks.masks[name]
+        assert torch.all(layer.weight[~mask] == 0), f"{name}: masked weight not zero ({phase})"
+        if phase == "grads" and layer.weight.grad is not None:
+            assert torch.all(layer.weight.grad[~mask] == 0), f"{name}: masked grad not zero"
+
+
+# ------------------------------------------------------------------------------------ masks & ERK
+
+
+def erk_model():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_erk_matches_rigl_formula_by_hand():
+    shapes = Masks(erk_model(), [], "erk").shapes
+    assert list(shapes.values()) == [(4, 1, 3, 3), (8, 4, 3, 3), (10, 8)]
+    # density 0.1: eps = 0.1 * 404 / (11 + 18 + 18); density_l = eps * sum(shape) / numel
+    d = layer_densities(shapes, 0.9, "erk")
+    assert d["0"] == pytest.approx(0.262648, abs=1e-6)
+    assert d["1"] == pytest.approx(0.053723, abs=1e-6)
+    assert d["3"] == pytest.approx(0.193404, abs=1e-6)
+    # density 0.5: layer 0 (eps*raw = 1.31) then layer 3 (1.04) become dense; layer 1 takes the rest
+    d = layer_densities(shapes, 0.5, "erk")
+    assert d["0"] == 1.0 and d["3"] == 1.0 and d["1"] == pytest.approx(86 / 288, abs=1e-9)
+    counts = Masks(erk_model(), [], "erk").target_counts(0.5)
+    assert counts == {"0": 36, "1": 86, "3": 80} and sum(counts.values()) == 202
+
+
+def test_dense_layers_and_uniform_targets():
+    model = build_model(make_cfg(quick_overrides()).model, 10, 1)
+    masks = Masks(model, ["blocks.0.conv"], "uniform")
+    assert "blocks.0.conv" not in masks.layers and list(masks.layers)[-1] == "blocks.4.fc"  # head sparse
+    assert all(isinstance(m, (nn.Conv2d, nn.Linear)) for m in masks.layers.values())
+    counts = masks.target_counts(0.9)
+    for name, layer in masks.layers.items():
+        assert abs(counts[name] - 0.1 * layer.weight.numel()) <= 0.5
+    with pytest.raises(SparsityError, match="no weights"):
+        masks.target_counts(0.9999)
+
+
+# ------------------------------------------------------------------------------------ invariants
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_every_update_keeps_exact_sparsity_zero_weights_and_grads(name):
+    extra = {"rigl": ["sparsity.rigl.delta_t=2"], "set": ["sparsity.set.delta_t=2"]}.get(name, [])
+    method, model, optimizer = make_method(name, *extra, "interval=1", epochs=4, steps_per_epoch=3)
+    method.initialize(random_batches())
+    total_target = sum(method.targets.values())
+
+    def check(m, phase):
+        assert_masked(m, phase)
+        counts = {n: m.masks.active(n) for n in m.masks.layers}
+        if name == "mest" and phase != "init":  # MEST starts at the target, then follows its phase bounds
+            phase_counts = m.final_counts[m.phase(current["epoch"])]
+            assert counts == phase_counts
+        elif name in ("snip", "grasp"):  # global scope: the total is exact, layers are what saliency chose
+            assert sum(counts.values()) == total_target
+        else:
+            assert counts == m.targets
+
+    current = {"epoch": 0}
+    orig_start = method.start_epoch
+
+    def start_epoch(epoch):
+        current["epoch"] = epoch
+        orig_start(epoch)
+
+    method.start_epoch = start_epoch
+    check(method, "init")
+    train_steps(method, model, optimizer, epochs=4, steps_per_epoch=3, check=check)
+    if name in ("rigl", "set", "mest"):
+        assert method.epoch_stats()["sparsity/grown"] > 0  # the structure did change
+
+
+@pytest.mark.parametrize("name", ["rigl", "set", "mest"])
+def test_grown_weights_start_at_zero_with_zero_momentum(name):
+    extra = {"rigl": ["sparsity.rigl.delta_t=3"], "set": ["sparsity.set.delta_t=3"]}.get(name, [])
+    method, model, optimizer = make_method(name, *extra, "interval=1", epochs=16, steps_per_epoch=3)
+    method.initialize(random_batches())
+    train_steps(method, model, optimizer, epochs=1, steps_per_epoch=2)  # momentum buffers are non-zero now
+    before = {n: m.clone() for n, m in method.masks.masks.items()}
+    if name == "mest":
+        method.start_epoch(1)
+    else:
+        x, y, _ = next(random_batches(seed=5))
+        F.cross_entropy(model(x), y).backward()
+        method.after_backward(2)
+        optimizer.step()
+        method.after_optimizer_step(2)
+    grown_any = False
+    for n, layer in method.masks.layers.items():
+        grown = method.masks.masks[n] & ~before[n]
+        grown_any |= bool(grown.any())
+        assert torch.all(layer.weight[grown] == 0)
+        assert torch.all(optimizer.state[layer.weight]["momentum_buffer"][grown] == 0)
+        pruned = before[n] & ~method.masks.masks[n]
+        assert torch.all(optimizer.state[layer.weight]["momentum_buffer"][pruned] == 0)
+    assert grown_any
+
+
+# ------------------------------------------------------------------------------------ methods
+
+
+class FC(nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.fc = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def tiny_net(weight):
+    return BlockNet([nn.Flatten(), FC(weight)], ["stem", "head"])
+
+
+def test_rigl_grows_exactly_at_largest_dense_gradient():
+    weight = torch.tensor([[1.0, 0.0, -0.2, 0.0, 3.0, 0.0], [0.0, -2.0, 0.0, 0.5, 0.0, 0.0]])
+    model = tiny_net(weight)
+    method, model, optimizer = make_method("rigl", "sparsity.rigl.delta_t=1", "sparsity.rigl.decay=constant",
+                                           "sparsity.rigl.drop_fraction=0.5", "sparsity.ratio=0.5",
+                                           "sparsity.dense_layers=[]", model=model, epochs=1, steps_per_epoch=10)
+    fc = model.blocks[1].fc
+    method.masks.set_mask("blocks.1.fc", torch.tensor([[1, 1, 1, 0, 1, 0], [0, 1, 0, 1, 0, 0]]).bool(), optimizer)
+    # a dense gradient we choose: the largest magnitudes among inactive positions are (1,4) and (0,5),
+    # then (1,0); (0,2) is active but will be dropped (smallest |w|, with (0,1)=0 and (1,3)=0.5)
+    grad = torch.tensor([[0.1, 0.2, 0.3, 0.05, 0.0, 4.0], [2.5, 0.0, 0.1, 0.0, 5.0, 0.01]])
+    fc.weight.grad = grad.clone()
+    method.after_backward(0)
+    assert torch.equal(method.dense_grads["blocks.1.fc"], grad.abs())
+    with torch.no_grad():
+        fc.weight.copy_(weight)  # keep the weights we reason about (no optimizer step)
+    method.after_optimizer_step(0)
+    mask = method.masks.masks["blocks.1.fc"]
+    # 6 active, drop 3 smallest |w|: (0,1)=0, (0,2)=0.2, (1,3)=0.5; grow the 3 largest dense grads among
+    # the inactive after the drop: (1,4)=5.0, (0,5)=4.0, (1,0)=2.5
+    expected = torch.tensor([[1, 0, 0, 0, 1, 1], [1, 1, 0, 0, 1, 0]]).bool()
+    assert torch.equal(mask, expected)
+    assert fc.weight[1, 4] == 0 and fc.weight[0, 5] == 0 and fc.weight[1, 0] == 0  # grown at zero
+
+
+def test_rigl_schedule_cosine_and_stop():
+    method, *_ = make_method("rigl", "sparsity.rigl.delta_t=10", epochs=10, steps_per_epoch=10)
+    updates = [s for s in range(100) if method.is_update(s)]
+    assert updates == [9, 19, 29, 39, 49, 59, 69]  # every 10 steps, none at or after 75% of 100 steps
+    assert method.fraction(-1) == pytest.approx(0.3)
+    assert method.fraction(74) == pytest.approx(0.0, abs=1e-12)
+    assert method.fraction(36.5) == pytest.approx(0.15)
+
+
+def saliency_case():
+    torch.manual_seed(0)
+    weight = torch.randn(3, 8)
+    x = torch.randn(16, 8)
+    y = torch.randint(0, 3, (16,))
+    return weight, x, y
+
+
+def test_snip_keeps_highest_connection_sensitivity():
+    weight, x, y = saliency_case()
+    model = tiny_net(weight)
+    method, model, _ = make_method("snip", "sparsity.ratio=0.75", "sparsity.dense_layers=[]", model=model)
+    method.initialize(iter([(x, y, None)]))
+    # by hand: d CE / dW = (softmax(xW^T) - onehot(y))^T x / batch
+    p = torch.softmax(x @ weight.T, dim=1)
+    grad = (p - F.one_hot(y, 3).float()).T @ x / len(y)
+    saliency = (grad * weight).abs().flatten()
+    expected = torch.zeros(24, dtype=torch.bool)
+    expected[saliency.argsort(descending=True)[:6]] = True
+    assert torch.equal(method.masks.masks["blocks.1.fc"].flatten(), expected)
+
+
+def test_grasp_keeps_lowest_minus_w_hg():
+    weight, x, y = saliency_case()
+    model = tiny_net(weight)
+    method, model, _ = make_method("grasp", "sparsity.ratio=0.75", "sparsity.dense_layers=[]",
+                                   "sparsity.grasp.samples_per_class=1", model=model)
+    method.initialize(iter([(x, y, None)] * 4))
+    t = method.cfg.grasp.temperature
+
+    def loss(w):
+        return F.cross_entropy(x @ w.view(3, 8).T / t, y)
+
+    w = weight.flatten()
+    hessian = torch.autograd.functional.hessian(loss, w)
+    g = torch.autograd.functional.jacobian(loss, w)
+    score = -w * (hessian @ g)  # GraSP removes the highest scores
+    expected = torch.zeros(24, dtype=torch.bool)
+    expected[score.argsort()[:6]] = True
+    assert torch.equal(method.masks.masks["blocks.1.fc"].flatten(), expected)
+
+
+def test_mest_ems_density_follows_its_bound_schedule():
+    epochs = 16
+    method, model, optimizer = make_method("mest", "interval=2", epochs=epochs, steps_per_epoch=2)
+    assert method.phase_starts == [9, 12]  # 0.5625 * 16, 0.75 * 16
+    method.initialize(random_batches())
+    masked = sum(m.weight.numel() for m in method.masks.layers.values())
+    expected = {e: 0.85 if e < 9 else 0.875 if e < 12 else 0.9 for e in range(epochs)}
+    batches = random_batches(epochs * 2)
+    for epoch in range(epochs):
+        method.start_epoch(epoch)
+        active = sum(method.masks.active(n) for n in method.masks.layers)
+        assert 1 - active / masked == pytest.approx(expected[epoch], abs=1e-3), epoch
+        assert method.planned_sparsity(epoch) == pytest.approx(expected[epoch])
+        for i in range(2):
+            x, y, _ = next(batches)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            method.after_backward(epoch * 2 + i)
+            optimizer.step()
+            method.after_optimizer_step(epoch * 2 + i)
+
+
+def test_mest_em_swaps_at_constant_density():
+    method, model, optimizer = make_method("mest", "sparsity.mest.mode=em", epochs=16, steps_per_epoch=2)
+    method.initialize(random_batches())
+    method.epoch_stats()
+    method.start_epoch(0)
+    stats = method.epoch_stats()
+    swap = sum(method.masks.target_counts(0.9).values()) - sum(method.masks.target_counts(0.92).values())
+    # a just-pruned weight may be regrown at random (then it counts as neither)
+    assert stats["sparsity/pruned"] == stats["sparsity/grown"] and 0.9 * swap <= stats["sparsity/pruned"] <= swap
+    assert stats["sparsity/overall"] == pytest.approx(0.9, abs=1e-3)
+    method.start_epoch(15)  # last phase: prune to the target, grow nothing
+    assert method.epoch_stats()["sparsity/grown"] == 0
+
+
+# ------------------------------------------------------------------------------------ config & runs
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sparsity.ratio=1.0", "sparsity.ratio must be in [0, 1)"),
+    ("sparsity.ratio=-0.1", "sparsity.ratio must be in [0, 1)"),
+    ("sparsity=dense sparsity.ratio=0.5", "sparsity=dense trains every weight"),
+    ("sparsity.mest.ems.prune_to=[0,0,0.01]", "last phase must prune and grow to the target"),
+    ("sparsity.ratio=0.02", "grow-to sparsity"),
+    ("sparsity=rigl sparsity.rigl.drop_fraction=0", "drop_fraction must be in (0, 1)"),
+    ("sparsity.distribution=random", "distribution must be uniform or erk"),
+    ("sparsity=nope", "sparsity=nope is not an option"),
+])
+def test_bad_sparsity_configs_fail_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        precheck_overrides(override.split())
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreachable_ratio_fails_before_training(tmp_path):
+    with pytest.raises(SparsityError, match="no weights"):
+        run_training(quick_overrides("sparsity=static", "sparsity.ratio=0.9999"), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_masks_resume_bit_exactly(tmp_path, monkeypatch):
+    import spfde.train
+
+    overrides = quick_overrides("epochs=3", "interval=1", "sparsity.mest.mode=em")
+    run_training(overrides, tmp_path / "straight")
+    calls = {"n": 0}
+    real = spfde.train.evaluate
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(spfde.train, "evaluate", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(overrides, tmp_path / "resumed")
+    run_training(overrides, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sparsity"]["masks"]["masks"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sparsity"]["masks"]["masks"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["sparsity/grown"] for r in ra] == [r["sparsity/grown"] for r in rb]
+    assert [r["test/acc"] for r in ra] == [r["test/acc"] for r in rb]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_trains_resnet32_on_digits_at_90(name, tmp_path):
+    ratio = "0.0" if name == "dense" else "0.9"
+    summary = run_training(["experiment=quickstart", f"sparsity={name}", f"sparsity.ratio={ratio}", "epochs=3"],
+                           tmp_path)
+    assert summary["final_acc"] > 0.5  # chance: 0.1
+    assert summary["final_sparsity"] == pytest.approx(float(ratio), abs=1e-3)
+    record = read_metrics(tmp_path)[-1]
+    assert "sparsity/layer/blocks.1.conv1" in record or name == "dense"
