@@ -69,7 +69,8 @@ def check_bounds(ratio: float, decay_at: list, prune_to: list, grow_to: list, mo
         raise SparsityError(f"{where}: prune_to and grow_to need one entry per phase ({len(decay_at) + 1}, "
                             f"from sparsity.mest.decay_at with {len(decay_at)} entries)")
     if any(not 0 < f < 1 for f in decay_at) or sorted(decay_at) != decay_at:
-        raise SparsityError(f"sparsity.mest.decay_at must be increasing fractions of training in (0, 1), got {decay_at}")
+        raise SparsityError(f"sparsity.mest.decay_at must be increasing fractions of training in (0, 1), "
+                            f"got {decay_at}")
     for i, (p, g) in enumerate(zip(prune_to, grow_to)):
         if not 0 <= g <= p < 1:
             raise SparsityError(f"{where}: phase {i} needs 0 <= grow-to sparsity ({g:g}) <= prune-to sparsity ({p:g}) "
