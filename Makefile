@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint plan clean
+.PHONY: help install run test test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: install  ## run the whole test suite (slow tests included)
 
 test-fast: install  ## the test suite without the slow tests
 	$(PY) -m pytest -m "not slow"
+
+bench: install  ## benchmarks that print numbers and ratios (sparse methods vs dense on digits)
+	$(PY) -m spfde.bench methods --epochs 10
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check spfde tests

@@ -14,7 +14,7 @@ def test_every_experiment_composes_and_validates(name):
     assert cfg.experiment_name == name
 
 
-@pytest.mark.parametrize("group", ["model", "dataset", "optim", "logger"])
+@pytest.mark.parametrize("group", ["model", "dataset", "optim", "logger", "sparsity"])
 def test_every_group_option_composes(group):
     for option in group_options(group):
         overrides = [f"{group}={option}"]
@@ -28,11 +28,15 @@ def test_default_is_paper_cifar100_setup():
     cfg = make_cfg([])
     assert (cfg.dataset.name, cfg.model.name, cfg.model.width) == ("cifar100", "resnet32", 2)
     assert (cfg.epochs, cfg.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (160, 64, 0.1, 1e-4)
+    assert (cfg.sparsity.name, cfg.sparsity.ratio, cfg.sparsity.mest.mode, cfg.interval) == ("mest", 0.9, "ems", 5)
 
 
 def test_model_picks_its_paper_dataset_unless_told_otherwise():
     cfg = make_cfg(["model=resnet50"])
     assert (cfg.dataset.name, cfg.epochs, cfg.dataset.image_size) == ("imagenet", 150, 224)
+    assert (cfg.optim.warmup_epochs, cfg.optim.label_smoothing, cfg.batch_size) == (5, 0.1, 256)
+    assert (cfg.sparsity.name, cfg.sparsity.ratio) == ("mest", 0.8)  # paper Table 3
+    assert make_cfg(["model=resnet50", "sparsity=rigl"]).sparsity.ratio == 0.8
     assert make_cfg(["model=resnet50", "dataset=fake"]).dataset.name == "fake"
     assert make_cfg(["experiment=quickstart", "model=resnet50"]).dataset.name == "digits"
 
