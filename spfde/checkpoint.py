@@ -62,10 +62,14 @@ def finished_summary(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def archive_previous(run_dir: Path) -> Path | None:
-    """Move earlier results of this directory aside (for fresh=true): nothing is deleted."""
+def archive_previous(run_dir: Path, extra: tuple[str, ...] = ()) -> Path | None:
+    """Move earlier results of this directory aside (for fresh=true): nothing is deleted. `extra`
+    names more entries (glob patterns) that belong to the results."""
+    from fnmatch import fnmatch
+
     run_dir = Path(run_dir)
-    old = [p for p in run_dir.iterdir() if p.name in (CHECKPOINT, SUMMARY, METRICS) or p.name == "wandb"]
+    names = (CHECKPOINT, SUMMARY, METRICS, "wandb", *extra)
+    old = [p for p in run_dir.iterdir() if any(fnmatch(p.name, pattern) for pattern in names)]
     if not old:
         return None
     dest = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"

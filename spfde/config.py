@@ -97,6 +97,40 @@ class MESTConfig:
 
 
 @dataclass
+class ITOPConfig(DropGrowConfig):
+    base: str = MISSING  # rigl | set
+
+
+@dataclass
+class DeepRConfig:
+    l1: float = MISSING  # L1 pull on the connection parameters
+    noise: float = MISSING  # std of the Gaussian noise added to the gradient
+
+
+@dataclass
+class DSRConfig:
+    delta_t: int = MISSING  # steps between reallocations (doubled at each double_period_at)
+    double_period_at: list[float] = MISSING  # fractions of training
+    prune_fraction: float = MISSING  # target pruned per reallocation, fraction of the masked weights
+    threshold: float = MISSING  # initial global magnitude threshold H
+    tolerance: float = MISSING  # δ: H moves when the pruned count leaves [(1-δ), (1+δ)] x target
+
+
+@dataclass
+class SNFSConfig:
+    prune_rate: float = MISSING  # fraction of active weights replaced each epoch (cosine-decayed)
+
+
+@dataclass
+class LTHConfig:
+    prune_rate: float = MISSING  # fraction of the remaining weights removed per round
+    rewind_epoch: int = MISSING  # survivors rewind to their weights after this many epochs of round 0
+    scope: str = MISSING  # global | layer
+    round: int = -1  # set by the LTH driver; -1 runs every round
+    workdir: str = ""  # set by the LTH driver
+
+
+@dataclass
 class SparsityConfig:
     name: str = "mest"
     ratio: float = 0.9  # target sparsity of the masked layers (paper: 0.9 / 0.95 / 0.98)
@@ -107,6 +141,11 @@ class SparsityConfig:
     snip: SaliencyConfig = field(default_factory=SaliencyConfig)
     grasp: GraspConfig = field(default_factory=GraspConfig)
     mest: MESTConfig = field(default_factory=MESTConfig)
+    itop: ITOPConfig = field(default_factory=ITOPConfig)
+    deepr: DeepRConfig = field(default_factory=DeepRConfig)
+    dsr: DSRConfig = field(default_factory=DSRConfig)
+    snfs: SNFSConfig = field(default_factory=SNFSConfig)
+    lth: LTHConfig = field(default_factory=LTHConfig)
 
 
 @dataclass
@@ -247,9 +286,11 @@ def validate_sparsity(cfg: DictConfig) -> None:
     _check(sp.distribution in ("uniform", "erk"),
            f"sparsity.distribution must be uniform or erk, got {sp.distribution!r}")
     _check(cfg.interval >= 1, f"interval must be >= 1 epoch, got {cfg.interval}")
-    if sp.name in ("rigl", "set"):
+    if sp.name in ("rigl", "set", "itop"):
         o = sp[sp.name]
         where = f"sparsity.{sp.name}"
+        if sp.name == "itop":
+            _check(o.base in ("rigl", "set"), f"sparsity.itop.base must be rigl or set, got {o.base!r}")
         _check(o.delta_t >= 0, f"{where}.delta_t must be >= 0 (0 = once per epoch), got {o.delta_t}")
         _check(0 < o.drop_fraction < 1, f"{where}.drop_fraction must be in (0, 1), got {o.drop_fraction}")
         _check(o.decay in ("cosine", "constant"), f"{where}.decay must be cosine or constant, got {o.decay!r}")
@@ -259,6 +300,25 @@ def validate_sparsity(cfg: DictConfig) -> None:
         _check(o.scope in ("global", "layer"), f"sparsity.{sp.name}.scope must be global or layer, got {o.scope!r}")
         count = o.batches if sp.name == "snip" else o.samples_per_class
         _check(count >= 1, f"sparsity.{sp.name} needs at least one batch/sample, got {count}")
+    if sp.name == "deepr":
+        _check(sp.deepr.l1 >= 0 and sp.deepr.noise >= 0, "sparsity.deepr.l1 and sparsity.deepr.noise must be >= 0")
+    if sp.name == "dsr":
+        o = sp.dsr
+        _check(o.delta_t >= 1, f"sparsity.dsr.delta_t must be >= 1 step, got {o.delta_t}")
+        _check(0 < o.prune_fraction < 1, f"sparsity.dsr.prune_fraction must be in (0, 1), got {o.prune_fraction}")
+        _check(o.threshold > 0 and 0 <= o.tolerance < 1,
+               "sparsity.dsr.threshold must be > 0 and sparsity.dsr.tolerance in [0, 1)")
+        _check(all(0 < f < 1 for f in o.double_period_at),
+               f"sparsity.dsr.double_period_at must hold fractions of training in (0, 1), "
+               f"got {list(o.double_period_at)}")
+    if sp.name == "snfs":
+        _check(0 < sp.snfs.prune_rate < 1, f"sparsity.snfs.prune_rate must be in (0, 1), got {sp.snfs.prune_rate}")
+    if sp.name == "lth":
+        o = sp.lth
+        _check(0 < o.prune_rate < 1, f"sparsity.lth.prune_rate must be in (0, 1), got {o.prune_rate}")
+        _check(0 <= o.rewind_epoch < cfg.epochs,
+               f"sparsity.lth.rewind_epoch must be in [0, epochs={cfg.epochs}), got {o.rewind_epoch}")
+        _check(o.scope in ("global", "layer"), f"sparsity.lth.scope must be global or layer, got {o.scope!r}")
     if sp.name == "mest":
         from spfde.sparse.masks import SparsityError
         from spfde.sparse.mest import check_bounds

@@ -128,6 +128,10 @@ def evaluate(model, loader, rt: Runtime, top5: bool) -> dict:
 
 def train(cfg) -> dict:
     """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
+    if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
+        from spfde.sparse.lth import run_rounds
+
+        return run_rounds(cfg, train)  # LTH: one normal run per pruning round, in sub-directories
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = finished_summary(run_dir)

@@ -16,7 +16,10 @@ from spfde.train import build_optimizer
 from tests.conftest import make_cfg, quick_overrides, read_metrics, run_training
 
 ALL = sorted(METHODS)
-SPARSE = [m for m in ALL if m != "dense"]
+SPARSE = [m for m in ALL if m not in ("dense", "lth")]  # LTH runs whole rounds: tested on its own
+SMALL_INTERVALS = {"rigl": ["sparsity.rigl.delta_t=2"], "set": ["sparsity.set.delta_t=2"],
+                   "itop": ["sparsity.itop.delta_t=2"], "dsr": ["sparsity.dsr.delta_t=2"]}
+TOTAL_ONLY = ("snip", "grasp", "dsr", "snfs")  # these move weights across layers: the total is exact
 
 
 def make_method(name, *overrides, model=None, epochs=4, steps_per_epoch=5, seed=0):
@@ -102,7 +105,7 @@ def test_dense_layers_and_uniform_targets():
 
 @pytest.mark.parametrize("name", SPARSE)
 def test_every_update_keeps_exact_sparsity_zero_weights_and_grads(name):
-    extra = {"rigl": ["sparsity.rigl.delta_t=2"], "set": ["sparsity.set.delta_t=2"]}.get(name, [])
+    extra = SMALL_INTERVALS.get(name, [])
     method, model, optimizer = make_method(name, *extra, "interval=1", epochs=4, steps_per_epoch=3)
     method.initialize(random_batches())
     total_target = sum(method.targets.values())
@@ -113,7 +116,7 @@ def test_every_update_keeps_exact_sparsity_zero_weights_and_grads(name):
         if name == "mest" and phase != "init":  # MEST starts at the target, then follows its phase bounds
             phase_counts = m.final_counts[m.phase(current["epoch"])]
             assert counts == phase_counts
-        elif name in ("snip", "grasp"):  # global scope: the total is exact, layers are what saliency chose
+        elif name in TOTAL_ONLY:
             assert sum(counts.values()) == total_target
         else:
             assert counts == m.targets
@@ -128,18 +131,19 @@ def test_every_update_keeps_exact_sparsity_zero_weights_and_grads(name):
     method.start_epoch = start_epoch
     check(method, "init")
     train_steps(method, model, optimizer, epochs=4, steps_per_epoch=3, check=check)
-    if name in ("rigl", "set", "mest"):
+    if name in ("rigl", "set", "mest", "itop", "dsr", "snfs", "deepr"):
         assert method.epoch_stats()["sparsity/grown"] > 0  # the structure did change
 
 
-@pytest.mark.parametrize("name", ["rigl", "set", "mest"])
+@pytest.mark.parametrize("name", ["rigl", "set", "mest", "itop", "snfs"])
 def test_grown_weights_start_at_zero_with_zero_momentum(name):
-    extra = {"rigl": ["sparsity.rigl.delta_t=3"], "set": ["sparsity.set.delta_t=3"]}.get(name, [])
+    extra = {"rigl": ["sparsity.rigl.delta_t=3"], "set": ["sparsity.set.delta_t=3"],
+             "itop": ["sparsity.itop.delta_t=3"]}.get(name, [])
     method, model, optimizer = make_method(name, *extra, "interval=1", epochs=16, steps_per_epoch=3)
     method.initialize(random_batches())
     train_steps(method, model, optimizer, epochs=1, steps_per_epoch=2)  # momentum buffers are non-zero now
     before = {n: m.clone() for n, m in method.masks.masks.items()}
-    if name == "mest":
+    if name in ("mest", "snfs"):
         method.start_epoch(1)
     else:
         x, y, _ = next(random_batches(seed=5))
@@ -313,10 +317,12 @@ def test_unreachable_ratio_fails_before_training(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_masks_resume_bit_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["mest", "rigl", "set", "deepr", "dsr", "snfs", "itop", "snip"])
+def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch):
     import spfde.train
 
-    overrides = quick_overrides("epochs=3", "interval=1", "sparsity.mest.mode=em")
+    overrides = quick_overrides(f"sparsity={name}", "epochs=3", "interval=1", "sparsity.mest.mode=em",
+                                *SMALL_INTERVALS.get(name, []))
     run_training(overrides, tmp_path / "straight")
     calls = {"n": 0}
     real = spfde.train.evaluate
@@ -332,21 +338,226 @@ def test_masks_resume_bit_exactly(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             run_training(overrides, tmp_path / "resumed")
     run_training(overrides, tmp_path / "resumed")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sparsity"]["masks"]["masks"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sparsity"]["masks"]["masks"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sparsity"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sparsity"]
+    masks_a, masks_b = a["masks"]["masks"], b["masks"]["masks"]
+    assert masks_a.keys() == masks_b.keys() and all(torch.equal(masks_a[k], masks_b[k]) for k in masks_a)
     ra, rb = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
-    assert [r["sparsity/grown"] for r in ra] == [r["sparsity/grown"] for r in rb]
+    assert [r.get("sparsity/grown") for r in ra] == [r.get("sparsity/grown") for r in rb]
     assert [r["test/acc"] for r in ra] == [r["test/acc"] for r in rb]
+    assert [r["train/loss"] for r in ra] == [r["train/loss"] for r in rb]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_trains_resnet32_on_digits_at_90(name, tmp_path):
     ratio = "0.0" if name == "dense" else "0.9"
-    summary = run_training(["experiment=quickstart", f"sparsity={name}", f"sparsity.ratio={ratio}", "epochs=3"],
-                           tmp_path)
+    extra = ["model.depth=8", "epochs=2"] if name == "lth" else ["epochs=3"]  # LTH: 12 rounds
+    # update intervals short enough that the structure changes within the 69 steps of this run
+    intervals = {m: [f"sparsity.{m}.delta_t=20"] for m in ("rigl", "itop", "dsr")}.get(name, [])
+    summary = run_training(["experiment=quickstart", f"sparsity={name}", f"sparsity.ratio={ratio}", *extra,
+                            *intervals], tmp_path)
+    if name == "lth":
+        tmp_path = tmp_path / f"round-{summary['rounds'] - 1:02d}"
     assert summary["final_acc"] > 0.5  # chance: 0.1
     assert summary["final_sparsity"] == pytest.approx(float(ratio), abs=1e-3)
     record = read_metrics(tmp_path)[-1]
     assert "sparsity/layer/blocks.1.conv1" in record or name == "dense"
+
+
+# ------------------------------------------------------------------------------------ issue-4 baselines
+
+
+def test_deepr_removes_exactly_the_sign_flipped_connections():
+    weight = torch.tensor([[0.5, -0.4, 0.3, 0.0, 0.0, 0.0], [0.2, 0.0, 0.0, -0.6, 0.0, 0.0]])
+    model = tiny_net(weight)
+    method, model, optimizer = make_method("deepr", "sparsity.ratio=0.5", "sparsity.dense_layers=[]",
+                                           "sparsity.deepr.noise=0", model=model)
+    name = "blocks.1.fc"
+    mask = weight != 0
+    method.masks.set_mask(name, mask, optimizer)
+    method.signs[name] = torch.where(weight < 0, -1.0, 1.0)
+    fc = model.blocks[1].fc
+    with torch.no_grad():  # pretend an optimizer step moved (0,0) and (1,3) across zero
+        fc.weight.copy_(torch.tensor([[-0.1, -0.4, 0.3, 0.0, 0.0, 0.0], [0.2, 0.0, 0.0, 0.05, 0.0, 0.0]]))
+    method.after_optimizer_step(0)
+    new = method.masks.masks[name]
+    flipped = torch.zeros_like(mask)
+    flipped[0, 0] = flipped[1, 3] = True
+    assert torch.equal(mask & ~new, flipped)  # removed: exactly the flipped ones
+    grown = new & ~mask
+    assert int(grown.sum()) == 2 and not (grown & mask).any()  # as many, among the dormant
+    assert int(new.sum()) == int(mask.sum())
+    assert torch.all(fc.weight[grown] * method.signs[name][grown] > 0)  # θ = ε > 0 with the fixed sign
+    kept = mask & ~flipped
+    assert torch.equal(fc.weight[kept], torch.tensor([-0.4, 0.3, 0.2]))
+
+
+def test_deepr_l1_and_sign_in_gradient():
+    weight = torch.tensor([[0.5, -0.4, 0.3, 0.1]])
+    model = tiny_net(weight)
+    method, model, optimizer = make_method("deepr", "sparsity.ratio=0.5", "sparsity.dense_layers=[]",
+                                           "sparsity.deepr.noise=0", "sparsity.deepr.l1=0.01", model=model)
+    name = "blocks.1.fc"
+    method.masks.set_mask(name, torch.tensor([[True, True, False, False]]), optimizer)
+    method.signs[name] = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    model.blocks[1].fc.weight.grad = torch.zeros(1, 4)
+    method.after_backward(0)
+    assert torch.allclose(model.blocks[1].fc.weight.grad, torch.tensor([[0.01, -0.01, 0.0, 0.0]]))
+
+
+def test_dsr_threshold_moves_toward_its_target_count():
+    method, model, optimizer = make_method("dsr", "sparsity.dsr.delta_t=1")
+    method.initialize(random_batches())
+    target = method.target_pruned
+    with torch.no_grad():  # every active weight far above the threshold: nothing is pruned
+        for n, layer in method.masks.layers.items():
+            layer.weight.copy_(torch.where(method.masks.masks[n], 1.0, 0.0))
+    h = method.threshold
+    method.reallocate()
+    assert method.threshold == 2 * h  # too few pruned: threshold doubles
+    with torch.no_grad():  # every active weight below the threshold: all would be pruned
+        for layer in method.masks.layers.values():
+            layer.weight.mul_(method.threshold / 10)
+    total = sum(method.masks.active(n) for n in method.masks.layers)
+    assert total > 2 * target
+    h = method.threshold
+    method.reallocate()
+    assert method.threshold == h / 2  # too many pruned: threshold halves
+    assert sum(method.masks.active(n) for n in method.masks.layers) == total  # all regrown
+
+
+def test_dsr_regrowth_follows_surviving_weights():
+    method, model, optimizer = make_method("dsr", "sparsity.dsr.delta_t=1")
+    method.initialize(random_batches())
+    names = list(method.masks.layers)
+    strong = names[-2]  # only this layer keeps its weights; everything else falls under the threshold
+    with torch.no_grad():
+        for n, layer in method.masks.layers.items():
+            layer.weight.copy_(torch.where(method.masks.masks[n], 1.0 if n == strong else 1e-6, 0.0))
+    before = {n: method.masks.active(n) for n in names}
+    method.reallocate()
+    after = {n: method.masks.active(n) for n in names}
+    assert sum(after.values()) == sum(before.values())
+    grown = sum(before.values()) - before[strong]
+    capacity = method.masks.masks[strong].numel() - before[strong]
+    assert after[strong] == before[strong] + min(grown, capacity)  # all regrowth goes where weights survive
+
+
+def test_snfs_grows_at_largest_momentum_and_redistributes_by_momentum():
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(10, 10, bias=False))
+    model.add_module("b", nn.Linear(10, 10, bias=False))
+    net = BlockNet([model.a, model.b], ["stem", "head"])
+    method, net, optimizer = make_method("snfs", "sparsity.ratio=0.8", "sparsity.dense_layers=[]",
+                                         "sparsity.snfs.prune_rate=0.5", model=net, epochs=100)
+    method.initialize(random_batches())
+    a, b = "blocks.0", "blocks.1"
+    gen = torch.Generator().manual_seed(3)
+    method.momentum[a] = torch.rand(10, 10, generator=gen) * 0.1  # layer a: small momentum
+    method.momentum[b] = torch.rand(10, 10, generator=gen) * 10.0  # layer b: large momentum
+    with torch.no_grad():
+        for n in (a, b):
+            method.masks.layers[n].weight.copy_(torch.rand(10, 10, generator=gen) * method.masks.masks[n])
+    old = {n: method.masks.masks[n].clone() for n in (a, b)}
+    method.start_epoch(1)
+    p = method.rate(1)
+    drop = {n: int(round(p * int(old[n].sum()))) for n in (a, b)}
+    total = sum(drop.values())
+    after = {n: method.masks.active(n) for n in (a, b)}
+    assert sum(after.values()) == sum(int(old[n].sum()) for n in (a, b))
+    mean_a = float(method.momentum[a][old[a]].abs().mean())
+    mean_b = float(method.momentum[b][old[b]].abs().mean())
+    expected_b = round(total * mean_b / (mean_a + mean_b))
+    assert abs((after[b] - (int(old[b].sum()) - drop[b])) - expected_b) <= 1
+    for n in (a, b):  # grown positions: the largest |momentum| among the positions inactive after pruning
+        grown = method.masks.masks[n] & ~old[n]
+        kept = method.masks.masks[n] & old[n]
+        candidates = method.momentum[n].abs().masked_fill(kept, float("-inf")).flatten()
+        k = int((method.masks.masks[n] & ~kept).sum())
+        top = torch.zeros(100, dtype=torch.bool)
+        top[candidates.topk(k).indices] = True
+        assert torch.equal((method.masks.masks[n] & ~kept).flatten(), top)
+        assert grown.sum() <= k
+
+
+def test_itop_rate_is_monotone_and_the_union_of_masks_seen():
+    method, model, optimizer = make_method("itop", "sparsity.itop.delta_t=1", epochs=3, steps_per_epoch=4)
+    method.initialize(random_batches())
+    union = {n: m.clone() for n, m in method.masks.masks.items()}
+    rates = []
+
+    def check(m, phase):
+        if phase != "step":
+            return
+        for n in union:
+            union[n] |= m.masks.masks[n]
+        expected = sum(int(u.sum()) for u in union.values()) / sum(u.numel() for u in union.values())
+        assert m.itop_rate() == pytest.approx(expected)
+        rates.append(m.itop_rate())
+
+    train_steps(method, model, optimizer, epochs=3, steps_per_epoch=4, check=check)
+    assert rates == sorted(rates) and rates[-1] > rates[0] > 0.1
+    assert method.epoch_stats()["sparsity/itop_rate"] == rates[-1]
+
+
+def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
+    from omegaconf import open_dict
+
+    from spfde.sparse.lth import REWIND, round_sparsities
+
+    assert round_sparsities(0.9, 0.2)[-1] == 0.9 and len(round_sparsities(0.9, 0.2)) == 12
+    overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.5", "sparsity.lth.rewind_epoch=1")
+    summary = run_training(overrides, tmp_path)
+    sparsities = round_sparsities(0.5, 0.2)  # 0, 0.2, 0.36, 0.488, 0.5
+    assert summary["rounds"] == len(sparsities) == 5
+    assert summary["final_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert [r["final_sparsity"] for r in summary["round_summaries"]] == pytest.approx(sparsities, abs=1e-3)
+    # round 2 starts from the rewind weights, masked by magnitude pruning of round 1's final weights
+    cfg = make_cfg(overrides)
+    with open_dict(cfg):
+        cfg.sparsity.ratio = sparsities[2]
+        cfg.sparsity.lth.round = 2
+        cfg.sparsity.lth.workdir = str(tmp_path)
+    method, model, _ = make_method("lth", "sparsity.ratio=0.5")
+    method = METHODS["lth"](cfg.sparsity, model, build_optimizer(model, cfg.optim),
+                            Schedule(2, 23, 5), torch.Generator())
+    method.initialize(None)
+    rewind = torch.load(tmp_path / REWIND, weights_only=False)
+    previous = torch.load(tmp_path / "round-01" / "last.pt", weights_only=False)
+    prev_masks = previous["sparsity"]["masks"]["masks"]
+    for n, layer in method.masks.layers.items():
+        mask = method.masks.masks[n]
+        assert torch.equal(layer.weight.detach(), rewind[f"{n}.weight"] * mask)  # rewound survivors
+        assert not (mask & ~prev_masks[n]).any()  # nested: only weights that survived round 1
+    kept = torch.cat([previous["model"][f"{n}.weight"].abs()[method.masks.masks[n]] for n in method.masks.layers])
+    dropped = torch.cat([previous["model"][f"{n}.weight"].abs()[prev_masks[n] & ~method.masks.masks[n]]
+                         for n in method.masks.layers])
+    assert kept.min() >= dropped.max()  # global magnitude pruning
+
+
+@pytest.mark.slow
+def test_lth_resumes_mid_round_and_skips_finished_rounds(tmp_path, monkeypatch):
+    import spfde.train
+
+    overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.36", "sparsity.lth.rewind_epoch=0")
+    straight = run_training(overrides, tmp_path / "straight")
+    calls = {"n": 0}
+    real = spfde.train.evaluate
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # round 1, epoch 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(spfde.train, "evaluate", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(overrides, tmp_path / "resumed")
+    resumed = run_training(overrides, tmp_path / "resumed")
+    for key in ("final_acc", "final_sparsity"):
+        assert [r[key] for r in resumed["round_summaries"]] == [r[key] for r in straight["round_summaries"]]
+    run_training([*overrides, "fresh=true"], tmp_path / "resumed")
+    archived = list((tmp_path / "resumed").glob("previous-*"))
+    assert len(archived) == 1 and (archived[0] / "round-00").is_dir() and (archived[0] / "rewind.pt").exists()

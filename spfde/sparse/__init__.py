@@ -5,17 +5,22 @@ from __future__ import annotations
 import torch
 
 from spfde.sparse.base import Schedule, SparseMethod
+from spfde.sparse.deepr import DeepR
 from spfde.sparse.dense import Dense
+from spfde.sparse.dsr import DSR
 from spfde.sparse.grasp import GraSP
+from spfde.sparse.itop import ITOP
+from spfde.sparse.lth import LTH
 from spfde.sparse.masks import Masks, SparsityError
 from spfde.sparse.mest import MEST
 from spfde.sparse.rigl import RigL
 from spfde.sparse.set import SET
+from spfde.sparse.snfs import SNFS
 from spfde.sparse.snip import SNIP
 from spfde.sparse.static import Static
 
 METHODS: dict[str, type[SparseMethod]] = {
-    m.name: m for m in (Dense, Static, SNIP, GraSP, SET, RigL, MEST)
+    m.name: m for m in (Dense, Static, LTH, SNIP, GraSP, DeepR, SET, DSR, SNFS, RigL, ITOP, MEST)
 }
 
 __all__ = ["METHODS", "Masks", "Schedule", "SparseMethod", "SparsityError", "build_sparsity"]

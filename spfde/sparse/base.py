@@ -10,11 +10,40 @@ The training loop calls, by name:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from spfde.sparse.masks import Masks, SparsityError, top_k_mask
+
+
+def proportional_split(total: int, shares: list[float], capacity: list[int]) -> list[int]:
+    """Split `total` integer items in proportion to `shares`, never giving a slot more than its
+    `capacity`; what a full slot cannot take goes to the others (largest remainders first).
+    Returns counts summing to min(total, sum(capacity))."""
+    counts = [0] * len(shares)
+    left = min(total, sum(capacity))
+    open_slots = [i for i in range(len(shares)) if capacity[i] > 0]
+    while left > 0 and open_slots:
+        weight = sum(max(shares[i], 0.0) for i in open_slots)
+        if weight <= 0:
+            ideal = {i: left / len(open_slots) for i in open_slots}
+        else:
+            ideal = {i: left * max(shares[i], 0.0) / weight for i in open_slots}
+        give = {i: min(math.floor(ideal[i]), capacity[i] - counts[i]) for i in open_slots}
+        remainder = left - sum(give.values())
+        for i in sorted(open_slots, key=lambda i: ideal[i] - math.floor(ideal[i]), reverse=True):
+            if remainder <= 0:
+                break
+            if counts[i] + give[i] < capacity[i]:
+                give[i] += 1
+                remainder -= 1
+        for i in open_slots:
+            counts[i] += give[i]
+        left = min(total, sum(capacity)) - sum(counts)
+        open_slots = [i for i in open_slots if counts[i] < capacity[i]]
+    return counts
 
 
 @dataclass
