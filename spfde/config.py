@@ -159,12 +159,24 @@ class LoggerConfig:
 
 
 @dataclass
+class CostConfig:
+    memory_batch: int = 64  # batch size of the memory accounting (paper Fig. 4: 64, fp32)
+
+
+@dataclass
+class PlanConfig:
+    format: str = "table"  # table | json (python -m spfde.plan)
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     experiment_name: str = "default"
     epochs: int = 160
     interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)
@@ -233,6 +245,8 @@ def validate(cfg: DictConfig) -> None:
         _check(torch.cuda.is_available(), f"device={cfg.device} asked for, but CUDA is not available here")
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)
+    _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
+    _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")

@@ -64,5 +64,5 @@ def _fmt(x: float) -> str:
 def format_epoch(r: dict, total_epochs: int) -> str:
     return (f"epoch {r['epoch']}/{total_epochs}  train loss {_fmt(r['train/loss'])} acc {_fmt(r['train/acc'])}"
             f" | test loss {_fmt(r['test/loss'])} acc {_fmt(r['test/acc'])} (best {_fmt(r['test/best_acc'])})"
-            f" | sparsity {r['sparsity/overall']:.3f} | lr {r['lr']:.4g}"
+            f" | sparsity {r['sparsity/overall']:.3f} | {r['flops/epoch']:.3g} FLOPs | lr {r['lr']:.4g}"
             f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s")

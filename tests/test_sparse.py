@@ -262,7 +262,7 @@ def test_mest_ems_density_follows_its_bound_schedule():
     assert method.phase_starts == [9, 12]  # 0.5625 * 16, 0.75 * 16
     method.initialize(random_batches())
     masked = sum(m.weight.numel() for m in method.masks.layers.values())
-    expected = {e: 0.85 if e < 9 else 0.875 if e < 12 else 0.9 for e in range(epochs)}
+    expected = {e: 0.88 if e < 9 else 0.89 if e < 12 else 0.9 for e in range(epochs)}  # MEST's README bounds
     batches = random_batches(epochs * 2)
     for epoch in range(epochs):
         method.start_epoch(epoch)
@@ -300,7 +300,7 @@ def test_mest_em_swaps_at_constant_density():
     ("sparsity.ratio=-0.1", "sparsity.ratio must be in [0, 1)"),
     ("sparsity=dense sparsity.ratio=0.5", "sparsity=dense trains every weight"),
     ("sparsity.mest.ems.prune_to=[0,0,0.01]", "last phase must prune and grow to the target"),
-    ("sparsity.ratio=0.02", "grow-to sparsity"),
+    ("sparsity.ratio=0.01", "grow-to sparsity"),
     ("sparsity=rigl sparsity.rigl.drop_fraction=0", "drop_fraction must be in (0, 1)"),
     ("sparsity.distribution=random", "distribution must be uniform or erk"),
     ("sparsity=nope", "sparsity=nope is not an option"),

@@ -62,12 +62,14 @@ class Schedule:
 class SparseMethod:
     name = "base"
     uses_gradients = False  # needs gradients beyond the normal training step (saliency, dense grads)
+    init_passes = 0.0  # dense training-step equivalents per sample spent choosing the initial mask
 
     def __init__(self, cfg, model: torch.nn.Module, optimizer, schedule: Schedule, generator: torch.Generator):
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
         self.generator = generator
         self.masks = Masks(model, cfg.dense_layers, cfg.distribution)
         self.targets = self.masks.target_counts(cfg.ratio)
+        self.init_samples = 0  # samples used by initialize() (SNIP, GraSP)
         self._pruned: dict[str, int] = {}
         self._grown: dict[str, int] = {}
         self._updates = 0
@@ -85,6 +87,18 @@ class SparseMethod:
 
     def after_optimizer_step(self, step: int) -> None:
         self.masks.apply()
+
+    # ----------------------------------------------------------------- cost (planned and counted)
+    def dense_grad_step(self, step: int) -> bool:
+        """Does this step compute the dense weight gradient (RigL updates, SNFS)?"""
+        return False
+
+    def planned_densities(self, epoch: int) -> dict[str, float]:
+        """Layer densities this method trains at during `epoch`, known before the run."""
+        return {n: c / self.masks.masks[n].numel() for n, c in self.targets.items()}
+
+    def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
+        return 0
 
     # ----------------------------------------------------------------- shared mechanics
     def updatable(self) -> list[str]:

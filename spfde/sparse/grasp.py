@@ -20,6 +20,10 @@ from spfde.sparse.snip import next_batches
 class GraSP(SparseMethod):
     name = "grasp"
     uses_gradients = True
+    init_passes = 3.0  # gradient pass + Hessian-gradient pass (about two more): our estimate
+
+    def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
+        return max(1, math.ceil(self.cfg.grasp.samples_per_class * num_classes / batch_size)) * batch_size
 
     def initialize(self, batches) -> None:
         opts = self.cfg.grasp
@@ -29,6 +33,7 @@ class GraSP(SparseMethod):
         num_classes = self.model.blocks[-1].fc.out_features
         count = max(1, math.ceil(opts.samples_per_class * num_classes / len(first[1])))
         data = [(first[0], first[1])] + next_batches(batches, count - 1)
+        self.init_samples = sum(len(y) for _x, y in data)
         self.model.train()
 
         def loss_of(x, y):

@@ -95,9 +95,14 @@ def run_rounds(cfg, train_round) -> dict:
         log.info(f"LTH round {r}/{len(sparsities) - 1}: sparsity {sparsity:.4f}")
         summaries.append(train_round(round_cfg))
     last = summaries[-1]
-    summary = {**last, "run_dir": str(workdir), "rounds": len(summaries), "sparsity_ratio": cfg.sparsity.ratio,
-               "epochs": cfg.epochs * len(summaries), "train_time_s": sum(s["train_time_s"] for s in summaries),
-               "round_summaries": [{k: s[k] for k in ("final_acc", "final_sparsity", "train_time_s")}
+    summed = {k: sum(s[k] for s in summaries) for k in ("train_time_s", "train_flops", "dense_train_flops",
+                                                       "flops_saved_sparsity", "flops_saved_freezing",
+                                                       "flops_saved_sieving")}
+    summary = {**last, **summed, "run_dir": str(workdir), "rounds": len(summaries),
+               "sparsity_ratio": cfg.sparsity.ratio, "epochs": cfg.epochs * len(summaries),
+               "memory_min_bytes": min(s["memory_min_bytes"] for s in summaries),
+               "memory_avg_bytes": sum(s["memory_avg_bytes"] for s in summaries) / len(summaries),
+               "round_summaries": [{k: s[k] for k in ("final_acc", "final_sparsity", "train_time_s", "train_flops")}
                                    for s in summaries]}
     write_json(workdir / "summary.json", summary)
     log.info(f"LTH done: {len(summaries)} rounds, final sparsity {last['final_sparsity']:.4f}, "

@@ -69,6 +69,7 @@ class Masks:
         self.masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()}
         self.frozen: set[str] = set()  # layers whose masks must not change (frozen blocks)
+        self.version = 0  # bumped on every change, so readers (the cost meter) know when to recount
 
     # ----------------------------------------------------------------- targets
     @property
@@ -114,6 +115,7 @@ class Masks:
             if buf is not None:
                 buf.masked_fill_(changed, 0.0)
         self.masks[name] = new
+        self.version += 1
         weight.mul_(new)
         return int(pruned.sum()), int(grown.sum())
 
@@ -147,4 +149,5 @@ class Masks:
         for n, mask in state["masks"].items():
             self.masks[n] = mask.to(self.masks[n].device, dtype=torch.bool)
         self.frozen = set(state.get("frozen", []))
+        self.version += 1
         self.apply()

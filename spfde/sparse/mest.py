@@ -9,8 +9,9 @@ has both offsets 0, so the run ends exactly at the target and stops growing.
 
   EM   (bounds from MEST's EM script at 90%):  prune to ratio+0.02/+0.01/0, grow back to ratio —
        a swap of 20% then 10% of the active weights, then none.
-  EM&S (MEST's EM&S script at 90%): prune to ratio, grow to ratio-0.05/-0.025/0 — training runs at the
-       higher (soft-bound) density between updates: 0.15 then 0.125, then the target 0.1.
+  EM&S (default bounds from MEST's README at 90%): prune to ratio, grow to ratio-0.02/-0.01/0 — training
+       runs at the higher (soft-bound) density between updates: 0.12 then 0.11, then the target 0.1.
+       (MEST's EM&S script uses -0.05/-0.025/0.)
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class MEST(SparseMethod):
             self.prune_and_grow(name, keep=keep, final=self.final_counts[phase][name], prune_score=score,
                                 grow_score=self.random_scores(name))
         self.end_update()
+
+    def planned_densities(self, epoch: int) -> dict[str, float]:
+        counts = self.final_counts[self.phase(epoch)]
+        return {n: c / self.masks.masks[n].numel() for n, c in counts.items()}
 
     def planned_sparsity(self, epoch: int) -> float:
         """Overall sparsity the masked layers train at during `epoch` (the soft bound for EM&S)."""

@@ -35,6 +35,9 @@ class RigL(SparseMethod):
         done = step + 1  # steps completed after this one
         return done % self.delta_t == 0 and done < self.end_step
 
+    def dense_grad_step(self, step: int) -> bool:
+        return self.uses_gradients and self.is_update(step)
+
     def fraction(self, step: int) -> float:
         if self.decay == "constant":
             return self.drop_fraction

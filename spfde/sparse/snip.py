@@ -25,16 +25,18 @@ def next_batches(batches, count: int) -> list:
 class SNIP(SparseMethod):
     name = "snip"
     uses_gradients = True
+    init_passes = 1.0  # one dense forward + backward per sample
 
-    def options(self):
-        return self.cfg.snip
+    def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
+        return self.cfg.snip.batches * batch_size
 
     def initialize(self, batches) -> None:
-        opts = self.options()
+        opts = self.cfg.snip
         weights = {n: m.weight for n, m in self.masks.layers.items()}
         grads = {n: torch.zeros_like(w) for n, w in weights.items()}
         self.model.train()
         for x, y in next_batches(batches, opts.batches):
+            self.init_samples += len(y)
             loss = F.cross_entropy(self.model(x), y)
             for n, g in zip(weights, torch.autograd.grad(loss, list(weights.values()))):
                 grads[n] += g

@@ -1,0 +1,233 @@
+"""Training cost: FLOPs and memory, planned before a run (`spfde.plan`) and counted during it.
+
+FLOPs follow the paper's convention: 2 x multiply-accumulates of conv and linear layers (BN, ReLU and
+additions are not counted). The dense forward FLOPs of every layer come from
+`torch.utils.flop_counter.FlopCounterMode` on a meta-device copy of the model at the dataset's input
+size (no data, no compute). A training step costs, per sample and layer with density d (1 for dense
+layers): forward F·d, input gradient F·d and weight gradient F·d; a frozen layer costs its forward
+only; on dense-gradient steps (RigL/ITOP updates, SNFS always) the weight gradient is dense, F.
+
+Memory follows the paper's Fig. 4: fp32 bytes at a batch size (64) of weights (non-zeros), activations
+saved for backward, weight gradients (non-zeros of trainable layers) and activation gradients. The two
+activation terms are *measured* on a real training step on the meta device (saved-tensor hooks and
+gradient hooks on every block's output); weights and weight gradients are *counted* from the masks
+(a masked dense tensor holds its zeros, so there is nothing to measure).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+BYTES_FP32 = 4
+
+
+@dataclass
+class Layer:
+    name: str
+    block: int  # index in model.blocks
+    flops: float  # dense forward FLOPs per sample
+    numel: int  # weights
+
+
+def block_of(name: str) -> int:
+    """`blocks.3.conv1` -> 3."""
+    return int(name.split(".")[1])
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to("meta")
+
+
+class CostModel:
+    """Per-sample training FLOPs of one configuration of a model (densities, frozen prefix)."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int]):
+        self.input_shape = tuple(input_shape)
+        meta = meta_copy(model)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            meta(torch.empty(1, *self.input_shape, device="meta"))
+        counts = counter.get_flop_counts()
+        root = type(model).__name__
+        self.layers = [Layer(name, block_of(name), float(sum(counts.get(f"{root}.{name}", {}).values())),
+                             m.weight.numel())
+                       for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.num_blocks = len(model.blocks)
+        self.block_names = list(model.block_names)
+
+    @property
+    def dense_forward(self) -> float:
+        return sum(layer.flops for layer in self.layers)
+
+    def block_forward(self) -> list[float]:
+        flops = [0.0] * self.num_blocks
+        for layer in self.layers:
+            flops[layer.block] += layer.flops
+        return flops
+
+    def step(self, densities: dict[str, float], frozen_blocks: int = 0, dense_grad: bool = False) -> float:
+        """Training FLOPs per sample. `densities` maps masked layers to their density (others: 1)."""
+        total = 0.0
+        for layer in self.layers:
+            fwd = layer.flops * densities.get(layer.name, 1.0)
+            if layer.block < frozen_blocks:
+                total += fwd
+            else:
+                total += 2 * fwd + (layer.flops if dense_grad else fwd)
+        return total
+
+    def inference(self, densities: dict[str, float]) -> float:
+        return sum(layer.flops * densities.get(layer.name, 1.0) for layer in self.layers)
+
+
+class MemoryModel:
+    """Training memory (bytes) of one configuration; activation terms measured once per frozen prefix."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], batch: int):
+        self.model, self.input_shape, self.batch = model, tuple(input_shape), batch
+        self.params = [(name, p.numel(), block_of(name)) for name, p in model.named_parameters()]
+        self._activations: dict[int, tuple[int, int]] = {}
+
+    def activations(self, frozen_blocks: int) -> tuple[int, int]:
+        """(bytes saved for backward, bytes of activation gradients), measured on a meta-device step
+        whose first `frozen_blocks` blocks run under no_grad, as a frozen prefix does."""
+        if frozen_blocks not in self._activations:
+            self._activations[frozen_blocks] = measure_activations(self.model, self.input_shape, self.batch,
+                                                                   frozen_blocks)
+        return self._activations[frozen_blocks]
+
+    def breakdown(self, densities: dict[str, float], frozen_blocks: int = 0) -> dict[str, int]:
+        weights = grads = 0
+        for name, numel, block in self.params:
+            layer = name.rsplit(".", 1)[0]
+            count = int(round(numel * densities.get(layer, 1.0))) if name.endswith("weight") else numel
+            weights += count
+            if block >= frozen_blocks:
+                grads += count
+        saved, act_grads = self.activations(frozen_blocks)
+        parts = {"weights": weights * BYTES_FP32, "activations": saved, "weight_grads": grads * BYTES_FP32,
+                 "activation_grads": act_grads}
+        return {**parts, "total": sum(parts.values())}
+
+
+def measure_activations(model: nn.Module, input_shape, batch: int, frozen_blocks: int) -> tuple[int, int]:
+    meta = meta_copy(model).float().train()
+    # storages are told apart by their StorageImpl (`_cdata`): views of one tensor share it, and weights
+    # saved as views (a Linear keeps weight.t()) are recognised as parameters, not activations
+    param_storages = {p.untyped_storage()._cdata for p in meta.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        if storage._cdata not in param_storages:
+            saved[storage._cdata] = storage.nbytes()
+        return t
+
+    grad_bytes = []
+    x = torch.zeros(batch, *input_shape, device="meta")
+    with torch.no_grad():
+        for block in meta.blocks[:frozen_blocks]:
+            x = block(x)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for block in meta.blocks[frozen_blocks:]:
+            x = block(x)
+            if x.requires_grad:
+                x.register_hook(lambda g: grad_bytes.append(g.numel() * g.element_size()))
+    if x.requires_grad:
+        x.sum().backward()
+    return sum(saved.values()), sum(grad_bytes)
+
+
+class CostMeter:
+    """Counts what a run actually costs, step by step, with a breakdown of what each dimension saved.
+
+    Per epoch: the FLOPs of the steps run; what dense training of the whole training set would have
+    cost; and the savings taken in order: sparsity (dense -> this run's densities, no freezing, whole
+    set), freezing (-> with the frozen prefix), sieving (-> only the samples actually used)."""
+
+    def __init__(self, cost: CostModel, memory: MemoryModel, sparsity):
+        self.cost, self.memory, self.sparsity = cost, memory, sparsity
+        self.totals = {"flops": 0.0, "dense": 0.0, "saved_sparsity": 0.0, "saved_freezing": 0.0,
+                       "saved_sieving": 0.0, "init": 0.0}
+        self.memory_seen: list[int] = []
+        self._version = None
+        self._start_epoch(0)
+
+    # ----------------------------------------------------------------- per step (hot path: no syncs)
+    def _start_epoch(self, frozen_blocks: int) -> None:
+        self.frozen_blocks = frozen_blocks
+        self.epoch = {"flops": 0.0, "unfrozen": 0.0, "samples": 0}
+        self._version = None
+
+    def begin_epoch(self, frozen_blocks: int = 0) -> None:
+        self._start_epoch(frozen_blocks)
+
+    def _refresh(self) -> None:
+        densities = self.sparsity.masks.densities()  # reads the masks: only when they changed
+        self._per_sample = {dg: (self.cost.step(densities, self.frozen_blocks, dg), self.cost.step(densities, 0, dg))
+                            for dg in (False, True)}
+        self._densities = densities
+        self._version = self.sparsity.masks.version
+
+    def step(self, samples: int, dense_grad: bool) -> None:
+        if self._version != self.sparsity.masks.version:
+            self._refresh()
+        actual, unfrozen = self._per_sample[dense_grad]
+        self.epoch["flops"] += samples * actual
+        self.epoch["unfrozen"] += samples * unfrozen
+        self.epoch["samples"] += samples
+
+    def add_init(self, samples: int, dense_passes: float) -> None:
+        """One-off dense passes before training (SNIP/GraSP saliency): dense_passes x a dense step."""
+        flops = samples * dense_passes * self.cost.step({}, 0, False)
+        self.totals["init"] += flops
+        self.totals["flops"] += flops
+
+    # ----------------------------------------------------------------- per epoch
+    def end_epoch(self, dataset_size: int) -> dict:
+        e = self.epoch
+        if self._version != self.sparsity.masks.version:
+            self._refresh()
+        seen = max(e["samples"], 1)
+        dense = dataset_size * self.cost.step({}, 0, False)
+        after_sparsity = dataset_size * e["unfrozen"] / seen
+        after_freezing = dataset_size * e["flops"] / seen
+        saved = {"saved_sparsity": dense - after_sparsity, "saved_freezing": after_sparsity - after_freezing,
+                 "saved_sieving": after_freezing - e["flops"]}
+        self.totals["flops"] += e["flops"]
+        self.totals["dense"] += dense
+        for k, v in saved.items():
+            self.totals[k] += v
+        mem = self.memory.breakdown(self._densities, self.frozen_blocks)
+        self.memory_seen.append(mem["total"])
+        record = {"flops/epoch": e["flops"], "flops/total": self.totals["flops"],
+                  "flops/dense_total": self.totals["dense"],
+                  **{f"flops/{k}": self.totals[k] for k in saved},
+                  **{f"memory/{k}": v for k, v in mem.items()},
+                  "memory/min": min(self.memory_seen),
+                  "memory/avg": sum(self.memory_seen) / len(self.memory_seen)}
+        return record
+
+    def summary(self) -> dict:
+        targets = {n: c / self.sparsity.masks.masks[n].numel() for n, c in self.sparsity.targets.items()}
+        return {"train_flops": self.totals["flops"], "dense_train_flops": self.totals["dense"],
+                "flops_saved_sparsity": self.totals["saved_sparsity"],
+                "flops_saved_freezing": self.totals["saved_freezing"],
+                "flops_saved_sieving": self.totals["saved_sieving"],
+                "inference_flops": self.cost.inference(self.sparsity.masks.densities()),
+                "memory_min_bytes": min(self.memory_seen) if self.memory_seen else 0,
+                "memory_avg_bytes": sum(self.memory_seen) / len(self.memory_seen) if self.memory_seen else 0,
+                "memory_dst_min_bytes": self.memory.breakdown(targets, 0)["total"]}
+
+    # ----------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        return {"totals": dict(self.totals), "memory_seen": list(self.memory_seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals = dict(state["totals"])
+        self.memory_seen = list(state["memory_seen"])

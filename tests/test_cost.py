@@ -1,0 +1,136 @@
+"""Cost accounting: the paper's FLOPs numbers, plan = count, memory with a frozen prefix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch import nn
+
+from spfde.cost import CostModel, MemoryModel, measure_activations
+from spfde.models import build_model
+from spfde.models.base import BlockNet
+from spfde.plan import build_plan
+from tests.conftest import make_cfg, quick_overrides, read_metrics, run_cli, run_training
+
+
+def plan_for(*overrides):
+    return build_plan(make_cfg(list(overrides)))
+
+
+@pytest.mark.parametrize("ratio, table2", [(0.9, 1.32), (0.95, 0.66), (0.98, 0.26)])
+def test_plan_reproduces_table2_flops(ratio, table2):
+    plan = plan_for("model=resnet32", "dataset=cifar100", "sparsity=snip", f"sparsity.ratio={ratio}",
+                    "sparsity.dense_layers=[]")
+    # 160 epochs x 50,000 samples x 3 x 551.25 MFLOPs x density (+ SNIP's one saliency batch)
+    exact = 160 * 50_000 * 3 * 551.248896e6 * (1 - ratio)
+    assert plan["train_flops"] == pytest.approx(exact, rel=1e-3)
+    assert int(plan["train_flops"] / 1e13) / 100 == table2  # the paper's table truncates to two decimals
+    if ratio == 0.9:
+        assert float(f"{plan['train_flops']:.4g}") == 1.323e15
+
+
+def test_resnet32_dense_forward_is_551_mflops():
+    cost = CostModel(build_model(make_cfg([]).model, 100, 3), (3, 32, 32))
+    assert cost.dense_forward == pytest.approx(551.2e6, rel=1e-4)
+
+
+def test_resnet50_imagenet_inference_and_rigl_budget():
+    plan = plan_for("model=resnet50", "dataset=imagenet", "sparsity=dense")
+    assert float(f"{plan['inference_flops']:.3g}") == 8.18e9
+    plan = plan_for("model=resnet50", "dataset=imagenet", "sparsity=dense", "epochs=102")
+    assert plan["train_flops"] == pytest.approx(3.2e18, rel=0.03)
+
+
+def test_step_cost_rules():
+    cost = CostModel(build_model(make_cfg(quick_overrides()).model, 10, 1), (1, 16, 16))
+    dense = cost.step({})
+    assert dense == pytest.approx(3 * cost.dense_forward)
+    half = {layer.name: 0.5 for layer in cost.layers}
+    assert cost.step(half) == pytest.approx(1.5 * cost.dense_forward)
+    assert cost.step(half, dense_grad=True) == pytest.approx(2 * cost.dense_forward)  # dense weight gradient
+    blocks = cost.block_forward()
+    frozen = cost.step({}, frozen_blocks=2)  # frozen blocks: forward only
+    assert frozen == pytest.approx(dense - 2 * sum(blocks[:2]))
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("mest", ["interval=1"]),
+    ("rigl", ["sparsity.rigl.delta_t=7"]),  # dense-gradient steps, some on partial batches
+    ("static", ["sparsity.distribution=erk"]),
+    ("snip", ["sparsity.snip.scope=layer"]),  # + the saliency pass at initialisation
+    ("dense", ["sparsity.ratio=0"]),
+])
+def test_planned_flops_equal_the_flops_counted_during_the_run(method, extra, tmp_path):
+    overrides = quick_overrides(f"sparsity={method}", "epochs=3", *extra)
+    plan = build_plan(make_cfg(overrides))
+    summary = run_training(overrides, tmp_path)
+    assert summary["train_flops"] == pytest.approx(plan["train_flops"], rel=1e-3)
+    assert summary["dense_train_flops"] == pytest.approx(plan["dense_train_flops"], rel=1e-3)
+    assert summary["memory_min_bytes"] == pytest.approx(plan["memory_min_bytes"], rel=1e-3)
+    records = read_metrics(tmp_path)
+    assert [r["flops/total"] for r in records] == sorted(r["flops/total"] for r in records)
+    last = records[-1]
+    saved = last["flops/saved_sparsity"] + last["flops/saved_freezing"] + last["flops/saved_sieving"]
+    init = summary["train_flops"] - sum(r["flops/epoch"] for r in records)
+    assert last["flops/dense_total"] - saved + init == pytest.approx(last["flops/total"], rel=1e-9)
+    assert init >= 0 and (init > 0) == (method == "snip")
+    for key in ("memory/weights", "memory/activations", "memory/weight_grads", "memory/activation_grads",
+                "memory/min", "memory/avg"):
+        assert last[key] > 0
+
+
+def linear_chain(widths):
+    blocks = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(widths[:-1], widths[1:])]
+    return BlockNet(blocks, [f"b{i}" for i in range(len(blocks))])
+
+
+def test_memory_with_frozen_prefix_matches_analytic_figures():
+    widths = [32, 64, 48, 16]
+    batch = 8
+    model = linear_chain(widths)
+    n = len(widths) - 1
+    for k in range(n + 1):
+        saved, grads = measure_activations(model, (widths[0],), batch, frozen_blocks=k)
+        # analytic: a trainable Linear keeps its input (for its weight gradient), a ReLU its output, and
+        # one block's output is the next one's input (one tensor, counted once): widths k..n are kept
+        assert saved == (4 * batch * sum(widths[k:]) if k < n else 0), k
+        # gradients of the outputs of the trainable blocks: widths k+1..n
+        assert grads == 4 * batch * sum(widths[k + 1:]), k
+    memory = MemoryModel(model, (widths[0],), batch)
+    params = [(a * b + b) for a, b in zip(widths[:-1], widths[1:])]
+    for k in range(len(widths)):
+        mem = memory.breakdown({}, frozen_blocks=k)
+        assert mem["weights"] == 4 * sum(params)
+        assert mem["weight_grads"] == 4 * sum(params[k:])  # frozen blocks have no gradients
+    assert memory.breakdown({}, frozen_blocks=3)["activations"] == 0
+
+
+def test_memory_counts_non_zeros_of_masked_layers():
+    model = linear_chain([10, 20, 5])
+    memory = MemoryModel(model, (10,), 4)
+    full = memory.breakdown({})
+    half = memory.breakdown({"blocks.0.0": 0.5})
+    assert full["weights"] - half["weights"] == 4 * 100  # half of the 200 weights of the first layer
+    assert full["activations"] == half["activations"]
+
+
+def test_frozen_prefix_of_resnet_lowers_activation_memory():
+    model = build_model(make_cfg([]).model, 100, 3)
+    values = [measure_activations(model, (3, 32, 32), 64, k)[0] for k in (0, 5, 10, 16)]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1] > 0
+
+
+@pytest.mark.slow
+def test_plan_cli_prints_table_and_json(tmp_path):
+    proc = run_cli(["experiment=cifar100_resnet32"], cwd=tmp_path, module="spfde.plan")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("Per-block forward FLOPs", "Training FLOPs", "Training memory", "stage3.block4", "Schedule"):
+        assert text in proc.stdout
+    proc = run_cli(["model=resnet50", "plan.format=json"], cwd=tmp_path, module="spfde.plan")
+    plan = json.loads(proc.stdout)
+    for key in ("train_flops", "inference_flops", "dense_train_flops", "memory_min_bytes", "memory_avg_bytes"):
+        assert plan[key] > 0
+    assert not (tmp_path / "outputs").exists()  # planning writes nothing
+    bad = run_cli(["sparsity.ratio=2"], cwd=tmp_path, module="spfde.plan")
+    assert bad.returncode == 2 and "sparsity.ratio" in bad.stderr
