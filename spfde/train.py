@@ -229,8 +229,9 @@ def train(cfg) -> dict:
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
         write_json(run_dir / SUMMARY, summary)
-        log.info(f"done: test acc {summary['final_acc']:.4f} (best {best_acc:.4f}) in {elapsed:.1f} s. "
-                 f"Results in {run_dir}")
+        share = summary["train_flops"] / summary["dense_train_flops"]
+        log.info(f"done: test acc {summary['final_acc']:.4f} (best {best_acc:.4f}) in {elapsed:.1f} s; training "
+                 f"FLOPs {summary['train_flops']:.4g} ({100 * share:.1f}% of dense). Results in {run_dir}")
     finally:
         logger.finish(summary)
     return summary
