@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench clean
+.PHONY: help install run test test-fast lint bench ablation-freeze clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,8 +32,13 @@ test: install  ## run the whole test suite (slow tests included)
 test-fast: install  ## the test suite without the slow tests
 	$(PY) -m pytest -m "not slow"
 
-bench: install  ## benchmarks that print numbers and ratios (sparse methods vs dense on digits)
+bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory)
 	$(PY) -m spfde.bench methods --epochs 10
+	$(PY) -m spfde.bench freeze-step
+	$(PY) -m spfde.bench memory
+
+ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~10 min)
+	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check spfde tests

@@ -1,9 +1,18 @@
-"""Benchmarks that print numbers and ratios measured in one run on one machine (`make bench`).
+"""Benchmarks and paper checks that print numbers and ratios measured in one run on one machine.
 
     python -m spfde.bench methods [--epochs 10] [--seeds 0] [--methods dense mest ...] [overrides ...]
+    python -m spfde.bench freeze-step [--steps 20] [overrides ...]
+    python -m spfde.bench memory
+    python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 15]
 
-`methods` trains every sparse-training method on the quickstart setup (ResNet-32, digits) at the same
-sparsity and prints test accuracy and training time per epoch relative to dense training.
+methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
+test accuracy and training time per epoch relative to dense training.
+freeze-step: wall-clock of a training step with 0, half and all candidate blocks frozen (the frozen
+prefix runs under no_grad), as ratios to the unfrozen step.
+memory: the paper's Fig. 4 check — ResNet-32/CIFAR-100, batch 64, x = 0.2: SpFDE average and minimum
+training memory against the plain-DST minimum at 90/95/98% sparsity (planned, no data needed).
+ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
+seeds — accuracy, training FLOPs and wall-clock.
 """
 
 from __future__ import annotations
@@ -72,6 +81,99 @@ def compare_methods(methods: list[str], epochs: int, seeds: list[int], ratio: fl
     return "\n".join(lines)
 
 
+def freeze_step(steps: int, extra: list[str]) -> str:
+    """Time training steps with a growing frozen prefix on the configured model and batch."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from spfde.freeze import candidate_blocks, frozen_prefix_forward
+    from spfde.models import build_model
+    from spfde.train import build_optimizer, resolve_device
+
+    cfg = compose_config(["experiment=quickstart", "logger=none", *extra])
+    device = resolve_device(cfg.device)
+    d = cfg.dataset
+    model = build_model(cfg.model, d.num_classes, d.channels).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    x = torch.randn(cfg.batch_size, d.channels, d.image_size, d.image_size, device=device)
+    y = torch.randint(0, d.num_classes, (cfg.batch_size,), device=device)
+    candidates = candidate_blocks(model, cfg.freeze_fraction)
+
+    def timed(k: int) -> float:
+        for i, block in enumerate(model.blocks):
+            block.requires_grad_(i >= k)
+        for n in range(steps + 3):
+            if n == 3:  # warm-up steps are not timed
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(frozen_prefix_forward(model, x, k), y).backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps
+
+    rows = [(k, timed(k)) for k in (0, candidates // 2, candidates)]
+    base = rows[0][1]
+    lines = [f"| frozen blocks (of {len(model.blocks)}) | ms/step | vs unfrozen |", "|---|---|---|"]
+    lines += [f"| {k} | {1000 * t:.2f} | {t / base:.2f}× ({base / t:.2f}× faster) |" for k, t in rows]
+    return (f"# training step, {cfg.model.name} (depth {cfg.model.depth}, width {cfg.model.width}), batch "
+            f"{cfg.batch_size} at {d.channels}x{d.image_size}x{d.image_size}, device {device}\n" + "\n".join(lines))
+
+
+def fig4_memory() -> str:
+    from spfde.plan import build_plan
+
+    paper = {0.9: "", 0.95: "", 0.98: ""}
+    lines = ["| sparsity | plain-DST min (MiB) | SpFDE avg (MiB) | SpFDE min (MiB) | avg reduction | min reduction |",
+             "|---|---|---|---|---|---|"]
+    for ratio in paper:
+        cfg = compose_config(["experiment=cifar100_resnet32", f"sparsity.ratio={ratio}", "freeze=0.2"])
+        validate(cfg)
+        plan = build_plan(cfg)
+        dst, avg, low = plan["memory_dst_min_bytes"], plan["memory_avg_bytes"], plan["memory_min_bytes"]
+        lines.append(f"| {ratio} | {dst / 2**20:.1f} | {avg / 2**20:.1f} | {low / 2**20:.1f} | "
+                     f"{100 * (1 - avg / dst):.1f}% | {100 * (1 - low / dst):.1f}% |")
+    lines.append("| paper (Fig. 4) | | | | 20–25.3% | 42.2–43.9% |")
+    return "# Fig. 4: ResNet-32 (2x) on CIFAR-100, batch 64, fp32, MEST + freeze x = 0.2 (planned)\n" + "\n".join(lines)
+
+
+def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
+    from spfde.freeze import FreezeError
+
+    grid = [(0.0, "single_shot")] + [(x, s) for x in (0.1, 0.2, 0.3)
+                                     for s in ("single_shot", "resume", "periodic", "delayed")]
+    lines = ["| freeze x | scheme | test acc (mean ± std) | training FLOPs | saved vs x=0 | wall-clock s |",
+             "|---|---|---|---|---|---|"]
+    base_flops = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for x, scheme in grid:
+            accs, flops, times = [], [], []
+            try:
+                for seed in seeds:
+                    overrides = ["experiment=quickstart", f"epochs={epochs}", f"freeze={x}",
+                                 f"freeze_scheme={scheme}", f"seed={seed}", *extra]
+                    summary, _ = run_once(overrides, Path(tmp) / f"{x}-{scheme}-{seed}")
+                    accs.append(summary["final_acc"])
+                    flops.append(summary["train_flops"])
+                    times.append(summary["train_time_s"])
+                    print(f"  x={x} {scheme:11s} seed {seed}: acc {summary['final_acc']:.4f}, "
+                          f"FLOPs {summary['train_flops']:.4g}, {summary['train_time_s']:.1f} s", flush=True)
+            except FreezeError as e:
+                lines.append(f"| {x} | {scheme} | unreachable: {e} | | | |")
+                continue
+            mean_flops = statistics.mean(flops)
+            base_flops = base_flops or mean_flops
+            label = "—" if x == 0 else scheme
+            lines.append(f"| {x} | {label} | {mean_std(accs)} | {mean_flops:.4g} | "
+                         f"{100 * (1 - mean_flops / base_flops):.1f}% | {statistics.mean(times):.1f} |")
+    return (f"# freezing ablation: digits, ResNet-32 (width 1) at 90% (MEST), {epochs} epochs, interval 1, "
+            f"{len(seeds)} seeds\n" + "\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     from spfde.sparse import METHODS
 
@@ -84,11 +186,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=0.9)
     p.add_argument("--methods", nargs="+", default=["dense", *sorted(m for m in METHODS if m != "dense")])
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.width=2")
+    p = sub.add_parser("freeze-step", help="step time with a frozen prefix, as ratios")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("overrides", nargs="*", help="e.g. model.width=2 dataset=fake batch_size=64 device=cuda")
+    sub.add_parser("memory", help="the paper's Fig. 4 memory check (planned)")
+    p = sub.add_parser("ablation-freeze", help="freeze x scheme x seeds on digits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bench == "methods":
         print(f"# sparse methods on digits (quickstart model), sparsity {args.ratio}, {args.epochs} epochs")
         print(compare_methods(args.methods, args.epochs, args.seeds, args.ratio, args.overrides))
+    elif args.bench == "freeze-step":
+        print(freeze_step(args.steps, args.overrides))
+    elif args.bench == "memory":
+        print(fig4_memory())
+    elif args.bench == "ablation-freeze":
+        print(ablation_freeze(args.seeds, args.epochs, args.overrides))
 
 
 if __name__ == "__main__":

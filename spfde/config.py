@@ -159,6 +159,15 @@ class LoggerConfig:
 
 
 @dataclass
+class FreezeSchemeConfig:
+    name: str = "single_shot"  # single_shot (paper) | resume | periodic | delayed
+    resume_fraction: float = 0.1  # resume: final fine-tune with every block released, share of training
+    resume_lr_scale: float = 0.1  # resume: the fine-tune starts at lr x this and anneals to min_lr
+    period: int = 5  # periodic/delayed: epochs per frozen window and per active window (Δτ by default)
+    delay: float = 0.1  # delayed: no freezing during this share of training
+
+
+@dataclass
 class CostConfig:
     memory_batch: int = 64  # batch size of the memory accounting (paper Fig. 4: 64, fp32)
 
@@ -175,11 +184,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    freeze_scheme: FreezeSchemeConfig = field(default_factory=FreezeSchemeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     experiment_name: str = "default"
     epochs: int = 160
     interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)
+    freeze: float = 0.0  # x: share of the run's training FLOPs that layer freezing must save (0 = off)
+    freeze_fraction: float = 0.6667  # candidate blocks hold about this share of the layers (paper: 2/3)
+    per_block_lr: bool = True  # each block's cosine LR runs over its own active epochs (paper Sec. 4.2.1)
     batch_size: int = 64
     eval_batch_size: int = 512
     seed: int = 0
@@ -245,6 +258,7 @@ def validate(cfg: DictConfig) -> None:
         _check(torch.cuda.is_available(), f"device={cfg.device} asked for, but CUDA is not available here")
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)
+    validate_freeze(cfg)
     _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
     _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
@@ -346,6 +360,21 @@ def validate_sparsity(cfg: DictConfig) -> None:
                          [sp.ratio + x for x in bounds.grow_to], o.mode)
         except SparsityError as e:
             raise ConfigError(str(e)) from None
+
+
+def validate_freeze(cfg: DictConfig) -> None:
+    fs = cfg.freeze_scheme
+    _check(0 <= cfg.freeze < 1, f"freeze must be in [0, 1) (a share of the training FLOPs), got {cfg.freeze}")
+    _check(0 < cfg.freeze_fraction <= 1, f"freeze_fraction must be in (0, 1], got {cfg.freeze_fraction}")
+    _check(fs.name in ("single_shot", "resume", "periodic", "delayed"),
+           f"freeze_scheme.name must be single_shot, resume, periodic or delayed, got {fs.name!r}")
+    _check(0 < fs.resume_fraction < 1, f"freeze_scheme.resume_fraction must be in (0, 1), got {fs.resume_fraction}")
+    _check(0 < fs.resume_lr_scale <= 1, f"freeze_scheme.resume_lr_scale must be in (0, 1], got {fs.resume_lr_scale}")
+    _check(fs.period >= 1, f"freeze_scheme.period must be >= 1 epoch, got {fs.period}")
+    _check(0 <= fs.delay < 1, f"freeze_scheme.delay must be in [0, 1), got {fs.delay}")
+    _check(not (cfg.freeze > 0 and cfg.sparsity.name == "lth"),
+           "freeze > 0 with sparsity=lth: each LTH round retrains from a rewind point, freezing is not defined "
+           "for it")
 
 
 def run_name(override_dirname: str) -> str:

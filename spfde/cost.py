@@ -17,6 +17,7 @@ gradient hooks on every block's output); weights and weight gradients are *count
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,30 @@ class CostModel:
 
     def inference(self, densities: dict[str, float]) -> float:
         return sum(layer.flops * densities.get(layer.name, 1.0) for layer in self.layers)
+
+
+def epoch_batches(samples: int, batch_size: int) -> list[int]:
+    """Batch sizes of one epoch over `samples` (the last batch may be partial)."""
+    steps = math.ceil(samples / batch_size)
+    return [batch_size] * (steps - 1) + [samples - batch_size * (steps - 1)]
+
+
+def flops_table(cost: CostModel, method, epochs: int, batches: list[int], max_frozen: int) -> list[list[float]]:
+    """table[e][k]: planned training FLOPs of epoch e with the first k blocks frozen, at the method's
+    planned densities (frozen layers at theirs) and with its dense-gradient steps."""
+    steps = len(batches)
+    table = []
+    for e in range(epochs):
+        dense_grad_samples = sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
+        row = []
+        for k in range(max_frozen + 1):
+            frozen = frozenset(n for n in method.masks.layers if block_of(n) < k)
+            densities = method.planned_densities(e, frozen)
+            per_sample = cost.step(densities, k, False)
+            extra = cost.step(densities, k, True) - per_sample if dense_grad_samples else 0.0
+            row.append(sum(batches) * per_sample + dense_grad_samples * extra)
+        table.append(row)
+    return table
 
 
 class MemoryModel:
@@ -155,21 +180,18 @@ class CostMeter:
         self.totals = {"flops": 0.0, "dense": 0.0, "saved_sparsity": 0.0, "saved_freezing": 0.0,
                        "saved_sieving": 0.0, "init": 0.0}
         self.memory_seen: list[int] = []
-        self._version = None
-        self._start_epoch(0)
+        self.begin_epoch(0, 0)
 
     # ----------------------------------------------------------------- per step (hot path: no syncs)
-    def _start_epoch(self, frozen_blocks: int) -> None:
-        self.frozen_blocks = frozen_blocks
+    def begin_epoch(self, epoch: int, frozen_blocks: int = 0) -> None:
+        self.epoch_index, self.frozen_blocks = epoch, frozen_blocks
         self.epoch = {"flops": 0.0, "unfrozen": 0.0, "samples": 0}
         self._version = None
 
-    def begin_epoch(self, frozen_blocks: int = 0) -> None:
-        self._start_epoch(frozen_blocks)
-
     def _refresh(self) -> None:
         densities = self.sparsity.masks.densities()  # reads the masks: only when they changed
-        self._per_sample = {dg: (self.cost.step(densities, self.frozen_blocks, dg), self.cost.step(densities, 0, dg))
+        unfrozen = self.sparsity.densities_without_freezing(densities, self.epoch_index)
+        self._per_sample = {dg: (self.cost.step(densities, self.frozen_blocks, dg), self.cost.step(unfrozen, 0, dg))
                             for dg in (False, True)}
         self._densities = densities
         self._version = self.sparsity.masks.version
@@ -205,7 +227,9 @@ class CostMeter:
             self.totals[k] += v
         mem = self.memory.breakdown(self._densities, self.frozen_blocks)
         self.memory_seen.append(mem["total"])
+        without_freezing = self.totals["flops"] + self.totals["saved_freezing"] - self.totals["init"]
         record = {"flops/epoch": e["flops"], "flops/total": self.totals["flops"],
+                  "freeze/saved_share": self.totals["saved_freezing"] / without_freezing if without_freezing else 0.0,
                   "flops/dense_total": self.totals["dense"],
                   **{f"flops/{k}": self.totals[k] for k in saved},
                   **{f"memory/{k}": v for k, v in mem.items()},

@@ -10,20 +10,15 @@ device, so even ResNet-50 plans in seconds.
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import torch
 
 from spfde.config import ConfigError, compose_config, validate
-from spfde.cost import CostModel, MemoryModel
+from spfde.cost import CostModel, MemoryModel, block_of, epoch_batches, flops_table
+from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.models import build_model
 from spfde.sparse import SparsityError, build_sparsity
-
-
-def epoch_batches(train_size: int, batch_size: int) -> list[int]:
-    steps = math.ceil(train_size / batch_size)
-    return [batch_size] * (steps - 1) + [train_size - batch_size * (steps - 1)]
 
 
 def build_plan(cfg) -> dict:
@@ -32,19 +27,28 @@ def build_plan(cfg) -> dict:
     with torch.device("meta"):
         model = build_model(cfg.model, d.num_classes, d.channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-    batches = epoch_batches(d.train_size, cfg.batch_size)
+    samples = d.train_size
+    batches = epoch_batches(samples, cfg.batch_size)
     method = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(batches))
     cost = CostModel(model, input_shape)
     memory = MemoryModel(model, input_shape, cfg.cost.memory_batch)
-
-    rounds = [None]
     notes = []
+
     if cfg.sparsity.name == "lth":
         from spfde.sparse.lth import round_sparsities
 
         rounds = round_sparsities(cfg.sparsity.ratio, cfg.sparsity.lth.prune_rate)
         notes.append(f"LTH: {len(rounds)} rounds of {cfg.epochs} epochs; per-layer densities of global pruning "
                      f"are estimated with the '{cfg.sparsity.distribution}' distribution")
+        densities_of = []
+        for sparsity in rounds:
+            counts = method.masks.target_counts(sparsity)
+            densities_of += [{n: c / method.masks.masks[n].numel() for n, c in counts.items()}] * cfg.epochs
+        table = [[sum(batches) * cost.step(dens, 0, False)] for dens in densities_of]
+    else:
+        densities_of = None
+        candidates = candidate_blocks(model, cfg.freeze_fraction) if cfg.freeze > 0 else 0
+        table = flops_table(cost, method, cfg.epochs, batches, candidates)
     if cfg.sparsity.name in ("snip", "grasp") and cfg.sparsity[cfg.sparsity.name].scope == "global":
         notes.append(f"{cfg.sparsity.name} (global scope) picks per-layer densities at run time; estimated here "
                      f"with the '{cfg.sparsity.distribution}' distribution")
@@ -52,55 +56,51 @@ def build_plan(cfg) -> dict:
         notes.append(f"{cfg.sparsity.name} moves weights between layers at run time; estimated here with the "
                      f"initial '{cfg.sparsity.distribution}' distribution")
 
-    dense_step = cost.step({}, 0, False)
-    totals = {"train": 0.0, "no_freeze_sieve": 0.0, "dense": 0.0}
-    memories, epochs_table = [], []
-    dense_grad_possible = cfg.sparsity.name in ("rigl", "itop", "snfs")
-    for round_sparsity in rounds:
-        for epoch in range(cfg.epochs):
-            if round_sparsity is None:
-                densities = method.planned_densities(epoch)
-            else:
-                counts = method.masks.target_counts(round_sparsity)
-                densities = {n: c / method.masks.masks[n].numel() for n, c in counts.items()}
-            frozen = 0
-            per_sample = cost.step(densities, frozen, False)
-            flops = d.train_size * per_sample
-            if dense_grad_possible:
-                extra = cost.step(densities, frozen, True) - per_sample
-                for i, n in enumerate(batches):
-                    if method.dense_grad_step(epoch * len(batches) + i):
-                        flops += n * extra
-            totals["train"] += flops
-            totals["no_freeze_sieve"] += flops
-            totals["dense"] += d.train_size * dense_step
-            mem = memory.breakdown(densities, frozen)
-            memories.append(mem["total"])
-            epochs_table.append({"epoch": epoch, "flops": flops, "frozen_blocks": frozen,
-                                 "sparsity": 1 - sum(densities[n] * method.masks.masks[n].numel() for n in densities)
-                                 / max(1, sum(method.masks.masks[n].numel() for n in densities)),
-                                 "memory": mem["total"]})
-    init = method.init_passes * method.planned_init_samples(cfg.batch_size, d.num_classes) * dense_step
-    totals["train"] += init
-    totals["no_freeze_sieve"] += init
-    final = densities
+    freeze = None
+    if cfg.freeze > 0:
+        freeze = solve(cfg.freeze_scheme.name, cfg.freeze, table, cfg.epochs, cfg.interval, candidates,
+                       scheme_options(cfg))
+    frozen = freeze.frozen if freeze else [0] * len(table)
+    init = method.init_passes * method.planned_init_samples(cfg.batch_size, d.num_classes) * cost.step({})
+    train = init + sum(row[k] for row, k in zip(table, frozen))
+    no_freeze = init + sum(row[0] for row in table)
+    dense = len(table) * samples * cost.step({})
+
+    memories, schedule = [], []
+    for e, k in enumerate(frozen):
+        if densities_of is not None:
+            densities = densities_of[e]
+        else:
+            densities = method.planned_densities(e, frozenset(n for n in method.masks.layers if block_of(n) < k))
+        mem = memory.breakdown(densities, k)
+        memories.append(mem["total"])
+        masked = sum(method.masks.masks[n].numel() for n in densities)
+        sparsity = 1 - sum(densities[n] * method.masks.masks[n].numel() for n in densities) / max(1, masked)
+        schedule.append({"epoch": e, "flops": table[e][k], "frozen_blocks": k, "sparsity": sparsity,
+                         "memory": mem["total"]})
     targets = {n: c / method.masks.masks[n].numel() for n, c in method.targets.items()}
-    blocks = cost.block_forward()
-    return {
+    block_flops = cost.block_forward()
+    plan = {
         "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name, "ratio": cfg.sparsity.ratio,
-        "epochs": cfg.epochs * len(rounds), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size,
-        "train_size": d.train_size,
-        "train_flops": totals["train"], "train_flops_no_freeze_sieve": totals["no_freeze_sieve"],
-        "dense_train_flops": totals["dense"], "init_flops": init,
-        "inference_flops": cost.inference(final), "dense_inference_flops": cost.dense_forward,
+        "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
+        "train_flops": train, "train_flops_no_freeze_sieve": no_freeze, "dense_train_flops": dense,
+        "init_flops": init, "inference_flops": cost.inference(densities), "dense_inference_flops": cost.dense_forward,
         "memory_batch": cfg.cost.memory_batch,
         "memory_min_bytes": min(memories), "memory_avg_bytes": sum(memories) / len(memories),
         "memory_dst_min_bytes": memory.breakdown(targets, 0)["total"],
-        "memory_breakdown_min": memory.breakdown(final, 0),
+        "memory_breakdown_min": memory.breakdown(targets, max(frozen)),
         "blocks": [{"block": name, "forward_flops": f, "share": f / cost.dense_forward}
-                   for name, f in zip(cost.block_names, blocks)],
-        "schedule": epochs_table, "notes": notes,
+                   for name, f in zip(cost.block_names, block_flops)],
+        "freeze": None, "schedule": schedule, "notes": notes,
     }
+    if freeze is not None:
+        plan["freeze"] = {"scheme": freeze.scheme, "target": cfg.freeze, "planned_saving": freeze.saving,
+                          "candidates": freeze.candidates, "parameter": freeze.parameter,
+                          "finetune_from": freeze.finetune_from,
+                          "events": [{"epoch": e, "block": cost.block_names[b], "index": b, "action": a,
+                                      "forward_share": block_flops[b] / cost.dense_forward}
+                                     for e, b, a in freeze.events]}
+    return plan
 
 
 def fmt_flops(x: float) -> str:
@@ -122,7 +122,8 @@ def render(plan: dict) -> str:
               f"  planned                         {fmt_flops(plan['train_flops'])}",
               f"  dense training                  {fmt_flops(plan['dense_train_flops'])}"
               f"   (planned = {100 * plan['train_flops'] / plan['dense_train_flops']:.1f}% of dense)",
-              f"  without freezing and sieving    {fmt_flops(plan['train_flops_no_freeze_sieve'])}"]
+              f"  without freezing and sieving    {fmt_flops(plan['train_flops_no_freeze_sieve'])}"
+              f"   (saving {100 * (1 - plan['train_flops'] / plan['train_flops_no_freeze_sieve']):.1f}%)"]
     if plan["init_flops"]:
         lines.append(f"  of which mask selection at init {fmt_flops(plan['init_flops'])}")
     lines += [f"Inference FLOPs per sample:       {fmt_flops(plan['inference_flops'])} "
@@ -130,8 +131,8 @@ def render(plan: dict) -> str:
               f"Training memory (batch {plan['memory_batch']}, fp32):",
               f"  minimum {fmt_bytes(plan['memory_min_bytes'])}, average {fmt_bytes(plan['memory_avg_bytes'])}; "
               f"plain DST minimum {fmt_bytes(plan['memory_dst_min_bytes'])}",
-              "  at the minimum: " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in plan["memory_breakdown_min"].items()
-                                                if k != "total")]
+              "  most frozen, at the target density: "
+              + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in plan["memory_breakdown_min"].items() if k != "total")]
     changes = []
     previous = None
     for e in plan["schedule"]:
@@ -141,6 +142,18 @@ def render(plan: dict) -> str:
                            f"frozen blocks {e['frozen_blocks']}")
             previous = key
     lines += ["", "Schedule (changes only):", *changes]
+    if plan["freeze"]:
+        f = plan["freeze"]
+        what = "frozen-window length" if f["scheme"] == "delayed" else "start epoch T_frz"
+        lines += ["", f"Layer freezing: {f['scheme']}, target saving {f['target']:g}, planned saving "
+                      f"{f['planned_saving']:.4f} of the run's FLOPs; {f['candidates']} candidate blocks; "
+                      f"{what} = {f['parameter']}" + (f"; fine-tune from epoch {f['finetune_from']}"
+                                                      if f["finetune_from"] is not None else "")]
+        lines.append(f"  {'epoch':>6}  {'action':<8}{'block':<22}{'forward share':>14}")
+        for ev in f["events"][:60]:
+            lines.append(f"  {ev['epoch']:>6}  {ev['action']:<8}{ev['block']:<22}{100 * ev['forward_share']:>13.1f}%")
+        if len(f["events"]) > 60:
+            lines.append(f"  ... {len(f['events']) - 60} more events (plan.format=json lists them all)")
     lines += [f"Note: {n}" for n in plan["notes"]]
     return "\n".join(lines)
 
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose_config(args)
         validate(cfg)
         plan = build_plan(cfg)
-    except (ConfigError, SparsityError) as e:
+    except (ConfigError, SparsityError, FreezeError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
     if cfg.plan.format == "json":

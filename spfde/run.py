@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from spfde.config import ConfigError, precheck_overrides, register_configs, register_resolvers, validate
 from spfde.data import DataError
+from spfde.freeze import FreezeError
 from spfde.sparse import SparsityError
 
 register_configs()
@@ -24,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         summary = train(cfg)
-    except (ConfigError, DataError, SparsityError) as e:
+    except (ConfigError, DataError, SparsityError, FreezeError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
     return summary["final_acc"]

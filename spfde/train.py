@@ -27,11 +27,11 @@ from spfde.checkpoint import (
     truncate_metrics,
     write_json,
 )
-from spfde.cost import CostMeter, CostModel, MemoryModel
+from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches
 from spfde.data import build_data
+from spfde.freeze import Freezer, block_param_groups, frozen_prefix_forward, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
-from spfde.schedule import lr_at
 from spfde.sparse import build_sparsity
 
 log = logging.getLogger("spfde")
@@ -54,7 +54,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+    """SGD with one parameter group per block (each block may follow its own learning rate)."""
+    return torch.optim.SGD(block_param_groups(model), lr=optim.lr, momentum=optim.momentum,
                            weight_decay=optim.weight_decay, nesterov=optim.nesterov)
 
 
@@ -77,8 +78,8 @@ class Runtime:
         return x, y
 
 
-def train_one_epoch(model, loader, optimizer, sparsity, cost, epoch: int, cfg, rt: Runtime, bar) -> dict:
-    model.train()
+def train_one_epoch(model, loader, optimizer, sparsity, freezer, cost, epoch: int, rt: Runtime, cfg, bar) -> dict:
+    freezer.train_mode()  # model.train(), frozen blocks' BN in eval mode
     steps = len(loader)
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device, dtype=torch.long)
@@ -86,11 +87,9 @@ def train_one_epoch(model, loader, optimizer, sparsity, cost, epoch: int, cfg, r
     for i, (x, y, _idx) in enumerate(loader):
         x, y = rt.batch(x, y)
         step = epoch * steps + i
-        lr = lr_at(epoch + i / steps, cfg.optim, cfg.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = freezer.set_lrs(optimizer, epoch + i / steps)  # per-block cosine over each block's active epochs
         with rt.autocast():
-            logits = model(x)
+            logits = frozen_prefix_forward(model, x, freezer.frozen)  # the frozen prefix runs under no_grad
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,7 +162,12 @@ def train(cfg) -> dict:
     optimizer = build_optimizer(model, cfg.optim)
     sparsity = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(data.train))
     input_shape = (data.channels, data.image_size, data.image_size)
-    cost = CostMeter(CostModel(model, input_shape), MemoryModel(model, input_shape, cfg.cost.memory_batch), sparsity)
+    cost_model = CostModel(model, input_shape)
+    cost = CostMeter(cost_model, MemoryModel(model, input_shape, cfg.cost.memory_batch), sparsity)
+    freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, epoch_batches(data.train.num_samples,
+                                                                                 cfg.batch_size))
+    freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
+                      scheme_options(cfg))
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any
@@ -175,6 +179,7 @@ def train(cfg) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         sparsity.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
         cost.load_state_dict(ckpt["cost"])
+        freezer.load_state_dict(ckpt["freezer"], optimizer)
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
         truncate_metrics(run_dir, start_epoch)
@@ -198,9 +203,11 @@ def train(cfg) -> dict:
                 t0 = time.perf_counter()
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
+                freezer.start_epoch(epoch, optimizer, sparsity)  # freeze / release blocks as planned
                 sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
-                cost.begin_epoch(frozen_blocks=0)
-                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, cost, epoch, cfg, rt, bar)
+                cost.begin_epoch(epoch, frozen_blocks=freezer.frozen)
+                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, freezer, cost, epoch, rt,
+                                              cfg, bar)
                 t_train = time.perf_counter() - t0
                 test_stats = evaluate(model, data.test, rt, top5)
                 t_epoch = time.perf_counter() - t0
@@ -208,6 +215,7 @@ def train(cfg) -> dict:
                 best_acc = max(best_acc, test_stats["test/acc"])
                 record = {"epoch": epoch + 1, **train_stats, **test_stats, "test/best_acc": best_acc,
                           **sparsity.epoch_stats(), **cost.end_epoch(data.train.dataset_size),
+                          "freeze/frozen_blocks": freezer.frozen,
                           "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
                           "time/samples_per_s": train_stats["samples"] / t_train}
                 if device.type == "cuda":
@@ -216,7 +224,7 @@ def train(cfg) -> dict:
                 logger.log_epoch(record, cfg.epochs)  # metrics first: a resume drops lines past the checkpoint
                 save_checkpoint(ckpt_path, {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "sparsity": sparsity.state_dict(), "cost": cost.state_dict(),
+                    "sparsity": sparsity.state_dict(), "cost": cost.state_dict(), "freezer": freezer.state_dict(),
                     "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                 })
         last = load_last_record(run_dir)
@@ -225,7 +233,8 @@ def train(cfg) -> dict:
                    "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
                    "params": n_params, "seed": cfg.seed, "sparsity_method": cfg.sparsity.name,
                    "sparsity_ratio": cfg.sparsity.ratio, "final_sparsity": last["sparsity/overall"],
-                   **cost.summary()}
+                   **cost.summary(), "freeze": cfg.freeze, "freeze_scheme": cfg.freeze_scheme.name,
+                   "freeze_planned_saving": freeze_plan.saving if freeze_plan else 0.0}
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
         write_json(run_dir / SUMMARY, summary)

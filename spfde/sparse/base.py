@@ -93,9 +93,21 @@ class SparseMethod:
         """Does this step compute the dense weight gradient (RigL updates, SNFS)?"""
         return False
 
-    def planned_densities(self, epoch: int) -> dict[str, float]:
-        """Layer densities this method trains at during `epoch`, known before the run."""
+    def planned_densities(self, epoch: int, frozen: frozenset[str] = frozenset()) -> dict[str, float]:
+        """Layer densities this method trains at during `epoch` (given the frozen layers), known
+        before the run."""
         return {n: c / self.masks.masks[n].numel() for n, c in self.targets.items()}
+
+    def densities_without_freezing(self, densities: dict[str, float], epoch: int) -> dict[str, float]:
+        """The densities these layers would have had this epoch if nothing were frozen (for the cost
+        meter's counterfactual: what freezing saved)."""
+        return densities
+
+    def on_freeze(self, layers: list[str], epoch: int) -> None:
+        """Layers about to be frozen (their masks stay fixed from now on)."""
+
+    def on_release(self, layers: list[str], epoch: int) -> None:
+        """Frozen layers that train again."""
 
     def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
         return 0

@@ -59,9 +59,33 @@ class MEST(SparseMethod):
                                 grow_score=self.random_scores(name))
         self.end_update()
 
-    def planned_densities(self, epoch: int) -> dict[str, float]:
+    def planned_densities(self, epoch: int, frozen: frozenset[str] = frozenset()) -> dict[str, float]:
         counts = self.final_counts[self.phase(epoch)]
-        return {n: c / self.masks.masks[n].numel() for n, c in counts.items()}
+        return {n: (self.targets[n] if n in frozen else c) / self.masks.masks[n].numel() for n, c in counts.items()}
+
+    def densities_without_freezing(self, densities: dict[str, float], epoch: int) -> dict[str, float]:
+        counts = self.final_counts[self.phase(epoch)]  # frozen layers would train at the phase's bound
+        return {n: counts[n] / self.masks.masks[n].numel() if n in self.masks.frozen else d
+                for n, d in densities.items()}
+
+    def on_freeze(self, layers: list[str], epoch: int) -> None:
+        """A block frozen while it holds soft-bound weights is first pruned to its target, so the final
+        model meets the sparsity target."""
+        for name in layers:
+            if self.masks.active(name) > self.targets[name]:
+                weight = self.masks.layers[name].weight.detach()
+                self.prune_and_grow(name, keep=self.targets[name], final=self.targets[name],
+                                    prune_score=weight.abs(), grow_score=weight.abs())
+
+    def on_release(self, layers: list[str], epoch: int) -> None:
+        """A released block rejoins at the current phase's density (random growth, zero init)."""
+        counts = self.final_counts[self.phase(epoch)]
+        for name in layers:
+            active = self.masks.active(name)
+            if counts[name] > active:
+                self.prune_and_grow(name, keep=active, final=counts[name],
+                                    prune_score=self.masks.layers[name].weight.detach().abs(),
+                                    grow_score=self.random_scores(name))
 
     def planned_sparsity(self, epoch: int) -> float:
         """Overall sparsity the masked layers train at during `epoch` (the soft bound for EM&S)."""
