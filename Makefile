@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench ablation-freeze clean
+.PHONY: help install run test test-fast lint bench ablation-freeze ablation-sieve clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: install  ## benchmarks that print numbers and ratios (methods vs dense, f
 
 ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~10 min)
 	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2
+
+ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/random x 3 seeds on digits (~10 min)
+	$(PY) -m spfde.bench ablation-sieve --seeds 0 1 2 interval=3
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check spfde tests

@@ -4,6 +4,7 @@
     python -m spfde.bench freeze-step [--steps 20] [overrides ...]
     python -m spfde.bench memory
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 15]
+    python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 15] [interval=3]
 
 methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
 test accuracy and training time per epoch relative to dense training.
@@ -13,6 +14,7 @@ memory: the paper's Fig. 4 check — ResNet-32/CIFAR-100, batch 64, x = 0.2: SpF
 training memory against the plain-DST minimum at 90/95/98% sparsity (planned, no data needed).
 ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
 seeds — accuracy, training FLOPs and wall-clock.
+ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
 """
 
 from __future__ import annotations
@@ -174,6 +176,32 @@ def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
             f"{len(seeds)} seeds\n" + "\n".join(lines))
 
 
+def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
+    grid = [(0.0, "circular", 0.0)] + [(y, m, 0.0) for y in (0.1, 0.2, 0.3) for m in ("circular", "oneshot", "random")]
+    grid += [(0.2, "circular", 0.2)]  # SpFDE 0.2 + 0.2 (sieving and freezing together)
+    lines = ["| sieve y | method | freeze x | test acc (mean ± std) | training FLOPs | saved vs MEST | wall-clock s |",
+             "|---|---|---|---|---|---|---|"]
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for y, method, x in grid:
+            accs, flops, times = [], [], []
+            for seed in seeds:
+                overrides = ["experiment=quickstart", f"epochs={epochs}", f"sieve={y}", f"sieve_method={method}",
+                             f"freeze={x}", f"seed={seed}", *extra]
+                summary, _ = run_once(overrides, Path(tmp) / f"{y}-{method}-{x}-{seed}")
+                accs.append(summary["final_acc"])
+                flops.append(summary["train_flops"])
+                times.append(summary["train_time_s"])
+                print(f"  y={y} {method:8s} x={x} seed {seed}: acc {summary['final_acc']:.4f}, "
+                      f"FLOPs {summary['train_flops']:.4g}, {summary['train_time_s']:.1f} s", flush=True)
+            mean_flops = statistics.mean(flops)
+            base = base or mean_flops
+            lines.append(f"| {y} | {method if y else '— (MEST alone)'} | {x} | {mean_std(accs)} | {mean_flops:.4g} | "
+                         f"{100 * (1 - mean_flops / base):.1f}% | {statistics.mean(times):.1f} |")
+    return (f"# sieving ablation: digits, ResNet-32 (width 1) at 90% (MEST), {epochs} epochs, {len(seeds)} seeds, "
+            f"overrides {extra}\n" + "\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     from spfde.sparse import METHODS
 
@@ -194,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("ablation-sieve", help="sieve y x method x seeds on digits, and SpFDE 0.2+0.2")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bench == "methods":
@@ -205,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         print(fig4_memory())
     elif args.bench == "ablation-freeze":
         print(ablation_freeze(args.seeds, args.epochs, args.overrides))
+    elif args.bench == "ablation-sieve":
+        print(ablation_sieve(args.seeds, args.epochs, args.overrides))
 
 
 if __name__ == "__main__":

@@ -193,6 +193,10 @@ class Config:
     freeze: float = 0.0  # x: share of the run's training FLOPs that layer freezing must save (0 = off)
     freeze_fraction: float = 0.6667  # candidate blocks hold about this share of the layers (paper: 2/3)
     per_block_lr: bool = True  # each block's cosine LR runs over its own active epochs (paper Sec. 4.2.1)
+    sieve: float = 0.0  # y: share of the training set kept out at any time (0 = off)
+    sieve_update: float = 0.1  # p: share of the partial set swapped every Δτ (our choice, see README)
+    sieve_method: str = "circular"  # circular (paper) | oneshot (MEST) | random (control)
+    sieve_oneshot_at: float = 0.4375  # oneshot: removal point, share of training (MEST's script: epoch 70 of 160)
     batch_size: int = 64
     eval_batch_size: int = 512
     seed: int = 0
@@ -259,6 +263,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)
     validate_freeze(cfg)
+    validate_sieve(cfg)
     _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
     _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
@@ -375,6 +380,20 @@ def validate_freeze(cfg: DictConfig) -> None:
     _check(not (cfg.freeze > 0 and cfg.sparsity.name == "lth"),
            "freeze > 0 with sparsity=lth: each LTH round retrains from a rewind point, freezing is not defined "
            "for it")
+
+
+def validate_sieve(cfg: DictConfig) -> None:
+    _check(0 <= cfg.sieve < 1, f"sieve must be in [0, 1) (the share of the training set kept out), got {cfg.sieve}")
+    _check(0 < cfg.sieve_update <= 1, f"sieve_update must be in (0, 1], got {cfg.sieve_update}")
+    _check(cfg.sieve_method in ("circular", "oneshot", "random"),
+           f"sieve_method must be circular, oneshot or random, got {cfg.sieve_method!r}")
+    _check(0 < cfg.sieve_oneshot_at < 1, f"sieve_oneshot_at must be in (0, 1), got {cfg.sieve_oneshot_at}")
+    from spfde.sieve import SieveError, check_sieve
+
+    try:
+        check_sieve(cfg, cfg.dataset.train_size)
+    except SieveError as e:
+        raise ConfigError(str(e)) from None
 
 
 def run_name(override_dirname: str) -> str:

@@ -49,7 +49,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int]):
         self.input_shape = tuple(input_shape)
-        meta = meta_copy(model)
+        meta = meta_copy(model).eval()  # eval: BN accepts a single sample at any spatial size
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             meta(torch.empty(1, *self.input_shape, device="meta"))
@@ -92,12 +92,13 @@ def epoch_batches(samples: int, batch_size: int) -> list[int]:
     return [batch_size] * (steps - 1) + [samples - batch_size * (steps - 1)]
 
 
-def flops_table(cost: CostModel, method, epochs: int, batches: list[int], max_frozen: int) -> list[list[float]]:
+def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int) -> list[list[float]]:
     """table[e][k]: planned training FLOPs of epoch e with the first k blocks frozen, at the method's
-    planned densities (frozen layers at theirs) and with its dense-gradient steps."""
-    steps = len(batches)
+    planned densities (frozen layers at theirs), with its dense-gradient steps and the epoch's batches
+    (fewer under sieving)."""
     table = []
-    for e in range(epochs):
+    for e, batches in enumerate(batches_per_epoch):
+        steps = len(batches)
         dense_grad_samples = sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
         row = []
         for k in range(max_frozen + 1):

@@ -139,14 +139,14 @@ def make_plan(scheme, candidates, schedule, value, saving, epochs, opts) -> Free
     return FreezePlan(scheme, candidates, schedule, value, saving, finetune, events)
 
 
-def make_freeze_plan(cfg, model: nn.Module, method, cost, batches: list[int]) -> FreezePlan | None:
+def make_freeze_plan(cfg, model: nn.Module, method, cost, batches_per_epoch: list[list[int]]) -> FreezePlan | None:
     """Alg. 1 for this run: None when freezing is off; FreezeError when the target is out of reach."""
     if cfg.freeze <= 0:
         return None
     from spfde.cost import flops_table
 
     candidates = candidate_blocks(model, cfg.freeze_fraction)
-    table = flops_table(cost, method, cfg.epochs, batches, candidates)
+    table = flops_table(cost, method, batches_per_epoch, candidates)
     return solve(cfg.freeze_scheme.name, cfg.freeze, table, cfg.epochs, cfg.interval, candidates,
                  scheme_options(cfg))
 

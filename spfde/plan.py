@@ -18,6 +18,7 @@ from spfde.config import ConfigError, compose_config, validate
 from spfde.cost import CostModel, MemoryModel, block_of, epoch_batches, flops_table
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.models import build_model
+from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
 from spfde.sparse import SparsityError, build_sparsity
 
 
@@ -28,7 +29,10 @@ def build_plan(cfg) -> dict:
         model = build_model(cfg.model, d.num_classes, d.channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     samples = d.train_size
-    batches = epoch_batches(samples, cfg.batch_size)
+    check_sieve(cfg, samples)
+    samples_per_epoch = sieve_epochs(cfg, samples)
+    batches_per_epoch = [epoch_batches(n, cfg.batch_size) for n in samples_per_epoch]
+    batches = batches_per_epoch[0]
     method = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(batches))
     cost = CostModel(model, input_shape)
     memory = MemoryModel(model, input_shape, cfg.cost.memory_batch)
@@ -44,11 +48,14 @@ def build_plan(cfg) -> dict:
         for sparsity in rounds:
             counts = method.masks.target_counts(sparsity)
             densities_of += [{n: c / method.masks.masks[n].numel() for n, c in counts.items()}] * cfg.epochs
-        table = [[sum(batches) * cost.step(dens, 0, False)] for dens in densities_of]
+        table = [[samples_per_epoch[e % cfg.epochs] * cost.step(dens, 0, False)] for e, dens in enumerate(densities_of)]
+        unsieved = [[samples * cost.step(dens, 0, False)] for dens in densities_of]
     else:
         densities_of = None
         candidates = candidate_blocks(model, cfg.freeze_fraction) if cfg.freeze > 0 else 0
-        table = flops_table(cost, method, cfg.epochs, batches, candidates)
+        table = flops_table(cost, method, batches_per_epoch, candidates)
+        unsieved = flops_table(cost, method, [epoch_batches(samples, cfg.batch_size)] * cfg.epochs, 0) \
+            if cfg.sieve > 0 else table
     if cfg.sparsity.name in ("snip", "grasp") and cfg.sparsity[cfg.sparsity.name].scope == "global":
         notes.append(f"{cfg.sparsity.name} (global scope) picks per-layer densities at run time; estimated here "
                      f"with the '{cfg.sparsity.distribution}' distribution")
@@ -64,6 +71,7 @@ def build_plan(cfg) -> dict:
     init = method.init_passes * method.planned_init_samples(cfg.batch_size, d.num_classes) * cost.step({})
     train = init + sum(row[k] for row, k in zip(table, frozen))
     no_freeze = init + sum(row[0] for row in table)
+    no_freeze_sieve = init + sum(row[0] for row in unsieved)
     dense = len(table) * samples * cost.step({})
 
     memories, schedule = [], []
@@ -83,7 +91,8 @@ def build_plan(cfg) -> dict:
     plan = {
         "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name, "ratio": cfg.sparsity.ratio,
         "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
-        "train_flops": train, "train_flops_no_freeze_sieve": no_freeze, "dense_train_flops": dense,
+        "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
+        "dense_train_flops": dense,
         "init_flops": init, "inference_flops": cost.inference(densities), "dense_inference_flops": cost.dense_forward,
         "memory_batch": cfg.cost.memory_batch,
         "memory_min_bytes": min(memories), "memory_avg_bytes": sum(memories) / len(memories),
@@ -91,8 +100,14 @@ def build_plan(cfg) -> dict:
         "memory_breakdown_min": memory.breakdown(targets, max(frozen)),
         "blocks": [{"block": name, "forward_flops": f, "share": f / cost.dense_forward}
                    for name, f in zip(cost.block_names, block_flops)],
-        "freeze": None, "schedule": schedule, "notes": notes,
+        "freeze": None, "sieve": None, "schedule": schedule, "notes": notes,
     }
+    if cfg.sieve > 0:
+        update_epochs = ([oneshot_epoch(cfg)] if cfg.sieve_method == "oneshot"
+                         else list(range(cfg.interval, cfg.epochs, cfg.interval)))
+        plan["sieve"] = {"method": cfg.sieve_method, "removed_fraction": cfg.sieve, "update_fraction": cfg.sieve_update,
+                         "partial_size": partial_size(cfg, samples), "update_epochs": update_epochs,
+                         "planned_saving": 1 - no_freeze / no_freeze_sieve}
     if freeze is not None:
         plan["freeze"] = {"scheme": freeze.scheme, "target": cfg.freeze, "planned_saving": freeze.saving,
                           "candidates": freeze.candidates, "parameter": freeze.parameter,
@@ -122,6 +137,7 @@ def render(plan: dict) -> str:
               f"  planned                         {fmt_flops(plan['train_flops'])}",
               f"  dense training                  {fmt_flops(plan['dense_train_flops'])}"
               f"   (planned = {100 * plan['train_flops'] / plan['dense_train_flops']:.1f}% of dense)",
+              f"  without freezing                {fmt_flops(plan['train_flops_no_freeze'])}",
               f"  without freezing and sieving    {fmt_flops(plan['train_flops_no_freeze_sieve'])}"
               f"   (saving {100 * (1 - plan['train_flops'] / plan['train_flops_no_freeze_sieve']):.1f}%)"]
     if plan["init_flops"]:
@@ -142,6 +158,16 @@ def render(plan: dict) -> str:
                            f"frozen blocks {e['frozen_blocks']}")
             previous = key
     lines += ["", "Schedule (changes only):", *changes]
+    if plan["sieve"]:
+        v = plan["sieve"]
+        if v["method"] == "oneshot":
+            when = f"full set until epoch {v['update_epochs'][0]}, then the easiest removed for good"
+        else:
+            when = (f"{len(v['update_epochs'])} updates (every interval), each swapping {v['update_fraction']:g} "
+                    "of the partial set")
+        lines += ["", f"Data sieving: {v['method']}, {v['removed_fraction']:g} of the training set kept out "
+                      f"(partial set {v['partial_size']} samples); {when}; planned saving "
+                      f"{v['planned_saving']:.4f} of the FLOPs without sieving"]
     if plan["freeze"]:
         f = plan["freeze"]
         what = "frozen-window length" if f["scheme"] == "delayed" else "start epoch T_frz"
@@ -164,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose_config(args)
         validate(cfg)
         plan = build_plan(cfg)
-    except (ConfigError, SparsityError, FreezeError) as e:
+    except (ConfigError, SparsityError, FreezeError, SieveError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
     if cfg.plan.format == "json":

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from spfde.config import ConfigError, precheck_overrides, register_configs, register_resolvers, validate
 from spfde.data import DataError
 from spfde.freeze import FreezeError
+from spfde.sieve import SieveError
 from spfde.sparse import SparsityError
 
 register_configs()
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         summary = train(cfg)
-    except (ConfigError, DataError, SparsityError, FreezeError) as e:
+    except (ConfigError, DataError, SparsityError, FreezeError, SieveError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
     return summary["final_acc"]

@@ -32,6 +32,7 @@ from spfde.data import build_data
 from spfde.freeze import Freezer, block_param_groups, frozen_prefix_forward, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
+from spfde.sieve import Sieve, check_sieve, sieve_epochs
 from spfde.sparse import build_sparsity
 
 log = logging.getLogger("spfde")
@@ -78,13 +79,14 @@ class Runtime:
         return x, y
 
 
-def train_one_epoch(model, loader, optimizer, sparsity, freezer, cost, epoch: int, rt: Runtime, cfg, bar) -> dict:
+def train_one_epoch(model, loader, optimizer, sparsity, freezer, sieve, cost, epoch: int, rt: Runtime, cfg,
+                    bar) -> dict:
     freezer.train_mode()  # model.train(), frozen blocks' BN in eval mode
     steps = len(loader)
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device, dtype=torch.long)
     seen = 0
-    for i, (x, y, _idx) in enumerate(loader):
+    for i, (x, y, idx) in enumerate(loader):
         x, y = rt.batch(x, y)
         step = epoch * steps + i
         lr = freezer.set_lrs(optimizer, epoch + i / steps)  # per-block cosine over each block's active epochs
@@ -97,8 +99,10 @@ def train_one_epoch(model, loader, optimizer, sparsity, freezer, cost, epoch: in
         optimizer.step()
         cost.step(len(y), dense_grad=sparsity.dense_grad_step(step))  # FLOPs of this step, at its masks
         sparsity.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
+        hits = logits.detach().argmax(1) == y
+        sieve.observe(idx, hits)  # forgetting events from this step's own predictions
         loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += hits.sum()
         seen += len(y)
         bar.update(1)
     return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "samples": seen, "lr": lr}
@@ -155,6 +159,9 @@ def train(cfg) -> dict:
     torch.backends.cudnn.deterministic = cfg.deterministic
     generator = torch.Generator().manual_seed(cfg.seed)
     data = build_data(cfg, device, generator)
+    check_sieve(cfg, data.train.dataset_size)
+    sieve = Sieve(cfg, data.train.dataset_size, device, torch.Generator().manual_seed(cfg.seed + 2))
+    sieve.start_epoch(0, data.train)  # the loader draws from the partial set only
     rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
     model = build_model(cfg.model, data.num_classes, data.channels).to(device)
     if rt.channels_last:
@@ -164,8 +171,8 @@ def train(cfg) -> dict:
     input_shape = (data.channels, data.image_size, data.image_size)
     cost_model = CostModel(model, input_shape)
     cost = CostMeter(cost_model, MemoryModel(model, input_shape, cfg.cost.memory_batch), sparsity)
-    freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, epoch_batches(data.train.num_samples,
-                                                                                 cfg.batch_size))
+    batches = [epoch_batches(n, cfg.batch_size) for n in sieve_epochs(cfg, data.train.dataset_size)]
+    freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
     freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
                       scheme_options(cfg))
     top5 = data.num_classes > 5
@@ -180,6 +187,7 @@ def train(cfg) -> dict:
         sparsity.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
         cost.load_state_dict(ckpt["cost"])
         freezer.load_state_dict(ckpt["freezer"], optimizer)
+        sieve.load_state_dict(ckpt["sieve"])
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
         truncate_metrics(run_dir, start_epoch)
@@ -203,11 +211,12 @@ def train(cfg) -> dict:
                 t0 = time.perf_counter()
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
+                sieve.start_epoch(epoch, data.train)  # every Δτ: easiest samples out, queued ones back in
                 freezer.start_epoch(epoch, optimizer, sparsity)  # freeze / release blocks as planned
                 sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
                 cost.begin_epoch(epoch, frozen_blocks=freezer.frozen)
-                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, freezer, cost, epoch, rt,
-                                              cfg, bar)
+                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, freezer, sieve, cost, epoch,
+                                              rt, cfg, bar)
                 t_train = time.perf_counter() - t0
                 test_stats = evaluate(model, data.test, rt, top5)
                 t_epoch = time.perf_counter() - t0
@@ -215,7 +224,7 @@ def train(cfg) -> dict:
                 best_acc = max(best_acc, test_stats["test/acc"])
                 record = {"epoch": epoch + 1, **train_stats, **test_stats, "test/best_acc": best_acc,
                           **sparsity.epoch_stats(), **cost.end_epoch(data.train.dataset_size),
-                          "freeze/frozen_blocks": freezer.frozen,
+                          "freeze/frozen_blocks": freezer.frozen, **sieve.epoch_stats(),
                           "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
                           "time/samples_per_s": train_stats["samples"] / t_train}
                 if device.type == "cuda":
@@ -225,6 +234,7 @@ def train(cfg) -> dict:
                 save_checkpoint(ckpt_path, {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "sparsity": sparsity.state_dict(), "cost": cost.state_dict(), "freezer": freezer.state_dict(),
+                    "sieve": sieve.state_dict(),
                     "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                 })
         last = load_last_record(run_dir)
@@ -234,7 +244,8 @@ def train(cfg) -> dict:
                    "params": n_params, "seed": cfg.seed, "sparsity_method": cfg.sparsity.name,
                    "sparsity_ratio": cfg.sparsity.ratio, "final_sparsity": last["sparsity/overall"],
                    **cost.summary(), "freeze": cfg.freeze, "freeze_scheme": cfg.freeze_scheme.name,
-                   "freeze_planned_saving": freeze_plan.saving if freeze_plan else 0.0}
+                   "freeze_planned_saving": freeze_plan.saving if freeze_plan else 0.0,
+                   "sieve": cfg.sieve, "sieve_method": cfg.sieve_method, "sieve_seen_fraction": sieve.seen_fraction()}
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
         write_json(run_dir / SUMMARY, summary)

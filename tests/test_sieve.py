@@ -1,0 +1,206 @@
+"""Circular data sieving: the queue, forgetting counts, one-shot removal, and sieving inside runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from spfde.config import ConfigError, precheck_overrides
+from spfde.plan import build_plan
+from spfde.sieve import Sieve
+from tests.conftest import make_cfg, quick_overrides, read_metrics, run_training
+from tests.test_data import make_image_folder
+
+
+class Loader:
+    def set_indices(self, indices):
+        self.indices = indices
+
+
+def make_sieve(n=100, y=0.2, p=0.1, method="circular", interval=2, epochs=60, seed=0):
+    cfg = make_cfg(quick_overrides(f"sieve={y}", f"sieve_update={p}", f"sieve_method={method}",
+                                   f"interval={interval}", f"epochs={epochs}"))
+    return Sieve(cfg, n, torch.device("cpu"), torch.Generator().manual_seed(seed))
+
+
+def present_partial(sieve, seed):
+    """One epoch over the partial set with random correctness."""
+    g = torch.Generator().manual_seed(seed)
+    sieve.observe(sieve.partial, torch.rand(len(sieve.partial), generator=g) < 0.7)
+
+
+def test_partial_size_is_constant_and_queue_is_fifo_until_a_full_cycle():
+    sieve = make_sieve()
+    loader = Loader()
+    n = sieve.size
+    initial_queue = sieve.queue.tolist()
+    assert len(sieve.partial) == 80 and len(sieve.queue) == 20
+    came_back, cycle_done_at = [], None
+    for epoch in range(40):
+        queue_before = sieve.queue.tolist()
+        partial_before = set(sieve.partial.tolist())
+        sieve.start_epoch(epoch, loader)
+        assert torch.equal(loader.indices, sieve.partial)
+        assert len(sieve.partial) == 80 and len(sieve.queue) == 20
+        assert set(sieve.partial.tolist()).isdisjoint(sieve.queue.tolist())
+        assert set(sieve.partial.tolist()) | set(sieve.queue.tolist()) == set(range(n))
+        if epoch > 0 and epoch % 2 == 0:
+            back = [i for i in queue_before if i in set(sieve.partial.tolist())]
+            left = [i for i in partial_before if i in set(sieve.queue.tolist())]
+            assert back == queue_before[:len(back)]  # taken from the head
+            came_back += back
+            if set(initial_queue) <= set(came_back):
+                if cycle_done_at is None:
+                    cycle_done_at = epoch
+                    assert bool(sieve.used.all())  # every sample used by the end of the first cycle
+            else:  # before the first full cycle: plain FIFO
+                assert set(sieve.queue.tolist()[-len(left):]) == set(left)  # appended at the tail
+                assert sieve.queue.tolist()[:-len(left)] == queue_before[len(back):]  # the rest keeps its order
+        present_partial(sieve, epoch)
+    assert cycle_done_at is not None
+    # after the first cycle the queue is shuffled after every update: no longer FIFO
+    queue_before = sieve.queue.tolist()
+    sieve.start_epoch(40, loader)
+    survivors = [i for i in queue_before if i in set(sieve.queue.tolist())]
+    assert [i for i in sieve.queue.tolist() if i in set(survivors)] != survivors
+
+
+def test_forgetting_counts_on_a_scripted_sequence():
+    sieve = make_sieve(n=5)
+    idx = torch.tensor([0, 1, 2, 3])
+    script = [[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 1], [0, 1, 1, 0]]
+    for row in script:  # sample 0: T F T F (2 events), 1: F T T T (0), 2: T T F T (1), 3: T F T F (2)
+        sieve.observe(idx, torch.tensor(row, dtype=torch.bool))
+    assert sieve.forgets.tolist() == [2, 0, 1, 2, 0]
+    assert sieve.learned.tolist() == [True, True, True, True, False]
+    hardness = sieve.hardness(torch.arange(5))
+    assert hardness[:4].tolist() == [2, 0, 1, 2] and hardness[4] == float("inf")  # never learned: hardest
+    sieve.new_window()  # counts restart every Δτ window; the first presentation cannot be an event
+    sieve.observe(idx, torch.tensor([0, 0, 0, 0], dtype=torch.bool))
+    assert sieve.forgets.tolist() == [0, 0, 0, 0, 0]
+
+
+def test_circular_removes_the_easiest_and_random_does_not_look():
+    sieve = make_sieve(n=50, y=0.2, p=0.25, interval=1)
+    partial = sieve.partial.clone()
+    counts = torch.zeros(50, dtype=torch.int32)
+    counts[partial] = torch.arange(len(partial), dtype=torch.int32) % 7 + 1
+    sieve.forgets.copy_(counts)
+    sieve.learned[:] = True
+    easiest_order = sorted(partial.tolist(), key=lambda i: int(counts[i]))
+    sieve.start_epoch(1, Loader())
+    left = set(partial.tolist()) - set(sieve.partial.tolist())
+    assert len(left) == 10
+    assert max(int(counts[i]) for i in left) <= min(int(counts[i]) for i in set(partial.tolist()) - left)
+    assert left <= set(easiest_order[:20])
+
+
+def test_runs_are_deterministic_and_resume_exactly():
+    a, b = make_sieve(seed=3), make_sieve(seed=3)
+    loader = Loader()
+    for epoch in range(12):
+        for s in (a, b):
+            s.start_epoch(epoch, loader)
+            present_partial(s, epoch)
+    assert torch.equal(a.partial, b.partial) and torch.equal(a.queue, b.queue)
+    c = make_sieve(seed=99)
+    c.load_state_dict(a.state_dict())
+    for epoch in range(12, 30):
+        for s in (a, c):
+            s.start_epoch(epoch, loader)
+            present_partial(s, epoch)
+        assert torch.equal(a.partial, c.partial) and torch.equal(a.queue, c.queue)
+        assert torch.equal(a.forgets, c.forgets)
+
+
+def test_oneshot_removes_exactly_the_easiest_after_its_epoch():
+    sieve = make_sieve(n=40, y=0.25, method="oneshot", epochs=16)  # removal at epoch int(0.4375 * 16) = 7
+    assert len(sieve.partial) == 40 and len(sieve.queue) == 0  # the full set until then
+    loader = Loader()
+    counts = torch.randperm(40, generator=torch.Generator().manual_seed(1)).int()  # distinct counts
+    for epoch in range(7):
+        sieve.start_epoch(epoch, loader)
+        assert len(loader.indices) == 40
+    sieve.forgets.copy_(counts)
+    sieve.learned[:] = True
+    sieve.start_epoch(7, loader)
+    assert set(sieve.queue.tolist()) == set(torch.argsort(counts)[:10].tolist())
+    assert len(sieve.partial) == 30
+    for epoch in range(8, 16):
+        sieve.start_epoch(epoch, loader)
+        assert len(sieve.partial) == 30 and set(sieve.queue.tolist()) == set(torch.argsort(counts)[:10].tolist())
+
+
+def test_bad_sieve_values_fail_before_training():
+    with pytest.raises(ConfigError, match="sieve must be in"):
+        precheck_overrides(["sieve=1.0"])
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        precheck_overrides(["experiment=quickstart", "sieve=0.98"])
+    with pytest.raises(ConfigError, match="sieve_method"):
+        precheck_overrides(["sieve=0.2", "sieve_method=fifo"])
+
+
+@pytest.mark.parametrize("method", ["circular", "oneshot", "random"])
+def test_sieved_runs_draw_from_the_partial_set_and_count_their_flops(method, tmp_path):
+    overrides = quick_overrides("epochs=6", "interval=2", "sieve=0.3", f"sieve_method={method}", "freeze=0.1")
+    plan = build_plan(make_cfg(overrides))
+    summary = run_training(overrides, tmp_path)
+    assert summary["train_flops"] == pytest.approx(plan["train_flops"], rel=1e-3)
+    records = read_metrics(tmp_path)
+    n = make_cfg(overrides).dataset.train_size
+    partial = n - round(0.3 * n)
+    samples = [r["samples"] for r in records]
+    if method == "oneshot":  # removal at epoch int(0.4375 * 6) = 2
+        assert samples == [n, n, partial, partial, partial, partial]
+    else:
+        assert samples == [partial] * 6
+        assert records[2]["sieve/swapped"] == round(0.1 * partial)
+    assert summary["flops_saved_sieving"] > 0 and summary["flops_saved_freezing"] > 0
+    assert 0 < summary["sieve_seen_fraction"] <= 1
+
+
+def test_sieved_run_resumes_exactly(tmp_path, monkeypatch):
+    import spfde.train
+
+    overrides = quick_overrides("epochs=5", "interval=2", "sieve=0.2")
+    run_training(overrides, tmp_path / "straight")
+    calls = {"n": 0}
+    real = spfde.train.evaluate
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(spfde.train, "evaluate", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(overrides, tmp_path / "resumed")
+    run_training(overrides, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sieve"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sieve"]
+    for key in ("partial", "queue", "forgets", "used"):
+        assert torch.equal(a[key], b[key]), key
+    strip = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(tmp_path / "straight")]
+    assert strip == [{k: v for k, v in r.items() if not k.startswith("time/")}
+                     for r in read_metrics(tmp_path / "resumed")]
+
+
+@pytest.mark.slow
+def test_mission_command_on_an_image_folder_standing_in_for_imagenet(tmp_path):
+    root = make_image_folder(tmp_path / "imagenet", classes=6, per_class=5, size=40)
+    overrides = ["model=resnet50", "sieve=0.2", "freeze=0.2", f"dataset.root={root}", "dataset.num_classes=6",
+                 "dataset.image_size=32", "dataset.workers=0", "batch_size=8", "epochs=8", "interval=1"]
+    cfg = make_cfg(overrides, tmp_path / "run")
+    assert (cfg.dataset.name, cfg.sparsity.name, cfg.sparsity.ratio) == ("imagenet", "mest", 0.8)  # Table 3 setup
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path / "run")
+    from spfde.train import train
+
+    summary = train(cfg)
+    records = read_metrics(tmp_path / "run")
+    assert [r["samples"] for r in records] == [24] * 8  # 30 images, 20% kept out
+    assert max(r["freeze/frozen_blocks"] for r in records) > 0
+    assert "test/acc5" in records[-1] and summary["final_sparsity"] == pytest.approx(0.8, abs=1e-3)
