@@ -40,8 +40,8 @@ bench: install  ## benchmarks that print numbers and ratios (methods vs dense, f
 ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~10 min)
 	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2
 
-ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/random x 3 seeds on digits (~10 min)
-	$(PY) -m spfde.bench ablation-sieve --seeds 0 1 2 interval=3
+ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/random x 3 seeds + SpFDE 0.2+0.2 on digits (~12 min)
+	$(PY) -m spfde.bench ablation-sieve --seeds 0 1 2 --epochs 20 interval=2
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check spfde tests

@@ -4,7 +4,7 @@
     python -m spfde.bench freeze-step [--steps 20] [overrides ...]
     python -m spfde.bench memory
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 15]
-    python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 15] [interval=3]
+    python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
 
 methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
 test accuracy and training time per epoch relative to dense training.
