@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench ablation-freeze ablation-sieve clean
+.PHONY: help install run test test-fast lint bench ablation-freeze ablation-sieve sweep-smoke slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,8 @@ install: $(VENV)/.installed  ## create .venv with torch and the package (editabl
 run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via ARGS="..."
 	$(PY) -m spfde.run experiment=quickstart $(ARGS)
 
-test: install  ## run the whole test suite (slow tests included)
+test: install  ## run the whole test suite (slow tests included; starts a local SLURM cluster when it can)
+	@bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
 	$(PY) -m pytest
 
 test-fast: install  ## the test suite without the slow tests
@@ -37,11 +38,21 @@ bench: install  ## benchmarks that print numbers and ratios (methods vs dense, f
 	$(PY) -m spfde.bench freeze-step
 	$(PY) -m spfde.bench memory
 
-ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~10 min)
-	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2
+ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~20 min)
+	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2 --epochs 30
 
 ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/random x 3 seeds + SpFDE 0.2+0.2 on digits (~12 min)
 	$(PY) -m spfde.bench ablation-sieve --seeds 0 1 2 --epochs 20 interval=2
+
+sweep-smoke: install  ## the tiny digits sweep (2 x 2 runs) with the local launcher, then its report
+	$(PY) -m spfde.run -m +sweep=smoke launcher=local
+	$(PY) -m spfde.report outputs/sweeps/smoke
+
+slurm-up: ## start a single-node SLURM test cluster on this machine (root, Debian; idempotent)
+	bash tests/cluster/slurm-up.sh
+
+slurm-down: ## stop it
+	bash tests/cluster/slurm-down.sh
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check spfde tests

@@ -168,6 +168,14 @@ class FreezeSchemeConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    every: int = 0  # snapshot every N epochs (and at the last); 0 = off (paper Sec. 3 measurements)
+    probe_size: int = 256  # test images whose block outputs feed CKA
+    top_fraction: float = 0.5  # structural similarity tracks the top 50% magnitude non-zeros (paper Sec. 3.1)
+    debiased: bool = False  # debiased HSIC for CKA (Kornblith et al. 2019) in logged series
+
+
+@dataclass
 class CostConfig:
     memory_batch: int = 64  # batch size of the memory accounting (paper Fig. 4: 64, fp32)
 
@@ -186,6 +194,7 @@ class Config:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     freeze_scheme: FreezeSchemeConfig = field(default_factory=FreezeSchemeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     experiment_name: str = "default"
     epochs: int = 160
@@ -205,6 +214,7 @@ class Config:
     channels_last: bool = True  # CUDA only
     deterministic: bool = False  # cuDNN determinism on CUDA (CPU runs are deterministic anyway)
     progress: bool = True  # tqdm bar (only when stdout is a terminal)
+    threads: int = 0  # CPU threads for torch; 0 = SLURM_CPUS_PER_TASK when set, else torch's default
     fresh: bool = False  # start over in a run directory that already holds results
     run_dir: Any = MISSING  # set from Hydra's output dir
 
@@ -260,10 +270,15 @@ def validate(cfg: DictConfig) -> None:
         import torch
 
         _check(torch.cuda.is_available(), f"device={cfg.device} asked for, but CUDA is not available here")
+    _check(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)
     validate_freeze(cfg)
     validate_sieve(cfg)
+    a = cfg.analysis
+    _check(a.every >= 0, f"analysis.every must be >= 0 (0 = off), got {a.every}")
+    _check(a.probe_size >= 4, f"analysis.probe_size must be >= 4 (CKA needs a few samples), got {a.probe_size}")
+    _check(0 < a.top_fraction <= 1, f"analysis.top_fraction must be in (0, 1], got {a.top_fraction}")
     _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
     _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")

@@ -35,7 +35,7 @@ class RunLogger:
             self.wandb = wandb.init(
                 project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(self.run_dir),
                 id=run_id, resume="allow", name=self.run_dir.name, group=lcfg.group or cfg.experiment_name,
-                tags=list(lcfg.tags), config=OmegaConf.to_container(cfg, resolve=True),
+                tags=[*lcfg.tags, *run_tags(cfg)], config=OmegaConf.to_container(cfg, resolve=True),
             )
             self.wandb.define_metric("epoch")
             self.wandb.define_metric("*", step_metric="epoch")
@@ -47,6 +47,19 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(record)
 
+    def log_analysis(self, run_dir: Path, debiased: bool) -> None:
+        """Structural similarity and CKA against the final model, per epoch, as wandb tables."""
+        if self.wandb is None:
+            return
+        import wandb
+
+        from spfde.analysis import series
+
+        d = series(run_dir, debiased)
+        for kind in ("structural_similarity", "cka"):
+            rows = [[e, name, v] for name, values in d[kind].items() for e, v in zip(d["epochs"], values)]
+            self.wandb.log({f"analysis/{kind}": wandb.Table(columns=["epoch", "name", kind], data=rows)})
+
     def finish(self, summary: dict | None = None) -> None:
         if self.wandb is not None:
             if summary:
@@ -55,6 +68,12 @@ class RunLogger:
                         self.wandb.summary[k] = v
             self.wandb.finish()
             self.wandb = None
+
+
+def run_tags(cfg) -> list[str]:
+    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, seed."""
+    return [f"method={cfg.sparsity.name}", f"ratio={cfg.sparsity.ratio:g}", f"x={cfg.freeze:g}",
+            f"y={cfg.sieve:g}", f"seed={cfg.seed}"]
 
 
 def _fmt(x: float) -> str:

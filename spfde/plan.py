@@ -170,7 +170,7 @@ def render(plan: dict) -> str:
                       f"{v['planned_saving']:.4f} of the FLOPs without sieving"]
     if plan["freeze"]:
         f = plan["freeze"]
-        what = "frozen-window length" if f["scheme"] == "delayed" else "start epoch T_frz"
+        what = "frozen-window length" if f["scheme"] in ("periodic", "delayed") else "start epoch T_frz"
         lines += ["", f"Layer freezing: {f['scheme']}, target saving {f['target']:g}, planned saving "
                       f"{f['planned_saving']:.4f} of the run's FLOPs; {f['candidates']} candidate blocks; "
                       f"{what} = {f['parameter']}" + (f"; fine-tune from epoch {f['finetune_from']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from spfde.analysis import Analysis
 from spfde.checkpoint import (
     CHECKPOINT,
     SUMMARY,
@@ -79,8 +81,8 @@ class Runtime:
         return x, y
 
 
-def train_one_epoch(model, loader, optimizer, sparsity, freezer, sieve, cost, epoch: int, rt: Runtime, cfg,
-                    bar) -> dict:
+def train_one_epoch(model, loader, optimizer, sparsity, freezer, sieve, cost, analysis, epoch: int, rt: Runtime,
+                    cfg, bar) -> dict:
     freezer.train_mode()  # model.train(), frozen blocks' BN in eval mode
     steps = len(loader)
     loss_sum = torch.zeros((), device=rt.device)
@@ -96,6 +98,7 @@ def train_one_epoch(model, loader, optimizer, sparsity, freezer, sieve, cost, ep
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sparsity.after_backward(step)  # e.g. RigL reads the dense gradient; then masked grads are zeroed
+        analysis.after_backward()  # per-layer gradient norms (when analysis is on)
         optimizer.step()
         cost.step(len(y), dense_grad=sparsity.dense_grad_step(step))  # FLOPs of this step, at its masks
         sparsity.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
@@ -150,6 +153,9 @@ def train(cfg) -> dict:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     # --- the parts of a run
+    threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
+    if threads:  # jobs sharing a machine should not each use every core
+        torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # denormal floats make CPU kernels several times slower (seen with GraSP masks on digits); flushing
@@ -175,6 +181,7 @@ def train(cfg) -> dict:
     freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
     freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
                       scheme_options(cfg))
+    analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device)
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any
@@ -215,8 +222,8 @@ def train(cfg) -> dict:
                 freezer.start_epoch(epoch, optimizer, sparsity)  # freeze / release blocks as planned
                 sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
                 cost.begin_epoch(epoch, frozen_blocks=freezer.frozen)
-                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, freezer, sieve, cost, epoch,
-                                              rt, cfg, bar)
+                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, freezer, sieve, cost,
+                                              analysis, epoch, rt, cfg, bar)
                 t_train = time.perf_counter() - t0
                 test_stats = evaluate(model, data.test, rt, top5)
                 t_epoch = time.perf_counter() - t0
@@ -225,6 +232,7 @@ def train(cfg) -> dict:
                 record = {"epoch": epoch + 1, **train_stats, **test_stats, "test/best_acc": best_acc,
                           **sparsity.epoch_stats(), **cost.end_epoch(data.train.dataset_size),
                           "freeze/frozen_blocks": freezer.frozen, **sieve.epoch_stats(),
+                          **analysis.end_epoch(epoch),
                           "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
                           "time/samples_per_s": train_stats["samples"] / t_train}
                 if device.type == "cuda":
@@ -249,6 +257,8 @@ def train(cfg) -> dict:
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
         write_json(run_dir / SUMMARY, summary)
+        if analysis.enabled:
+            logger.log_analysis(run_dir, cfg.analysis.debiased)
         share = summary["train_flops"] / summary["dense_train_flops"]
         log.info(f"done: test acc {summary['final_acc']:.4f} (best {best_acc:.4f}) in {elapsed:.1f} s; training "
                  f"FLOPs {summary['train_flops']:.4g} ({100 * share:.1f}% of dense). Results in {run_dir}")

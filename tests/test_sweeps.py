@@ -1,0 +1,194 @@
+"""Sweeps: every sweep file composes and expands as promised; the smoke sweep runs locally and through a
+real single-node SLURM cluster (with a requeue); reports come out of a finished sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from spfde.config import CONF_DIR, register_configs, register_resolvers, validate
+from tests.conftest import REPO, read_metrics, run_cli
+
+SWEEPS = {"smoke": 4, "grid_xy": 75, "table2": 90, "table3": 13, "freeze_schemes": 36, "sieve_methods": 27}
+
+
+def sweep_params(name: str) -> dict:
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+
+
+def compose_job(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_every_sweep_composes_and_expands_to_its_job_count(name):
+    assert sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")) == sorted(SWEEPS)
+    params = sweep_params(name)
+    assert math.prod(len(v) for v in params.values()) == SWEEPS[name]
+    # every job of the sweep (seeds aside) is a valid run
+    keys = [k for k in params if k != "seed"]
+    combos = [[]]
+    for k in keys:
+        combos = [c + [f"{k}={v}"] for c in combos for v in params[k]]
+    for combo in combos:
+        cfg = compose_job([f"+sweep={name}", *combo])
+        validate(cfg)
+        assert cfg.logger.group == name
+
+
+def test_table_rows_set_the_paper_configurations():
+    cfg = compose_job(["+sweep=table2", "+sweep/row=spfde_20_20", "sparsity.ratio=0.95"])
+    assert (cfg.sparsity.name, cfg.sparsity.ratio, cfg.freeze, cfg.sieve, cfg.dataset.name, cfg.model.width) == \
+        ("mest", 0.95, 0.2, 0.2, "cifar100", 2)
+    cfg = compose_job(["+sweep=table3", "+sweep/row=itop"])
+    assert (cfg.sparsity.name, cfg.sparsity.ratio, cfg.dataset.name, cfg.batch_size) == ("itop", 0.8, "imagenet", 64)
+
+
+def test_launchers_compose():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        slurm = compose("config", overrides=["launcher=slurm"], return_hydra_config=True).hydra.launcher
+        local = compose("config", overrides=["launcher=local"], return_hydra_config=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.max_num_timeout > 0 and slurm.gpus_per_node == 1
+    assert local._target_.endswith("LocalLauncher")
+
+
+def summaries(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))]
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory) -> Path:
+    """The smoke sweep, run once with the local (submitit) launcher."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    sweep_dir = cwd / "sweep"
+    proc = run_cli(["-m", "+sweep=smoke", "launcher=local", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_with_the_local_launcher(smoke_sweep):
+    runs = summaries(smoke_sweep)
+    assert len(runs) == 4 and all(r["final_acc"] > 0.3 for r in runs)
+    names = sorted(p.parent.name for p in smoke_sweep.glob("*/summary.json"))
+    assert names == ["freeze=0,sieve=0", "freeze=0,sieve=0.2", "freeze=0.1,sieve=0", "freeze=0.1,sieve=0.2"]
+    assert list((smoke_sweep / ".submitit").iterdir())  # jobs went through submitit
+
+
+@pytest.mark.slow
+def test_relaunched_sweep_does_not_train_again(smoke_sweep):
+    before = {p: p.read_text() for p in smoke_sweep.glob("*/metrics.jsonl")}
+    proc = run_cli(["-m", "+sweep=smoke", f"hydra.sweep.dir={smoke_sweep}"], cwd=smoke_sweep.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("already finished") + proc.stderr.count("already finished") == 4
+    assert {p: p.read_text() for p in smoke_sweep.glob("*/metrics.jsonl")} == before
+
+
+@pytest.mark.slow
+def test_report_builds_tables_and_figures(smoke_sweep, tmp_path):
+    proc = run_cli([str(smoke_sweep), "--out", str(tmp_path / "report"), "--wandb"], cwd=tmp_path,
+                   module="spfde.report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "report"
+    for name in ("runs.csv", "summary.csv", "table.md", "acc_vs_flops.png", "heatmap_acc.png", "heatmap_saving.png"):
+        assert (out / name).exists() and (out / name).stat().st_size > 0, name
+    assert len(list((out / "timelines").glob("*.png"))) == 4
+    table = (out / "table.md").read_text()
+    assert "SpFDE 10%+20%" in table and "MEST" in table
+    assert len((out / "runs.csv").read_text().splitlines()) == 5
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # the wandb table, offline
+
+
+# ------------------------------------------------------------------------------------ a real SLURM cluster
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    start = time.perf_counter()
+    proc = subprocess.run(["bash", str(REPO / "tests" / "cluster" / "slurm-up.sh")], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        pytest.skip(f"no SLURM cluster here: {reason}")
+    print(f"SLURM cluster up in {time.perf_counter() - start:.1f} s")
+    return True
+
+
+SLURM_TEST_LAUNCHER = ["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
+                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=15",
+                       "hydra.launcher.signal_delay_s=30"]
+
+
+def epochs_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def slurm_job_ids(sweep_dir: Path) -> list[str]:
+    """SLURM ids of the sweep's jobs: array tasks (`<array>_<task>`) when the launcher submitted an array."""
+    names = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.replace("_", "").isdigit()]
+    tasks = sorted(n for n in names if "_" in n)
+    return tasks or sorted(names)
+
+
+def sacct_states(job_ids: list[str], wait_for: str = "COMPLETED", timeout: float = 60) -> dict[str, str]:
+    """Job states from the accounting (which lags the results by a few seconds)."""
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True).stdout
+        states = dict(line.split("|")[:2] for line in out.strip().splitlines())
+        if set(states.values()) == {wait_for} or time.time() > deadline:
+            return states
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_through_slurm(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(["-m", "+sweep=smoke", *SLURM_TEST_LAUNCHER, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(summaries(sweep_dir)) == 4
+    ids = slurm_job_ids(sweep_dir)
+    assert len(ids) == 4
+    states = sacct_states(ids)
+    assert sorted(states) == sorted(ids) and set(states.values()) == {"COMPLETED"}
+
+
+@pytest.mark.slow
+def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "experiment=quickstart", "model.depth=20", "epochs=30", "seed=0", *SLURM_TEST_LAUNCHER,
+            f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job"]
+    proc = subprocess.Popen([sys.executable, "-m", "spfde.run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run_dir = sweep_dir / "job"
+    deadline = time.time() + 300
+    while epochs_done(run_dir) < 2:  # let it train a few epochs, then pull the rug
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.5)
+    job_id = slurm_job_ids(sweep_dir)[0]
+    subprocess.run(["scontrol", "requeue", job_id], check=True)  # as a preemption would
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == list(range(1, 31))  # every epoch once: resumed, not restarted
+    log = (run_dir / "run.log").read_text()
+    assert "resuming" in log and "after epoch" in log
+    restarts = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-o", "JobID,State", "-j", job_id],
+                              capture_output=True, text=True).stdout
+    assert "REQUEUED" in restarts or "PREEMPTED" in restarts or len(restarts.strip().splitlines()) > 1
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 30
