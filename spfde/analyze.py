@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    missing = [run for run in args.runs if not run.is_dir()]
+    if missing:
+        print(f"spfde: error: no such run directory: {missing[0]}", file=sys.stderr)
+        sys.exit(2)
     try:
         data = {run: series(run, args.debiased) for run in args.runs}
     except FileNotFoundError as e:
