@@ -46,6 +46,33 @@ def run_training(overrides: list[str], run_dir: Path) -> dict:
     return train(make_cfg(overrides, run_dir))
 
 
+def crash_at_epoch(monkeypatch, epoch: int) -> None:
+    """Make the evaluation of `epoch` raise, as if the job died there (its checkpoint is one epoch old)."""
+    import spfde.train
+
+    calls = {"n": 0}
+    real = spfde.train.evaluate
+
+    def evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spfde.train, "evaluate", evaluate)
+
+
+def crash_then_resume(overrides: list[str], run_dir: Path, epoch: int, monkeypatch) -> dict:
+    """Train until the evaluation of `epoch` dies, then start the run again: it resumes."""
+    import pytest
+
+    with monkeypatch.context() as m:
+        crash_at_epoch(m, epoch)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(overrides, run_dir)
+    return run_training(overrides, run_dir)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

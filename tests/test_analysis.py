@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-import spfde.train
 from spfde.analysis import gram, linear_cka, load_snapshots, pack, series, structural_similarity, unpack
-from tests.conftest import quick_overrides, read_metrics, run_cli, run_training
+from tests.conftest import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training
 
 
 @pytest.mark.parametrize("debiased", [False, True])
@@ -46,17 +45,8 @@ def test_structural_similarity_extremes_and_packing():
 
 def test_snapshots_survive_a_resume(tmp_path, monkeypatch):
     overrides = quick_overrides("epochs=4", "interval=1", "analysis.every=1", "analysis.probe_size=64")
-    calls = {"n": 0}
-    real = spfde.train.evaluate
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
     with monkeypatch.context() as m:
-        m.setattr(spfde.train, "evaluate", crash)
+        crash_at_epoch(m, 3)
         with pytest.raises(KeyboardInterrupt):
             run_training(overrides, tmp_path)
     before = {p.name: p.read_bytes() for p in (tmp_path / "analysis").glob("*.pt")}

@@ -14,7 +14,7 @@ from spfde.freeze import FreezeError, FreezePlan, Freezer, candidate_blocks, fro
 from spfde.models import build_model
 from spfde.plan import build_plan
 from spfde.schedule import lr_at
-from tests.conftest import make_cfg, quick_overrides, read_metrics, run_cli, run_training
+from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_cli, run_training
 
 SCHEMES = ["single_shot", "resume", "periodic", "delayed"]
 
@@ -148,21 +148,8 @@ def test_frozen_blocks_stay_bit_identical_also_across_a_resume(tmp_path, monkeyp
     realised = read_metrics(tmp_path / "straight")[-1]["freeze/saved_share"]
     assert realised == pytest.approx(plan["freeze"]["planned_saving"], rel=1e-3)
 
-    calls = {"n": 0}
-    real_eval = spfde.train.evaluate
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real_eval(*a, **k)
-
     states.clear()
-    with monkeypatch.context() as m:
-        m.setattr(spfde.train, "evaluate", crash)
-        with pytest.raises(KeyboardInterrupt):
-            run_training(overrides, tmp_path / "resumed")
-    resumed = run_training(overrides, tmp_path / "resumed")
+    resumed = crash_then_resume(overrides, tmp_path / "resumed", 6, monkeypatch)
     assert_frozen_blocks_unchanged(states, frozen)
     assert resumed["final_acc"] == summary["final_acc"] and resumed["train_flops"] == summary["train_flops"]
 

@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from spfde.config import ConfigError, precheck_overrides
 from spfde.plan import build_plan
 from spfde.sieve import Sieve
-from tests.conftest import make_cfg, quick_overrides, read_metrics, run_training
+from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training
 from tests.test_data import make_image_folder
 
 
@@ -161,24 +161,9 @@ def test_sieved_runs_draw_from_the_partial_set_and_count_their_flops(method, tmp
 
 
 def test_sieved_run_resumes_exactly(tmp_path, monkeypatch):
-    import spfde.train
-
     overrides = quick_overrides("epochs=5", "interval=2", "sieve=0.2")
     run_training(overrides, tmp_path / "straight")
-    calls = {"n": 0}
-    real = spfde.train.evaluate
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    with monkeypatch.context() as m:
-        m.setattr(spfde.train, "evaluate", crash)
-        with pytest.raises(KeyboardInterrupt):
-            run_training(overrides, tmp_path / "resumed")
-    run_training(overrides, tmp_path / "resumed")
+    crash_then_resume(overrides, tmp_path / "resumed", 3, monkeypatch)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sieve"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sieve"]
     for key in ("partial", "queue", "forgets", "used"):

@@ -13,7 +13,7 @@ from spfde.models.base import BlockNet
 from spfde.sparse import METHODS, Schedule, SparsityError
 from spfde.sparse.masks import Masks, layer_densities
 from spfde.train import build_optimizer
-from tests.conftest import make_cfg, quick_overrides, read_metrics, run_training
+from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training
 
 ALL = sorted(METHODS)
 SPARSE = [m for m in ALL if m not in ("dense", "lth")]  # LTH runs whole rounds: tested on its own
@@ -319,25 +319,10 @@ def test_unreachable_ratio_fails_before_training(tmp_path):
 
 @pytest.mark.parametrize("name", ["mest", "rigl", "set", "deepr", "dsr", "snfs", "itop", "snip"])
 def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch):
-    import spfde.train
-
     overrides = quick_overrides(f"sparsity={name}", "epochs=3", "interval=1", "sparsity.mest.mode=em",
                                 *SMALL_INTERVALS.get(name, []))
     run_training(overrides, tmp_path / "straight")
-    calls = {"n": 0}
-    real = spfde.train.evaluate
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    with monkeypatch.context() as m:
-        m.setattr(spfde.train, "evaluate", crash)
-        with pytest.raises(KeyboardInterrupt):
-            run_training(overrides, tmp_path / "resumed")
-    run_training(overrides, tmp_path / "resumed")
+    crash_then_resume(overrides, tmp_path / "resumed", 2, monkeypatch)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sparsity"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sparsity"]
     masks_a, masks_b = a["masks"]["masks"], b["masks"]["masks"]
@@ -538,24 +523,9 @@ def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
 
 @pytest.mark.slow
 def test_lth_resumes_mid_round_and_skips_finished_rounds(tmp_path, monkeypatch):
-    import spfde.train
-
     overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.36", "sparsity.lth.rewind_epoch=0")
     straight = run_training(overrides, tmp_path / "straight")
-    calls = {"n": 0}
-    real = spfde.train.evaluate
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # round 1, epoch 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    with monkeypatch.context() as m:
-        m.setattr(spfde.train, "evaluate", crash)
-        with pytest.raises(KeyboardInterrupt):
-            run_training(overrides, tmp_path / "resumed")
-    resumed = run_training(overrides, tmp_path / "resumed")
+    resumed = crash_then_resume(overrides, tmp_path / "resumed", 4, monkeypatch)  # dies in round 1, epoch 2
     for key in ("final_acc", "final_sparsity"):
         assert [r[key] for r in resumed["round_summaries"]] == [r[key] for r in straight["round_summaries"]]
     run_training([*overrides, "fresh=true"], tmp_path / "resumed")

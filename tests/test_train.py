@@ -9,7 +9,7 @@ import torch
 
 import spfde.train
 from spfde.checkpoint import load_checkpoint
-from tests.conftest import quick_overrides, read_metrics, run_cli, run_training
+from tests.conftest import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training
 
 TIME_KEYS = ("time/",)
 
@@ -26,20 +26,6 @@ def test_two_epoch_digits_run_beats_chance_widely(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert json.loads((tmp_path / "summary.json").read_text())["final_acc"] == summary["final_acc"]
     assert (tmp_path / "config.yaml").exists()
-
-
-def crash_at_epoch(monkeypatch, epoch: int):
-    """Make evaluation of the given epoch raise, as if the job died mid-run."""
-    calls = {"n": 0}
-    real = spfde.train.evaluate
-
-    def evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == epoch:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(spfde.train, "evaluate", evaluate)
 
 
 def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch):

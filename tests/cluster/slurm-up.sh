@@ -116,4 +116,4 @@ if ! ps -o stat= -C slurmd 2>/dev/null | grep -qv Z; then
 fi
 for _ in $(seq 60); do sinfo -h -o %T 2>/dev/null | grep -qE "idle|mix|alloc" && break; sleep 0.5; done
 sinfo -h -o %T | grep -qE "idle|mix|alloc" || fail "the node did not come up: $(sinfo -h -o '%T %E' 2>&1)"
-log "up: $(sinfo -h -o '%P %D %T %C')"
+log "up in ${SECONDS} s: $(sinfo -h -o '%P %D %T %C')"
