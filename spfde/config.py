@@ -329,8 +329,6 @@ def validate_sparsity(cfg: DictConfig) -> None:
     sp = cfg.sparsity
     _check(sp.name in METHODS, f"sparsity.name={sp.name!r} is unknown; choose one of {sorted(METHODS)}")
     _check(0 <= sp.ratio < 1, f"sparsity.ratio must be in [0, 1), got {sp.ratio}")
-    _check(sp.name != "dense" or sp.ratio == 0,
-           f"sparsity=dense trains every weight, but sparsity.ratio={sp.ratio}: pick a sparse method")
     _check(sp.distribution in ("uniform", "erk"),
            f"sparsity.distribution must be uniform or erk, got {sp.distribution!r}")
     _check(cfg.interval >= 1, f"interval must be >= 1 epoch, got {cfg.interval}")

@@ -89,7 +89,8 @@ def build_plan(cfg) -> dict:
     targets = {n: c / method.masks.masks[n].numel() for n, c in method.targets.items()}
     block_flops = cost.block_forward()
     plan = {
-        "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name, "ratio": cfg.sparsity.ratio,
+        "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
+        "ratio": 0.0 if cfg.sparsity.name == "dense" else cfg.sparsity.ratio,
         "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
         "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
         "dense_train_flops": dense,

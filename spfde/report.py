@@ -50,7 +50,8 @@ def load_run(run: Path) -> dict:
     return {
         "run_dir": str(run), "model": get("model.name", summary.get("model")),
         "dataset": get("dataset.name", summary.get("dataset")), "method": get("sparsity.name"),
-        "ratio": get("sparsity.ratio"), "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
+        "ratio": 0.0 if get("sparsity.name") == "dense" else get("sparsity.ratio"),  # dense ignores the ratio
+        "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
         "sieve": get("sieve", 0.0), "sieve_method": get("sieve_method"), "epochs": get("epochs"),
         "seed": get("seed", summary.get("seed")),
         "final_acc": summary["final_acc"], "best_acc": summary.get("best_acc"),

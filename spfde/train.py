@@ -205,7 +205,7 @@ def train(cfg) -> dict:
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
-             f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {cfg.sparsity.ratio:g} | "
+             f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}")
     logger = RunLogger(cfg, run_dir, run_id)
     summary = None
@@ -250,7 +250,7 @@ def train(cfg) -> dict:
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
                    "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
                    "params": n_params, "seed": cfg.seed, "sparsity_method": cfg.sparsity.name,
-                   "sparsity_ratio": cfg.sparsity.ratio, "final_sparsity": last["sparsity/overall"],
+                   "sparsity_ratio": sparsity_target(cfg), "final_sparsity": last["sparsity/overall"],
                    **cost.summary(), "freeze": cfg.freeze, "freeze_scheme": cfg.freeze_scheme.name,
                    "freeze_planned_saving": freeze_plan.saving if freeze_plan else 0.0,
                    "sieve": cfg.sieve, "sieve_method": cfg.sieve_method, "sieve_seen_fraction": sieve.seen_fraction()}
@@ -265,6 +265,12 @@ def train(cfg) -> dict:
     finally:
         logger.finish(summary)
     return summary
+
+
+def sparsity_target(cfg) -> float:
+    """The run's target sparsity: dense training ignores sparsity.ratio (so a sweep over methods at
+    one ratio can include it)."""
+    return 0.0 if cfg.sparsity.name == "dense" else cfg.sparsity.ratio
 
 
 def load_last_record(run_dir: Path) -> dict:

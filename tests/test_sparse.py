@@ -298,7 +298,6 @@ def test_mest_em_swaps_at_constant_density():
 @pytest.mark.parametrize("override, message", [
     ("sparsity.ratio=1.0", "sparsity.ratio must be in [0, 1)"),
     ("sparsity.ratio=-0.1", "sparsity.ratio must be in [0, 1)"),
-    ("sparsity=dense sparsity.ratio=0.5", "sparsity=dense trains every weight"),
     ("sparsity.mest.ems.prune_to=[0,0,0.01]", "last phase must prune and grow to the target"),
     ("sparsity.ratio=0.01", "grow-to sparsity"),
     ("sparsity=rigl sparsity.rigl.drop_fraction=0", "drop_fraction must be in (0, 1)"),
@@ -309,6 +308,12 @@ def test_bad_sparsity_configs_fail_in_one_line(override, message):
     with pytest.raises(ConfigError, match=None) as err:
         precheck_overrides(override.split())
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dense_ignores_the_ratio_so_method_sweeps_can_include_it(tmp_path):
+    summary = run_training(quick_overrides("sparsity=dense", "sparsity.ratio=0.9", "epochs=1"), tmp_path)
+    assert summary["final_sparsity"] == 0.0 and summary["sparsity_ratio"] == 0.0
+    assert summary["train_flops"] == pytest.approx(summary["dense_train_flops"])
 
 
 def test_unreachable_ratio_fails_before_training(tmp_path):
