@@ -143,6 +143,19 @@ def fig4_memory() -> str:
     return "# Fig. 4: ResNet-32 (2x) on CIFAR-100, batch 64, fp32, MEST + freeze x = 0.2 (planned)\n" + "\n".join(lines)
 
 
+def run_seeds(overrides: list[str], seeds: list[int], tmp: str, tag: str) -> tuple[list, list, list]:
+    """One configuration over seeds: final accuracies, training FLOPs and training times."""
+    accs, flops, times = [], [], []
+    for seed in seeds:
+        summary, _ = run_once([*overrides, f"seed={seed}"], Path(tmp) / f"{tag}-{seed}")
+        accs.append(summary["final_acc"])
+        flops.append(summary["train_flops"])
+        times.append(summary["train_time_s"])
+        print(f"  {tag} seed {seed}: acc {summary['final_acc']:.4f}, FLOPs {summary['train_flops']:.4g}, "
+              f"{summary['train_time_s']:.1f} s", flush=True)
+    return accs, flops, times
+
+
 def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
     from spfde.freeze import FreezeError
 
@@ -153,17 +166,10 @@ def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
     base_flops = None
     with tempfile.TemporaryDirectory() as tmp:
         for x, scheme in grid:
-            accs, flops, times = [], [], []
             try:
-                for seed in seeds:
-                    overrides = ["experiment=quickstart", f"epochs={epochs}", f"freeze={x}",
-                                 f"freeze_scheme={scheme}", f"seed={seed}", *extra]
-                    summary, _ = run_once(overrides, Path(tmp) / f"{x}-{scheme}-{seed}")
-                    accs.append(summary["final_acc"])
-                    flops.append(summary["train_flops"])
-                    times.append(summary["train_time_s"])
-                    print(f"  x={x} {scheme:11s} seed {seed}: acc {summary['final_acc']:.4f}, "
-                          f"FLOPs {summary['train_flops']:.4g}, {summary['train_time_s']:.1f} s", flush=True)
+                overrides = ["experiment=quickstart", f"epochs={epochs}", f"freeze={x}", f"freeze_scheme={scheme}",
+                             *extra]
+                accs, flops, times = run_seeds(overrides, seeds, tmp, f"x={x} {scheme}")
             except FreezeError as e:
                 lines.append(f"| {x} | {scheme} | unreachable: {e} | | | |")
                 continue
@@ -177,6 +183,8 @@ def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
 
 
 def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
+    from spfde.freeze import FreezeError
+
     grid = [(0.0, "circular", 0.0)] + [(y, m, 0.0) for y in (0.1, 0.2, 0.3) for m in ("circular", "oneshot", "random")]
     grid += [(0.2, "circular", 0.2)]  # SpFDE 0.2 + 0.2 (sieving and freezing together)
     lines = ["| sieve y | method | freeze x | test acc (mean ± std) | training FLOPs | saved vs MEST | wall-clock s |",
@@ -184,16 +192,13 @@ def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for y, method, x in grid:
-            accs, flops, times = [], [], []
-            for seed in seeds:
-                overrides = ["experiment=quickstart", f"epochs={epochs}", f"sieve={y}", f"sieve_method={method}",
-                             f"freeze={x}", f"seed={seed}", *extra]
-                summary, _ = run_once(overrides, Path(tmp) / f"{y}-{method}-{x}-{seed}")
-                accs.append(summary["final_acc"])
-                flops.append(summary["train_flops"])
-                times.append(summary["train_time_s"])
-                print(f"  y={y} {method:8s} x={x} seed {seed}: acc {summary['final_acc']:.4f}, "
-                      f"FLOPs {summary['train_flops']:.4g}, {summary['train_time_s']:.1f} s", flush=True)
+            overrides = ["experiment=quickstart", f"epochs={epochs}", f"sieve={y}", f"sieve_method={method}",
+                         f"freeze={x}", *extra]
+            try:
+                accs, flops, times = run_seeds(overrides, seeds, tmp, f"y={y} {method} x={x}")
+            except FreezeError as e:
+                lines.append(f"| {y} | {method} | {x} | unreachable: {e} | | | |")
+                continue
             mean_flops = statistics.mean(flops)
             base = base or mean_flops
             lines.append(f"| {y} | {method if y else '— (MEST alone)'} | {x} | {mean_std(accs)} | {mean_flops:.4g} | "
