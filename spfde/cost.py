@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from spfde.models.base import block_of
+
 BYTES_FP32 = 4
 
 
@@ -33,11 +35,6 @@ class Layer:
     block: int  # index in model.blocks
     flops: float  # dense forward FLOPs per sample
     numel: int  # weights
-
-
-def block_of(name: str) -> int:
-    """`blocks.3.conv1` -> 3."""
-    return int(name.split(".")[1])
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -102,7 +99,7 @@ def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max
         dense_grad_samples = sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
         row = []
         for k in range(max_frozen + 1):
-            frozen = frozenset(n for n in method.masks.layers if block_of(n) < k)
+            frozen = frozenset(method.masks.in_blocks(range(k)))
             densities = method.planned_densities(e, frozen)
             per_sample = cost.step(densities, k, False)
             extra = cost.step(densities, k, True) - per_sample if dense_grad_samples else 0.0

@@ -180,9 +180,6 @@ class Freezer:
         return self.plan is not None
 
     # ----------------------------------------------------------------- applying
-    def layers_of(self, blocks: range) -> list[str]:
-        return [n for n in self.masks.layers if int(n.split(".")[1]) in blocks]
-
     def start_epoch(self, epoch: int, optimizer, sparsity) -> None:
         """Freeze or release blocks so that the prefix matches the plan for this epoch."""
         if not self.enabled:
@@ -190,12 +187,12 @@ class Freezer:
         target = self.plan.frozen[epoch]
         if target > self.frozen:
             newly = range(self.frozen, target)
-            sparsity.on_freeze(self.layers_of(newly), epoch)  # e.g. MEST prunes a soft-bound block to its target
+            sparsity.on_freeze(self.masks.in_blocks(newly), epoch)  # e.g. MEST prunes a soft-bound block to its target
             self.set_frozen(newly, True, optimizer)
         elif target < self.frozen:
             released = range(target, self.frozen)
             self.set_frozen(released, False, optimizer)
-            sparsity.on_release(self.layers_of(released), epoch)
+            sparsity.on_release(self.masks.in_blocks(released), epoch)
         self.frozen = target
 
     def set_frozen(self, blocks: range, frozen: bool, optimizer) -> None:
@@ -205,7 +202,7 @@ class Freezer:
                 p.grad = None
                 if not frozen:
                     optimizer.state.pop(p, None)  # a released block starts with fresh momentum
-        names = set(self.layers_of(blocks))
+        names = set(self.masks.in_blocks(blocks))
         self.masks.frozen = (self.masks.frozen | names) if frozen else (self.masks.frozen - names)
 
     def train_mode(self) -> None:

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from spfde.config import ConfigError, compose_config, validate
-from spfde.cost import CostModel, MemoryModel, block_of, epoch_batches, flops_table
+from spfde.cost import CostModel, MemoryModel, epoch_batches, flops_table
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.models import build_model
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
@@ -79,7 +79,7 @@ def build_plan(cfg) -> dict:
         if densities_of is not None:
             densities = densities_of[e]
         else:
-            densities = method.planned_densities(e, frozenset(n for n in method.masks.layers if block_of(n) < k))
+            densities = method.planned_densities(e, frozenset(method.masks.in_blocks(range(k))))
         mem = memory.breakdown(densities, k)
         memories.append(mem["total"])
         masked = sum(method.masks.masks[n].numel() for n in densities)

@@ -7,6 +7,11 @@ import torch
 from torch import nn
 
 
+def block_of(name: str) -> int:
+    """Index of the block a module or parameter name belongs to: `blocks.3.conv1` -> 3."""
+    return int(name.split(".")[1])
+
+
 class Stem(nn.Module):
     """First conv + BN + ReLU (+ optional pooling). Its conv is `blocks.0.conv`: the layer the paper
     keeps dense."""

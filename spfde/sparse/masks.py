@@ -14,6 +14,8 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
+from spfde.models.base import block_of
+
 
 class SparsityError(ValueError):
     """A sparsity target that cannot be realised on this model (one line, for the user)."""
@@ -85,6 +87,10 @@ class Masks:
             raise SparsityError(f"sparsity {sparsity:g} leaves layer {empty[0]} with no weights; lower sparsity.ratio "
                                 f"or keep it dense via sparsity.dense_layers")
         return counts
+
+    def in_blocks(self, blocks: range) -> list[str]:
+        """Masked layers that belong to the given blocks (e.g. a frozen prefix)."""
+        return [n for n in self.layers if block_of(n) in blocks]
 
     # ----------------------------------------------------------------- applying
     @torch.no_grad()
