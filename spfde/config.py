@@ -35,7 +35,7 @@ class DatasetConfig:
     hflip: bool = True
     workers: int = 8
     test_fraction: float = 0.2  # digits: share of the stratified test split
-    split_seed: int = 0  # digits: the split is fixed across run seeds
+    split_seed: int = 0  # digits: the split, fake: the images; fixed across run seeds
 
 
 @dataclass
@@ -212,6 +212,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     channels_last: bool = True  # CUDA only
+    cuda_graphs: str = "auto"  # auto (on with CUDA) | on | off: replay plain training steps from CUDA graphs
     deterministic: bool = False  # cuDNN determinism on CUDA (CPU runs are deterministic anyway)
     progress: bool = True  # tqdm bar (only when stdout is a terminal)
     threads: int = 0  # CPU threads for torch; 0 = SLURM_CPUS_PER_TASK when set, else torch's default
@@ -270,6 +271,12 @@ def validate(cfg: DictConfig) -> None:
         import torch
 
         _check(torch.cuda.is_available(), f"device={cfg.device} asked for, but CUDA is not available here")
+    _check(cfg.cuda_graphs in ("auto", "on", "off"), f"cuda_graphs must be auto, on or off, got {cfg.cuda_graphs!r}")
+    if cfg.cuda_graphs == "on":
+        import torch
+
+        _check(cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()),
+               f"cuda_graphs=on needs a CUDA device (device={cfg.device}); use cuda_graphs=auto or off")
     _check(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)

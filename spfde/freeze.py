@@ -200,8 +200,9 @@ class Freezer:
             for p in self.model.blocks[b].parameters():
                 p.requires_grad_(not frozen)
                 p.grad = None
-                if not frozen:
-                    optimizer.state.pop(p, None)  # a released block starts with fresh momentum
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                if not frozen and buf is not None:
+                    buf.zero_()  # a released block starts with fresh momentum (in place: CUDA graphs read it)
         names = set(self.masks.in_blocks(blocks))
         self.masks.frozen = (self.masks.frozen | names) if frozen else (self.masks.frozen - names)
 
@@ -243,9 +244,13 @@ class Freezer:
         own = before[epoch] + (t - epoch)
         return lr_at(own, self.optim, before[end])
 
+    def block_lrs(self, optimizer, t: float) -> list[float]:
+        """The learning rate of each optimizer group (one per block) at fractional epoch t."""
+        return [self.block_lr(group["block"], t) for group in optimizer.param_groups]
+
     def set_lrs(self, optimizer, t: float) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = self.block_lr(group["block"], t)
+        for group, lr in zip(optimizer.param_groups, self.block_lrs(optimizer, t)):
+            group["lr"] = lr
         return optimizer.param_groups[-1]["lr"]
 
     # ----------------------------------------------------------------- checkpoint

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -31,11 +30,12 @@ from spfde.checkpoint import (
 )
 from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches
 from spfde.data import build_data
-from spfde.freeze import Freezer, block_param_groups, frozen_prefix_forward, make_freeze_plan, scheme_options
+from spfde.freeze import Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
 from spfde.sieve import Sieve, check_sieve, sieve_epochs
 from spfde.sparse import build_sparsity
+from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
 
 log = logging.getLogger("spfde")
 
@@ -57,9 +57,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
-    """SGD with one parameter group per block (each block may follow its own learning rate)."""
+    """SGD with one parameter group per block (each block may follow its own learning rate). On CUDA the
+    fused SGD: one kernel per step, and it reads a learning rate kept on the device (CUDA graphs)."""
+    fused = next(model.parameters()).device.type == "cuda" or None
     return torch.optim.SGD(block_param_groups(model), lr=optim.lr, momentum=optim.momentum,
-                           weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+                           weight_decay=optim.weight_decay, nesterov=optim.nesterov, fused=fused)
 
 
 @dataclass
@@ -70,9 +72,14 @@ class Runtime:
     precision: str
     channels_last: bool
 
-    def autocast(self):
-        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
+
+    def autocast(self, cache: bool = True):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -81,53 +88,33 @@ class Runtime:
         return x, y
 
 
-def train_one_epoch(model, loader, optimizer, sparsity, freezer, sieve, cost, analysis, epoch: int, rt: Runtime,
-                    cfg, bar) -> dict:
+def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runtime, bar) -> dict:
+    """One epoch over the loader's partial set. The step (forward, backward, masks, SGD, the sieve's
+    flags, the running sums) is `spfde.step.TrainStep`: eager, or replayed from a CUDA graph."""
     freezer.train_mode()  # model.train(), frozen blocks' BN in eval mode
+    train_step.begin_epoch()
     steps = len(loader)
-    loss_sum = torch.zeros((), device=rt.device)
-    correct = torch.zeros((), device=rt.device, dtype=torch.long)
     seen = 0
     for i, (x, y, idx) in enumerate(loader):
         x, y = rt.batch(x, y)
-        step = epoch * steps + i
-        lr = freezer.set_lrs(optimizer, epoch + i / steps)  # per-block cosine over each block's active epochs
-        with rt.autocast():
-            logits = frozen_prefix_forward(model, x, freezer.frozen)  # the frozen prefix runs under no_grad
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        sparsity.after_backward(step)  # e.g. RigL reads the dense gradient; then masked grads are zeroed
-        analysis.after_backward()  # per-layer gradient norms (when analysis is on)
-        optimizer.step()
-        cost.step(len(y), dense_grad=sparsity.dense_grad_step(step))  # FLOPs of this step, at its masks
-        sparsity.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
-        hits = logits.detach().argmax(1) == y
-        sieve.observe(idx, hits)  # forgetting events from this step's own predictions
-        loss_sum += loss.detach().float() * len(y)
-        correct += hits.sum()
+        lr = train_step(x, y, idx, step=epoch * steps + i, t=epoch + i / steps)
         seen += len(y)
         bar.update(1)
-    return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "samples": seen, "lr": lr}
+    return {"train/loss": train_step.loss_sum.item() / seen, "train/acc": train_step.correct.item() / seen,
+            "samples": seen, "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model, loader, rt: Runtime, top5: bool) -> dict:
+def evaluate(model, loader, rt: Runtime, top5: bool, batches: EvalBatches | None = None) -> dict:
     model.eval()
-    loss_sum = torch.zeros((), device=rt.device)
-    correct1 = torch.zeros((), device=rt.device, dtype=torch.long)
-    correct5 = torch.zeros((), device=rt.device, dtype=torch.long)
+    batches = batches or EvalBatches(model, rt, loader.batch_size, top5, graphs=False)
+    batches.begin()
     seen = 0
     for x, y, _idx in loader:
         x, y = rt.batch(x, y)
-        with rt.autocast():
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        top = logits.topk(5 if top5 else 1, dim=1).indices
-        correct1 += (top[:, 0] == y).sum()
-        if top5:
-            correct5 += (top == y[:, None]).any(1).sum()
+        batches.add(x, y)
         seen += len(y)
+    loss_sum, correct1, correct5 = batches.sums
     stats = {"test/loss": loss_sum.item() / seen, "test/acc": correct1.item() / seen}
     if top5:
         stats["test/acc5"] = correct5.item() / seen
@@ -203,10 +190,17 @@ def train(cfg) -> dict:
         sparsity.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
         cost.add_init(sparsity.init_samples, sparsity.init_passes)
 
+    # the step and evaluation run eagerly, or from CUDA graphs (after resume: graphs read the restored tensors)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, device)
+    train_step = TrainStep(model, optimizer, sparsity, freezer, sieve, analysis, cost, rt, cfg.optim.label_smoothing,
+                           cfg.batch_size, graphs)
+    eval_batches = EvalBatches(model, rt, cfg.eval_batch_size, top5, graphs)
+
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
              f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
-             f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}")
+             f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}"
+             f"{' with CUDA graphs' if graphs else ''}")
     logger = RunLogger(cfg, run_dir, run_id)
     summary = None
     steps = len(data.train)
@@ -216,16 +210,14 @@ def train(cfg) -> dict:
                                            disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
                 sieve.start_epoch(epoch, data.train)  # every Δτ: easiest samples out, queued ones back in
                 freezer.start_epoch(epoch, optimizer, sparsity)  # freeze / release blocks as planned
                 sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
                 cost.begin_epoch(epoch, frozen_blocks=freezer.frozen)
-                train_stats = train_one_epoch(model, data.train, optimizer, sparsity, freezer, sieve, cost,
-                                              analysis, epoch, rt, cfg, bar)
+                train_stats = train_one_epoch(train_step, data.train, freezer, epoch, rt, bar)
                 t_train = time.perf_counter() - t0
-                test_stats = evaluate(model, data.test, rt, top5)
+                train_peak = train_step.peak_memory()  # the training steps' own peak, then evaluation's
+                test_stats = evaluate(model, data.test, rt, top5, eval_batches)
                 t_epoch = time.perf_counter() - t0
                 elapsed += t_epoch
                 best_acc = max(best_acc, test_stats["test/acc"])
@@ -236,7 +228,8 @@ def train(cfg) -> dict:
                           "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
                           "time/samples_per_s": train_stats["samples"] / t_train}
                 if device.type == "cuda":
-                    record["memory/cuda_peak"] = torch.cuda.max_memory_allocated(device)
+                    record["memory/train_peak"] = train_peak
+                    record["memory/eval_peak"] = eval_batches.peak_memory()
                 bar.set_postfix(acc=f"{test_stats['test/acc']:.3f}")
                 logger.log_epoch(record, cfg.epochs)  # metrics first: a resume drops lines past the checkpoint
                 save_checkpoint(ckpt_path, {
@@ -245,7 +238,8 @@ def train(cfg) -> dict:
                     "sieve": sieve.state_dict(),
                     "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                 })
-        last = load_last_record(run_dir)
+        records = load_records(run_dir)
+        last = records[-1]
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
                    "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
@@ -256,6 +250,10 @@ def train(cfg) -> dict:
                    "sieve": cfg.sieve, "sieve_method": cfg.sieve_method, "sieve_seen_fraction": sieve.seen_fraction()}
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
+        if device.type == "cuda":  # measured GPU memory, the largest epoch of the run
+            summary["memory_train_peak_bytes"] = max(r.get("memory/train_peak", 0) for r in records)
+            summary["memory_eval_peak_bytes"] = max(r.get("memory/eval_peak", 0) for r in records)
+            summary["cuda_graphs_capture_s"] = train_step.capture_s + eval_batches.capture_s
         write_json(run_dir / SUMMARY, summary)
         if analysis.enabled:
             logger.log_analysis(run_dir, cfg.analysis.debiased)
@@ -273,8 +271,7 @@ def sparsity_target(cfg) -> float:
     return 0.0 if cfg.sparsity.name == "dense" else cfg.sparsity.ratio
 
 
-def load_last_record(run_dir: Path) -> dict:
+def load_records(run_dir: Path) -> list[dict]:
     import json
 
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

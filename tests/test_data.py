@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from spfde.data import DataError, build_data
-from spfde.data.loaders import random_crop_flip
+from spfde.data.loaders import augmentation_draws, random_crop_flip
 from tests.conftest import make_cfg
 
 
@@ -55,11 +55,15 @@ def test_training_order_is_shuffled_and_seeded_test_order_is_not():
 def test_random_crop_flip_on_a_known_image():
     g = torch.Generator().manual_seed(0)
     img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(64, 2, 1, 1)
-    assert torch.equal(random_crop_flip(img, 0, False, g), img)
-    flipped = random_crop_flip(img, 0, True, g)
+
+    def augment(padding: int, hflip: bool):
+        return random_crop_flip(img, padding, *augmentation_draws([64], padding, hflip, g, img.device))
+
+    assert torch.equal(augment(0, False), img)
+    flipped = augment(0, True)
     is_flip = [torch.equal(f, img[0].flip(2)) for f in flipped]
     assert all(torch.equal(f, img[0]) or fl for f, fl in zip(flipped, is_flip)) and 10 < sum(is_flip) < 54
-    cropped = random_crop_flip(img, 1, False, g)
+    cropped = augment(1, False)
     assert cropped.shape == img.shape and cropped.dtype == torch.uint8
     padded = torch.nn.functional.pad(img[0], (1, 1, 1, 1))
     windows = {padded[:, r:r + 4, c:c + 4].numpy().tobytes() for r in range(3) for c in range(3)}

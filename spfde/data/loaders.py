@@ -12,23 +12,42 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by `padding`, take a random crop of the original size, and flip half the batch
-    horizontally. Works on a uint8 batch [B, C, H, W] on any device; randomness from `generator`
-    (CPU), so results do not depend on the device."""
+def augmentation_draws(batches: list[int], padding: int, hflip: bool, generator: torch.Generator,
+                       device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The random crop offsets (dy, dx) and flips of a whole epoch, drawn batch by batch from `generator`
+    (CPU, so results do not depend on the device) and moved to the device in one copy: on a GPU a copy per
+    batch would make the host wait for the GPU at every step."""
+    dys, dxs, flips = [], [], []
+    for b in batches:
+        if padding > 0:
+            dys.append(torch.randint(0, 2 * padding + 1, (b,), generator=generator))
+            dxs.append(torch.randint(0, 2 * padding + 1, (b,), generator=generator))
+        if hflip:
+            flips.append(torch.rand(b, generator=generator) < 0.5)
+
+    def to_device(parts):
+        if not parts:
+            return None
+        joined = torch.cat(parts)
+        return joined.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else joined.to(device)
+
+    return to_device(dys), to_device(dxs), to_device(flips)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor | None, dx: torch.Tensor | None,
+                     flip: torch.Tensor | None) -> torch.Tensor:
+    """Zero-pad by `padding`, crop the original size at offsets (dy, dx), and flip where `flip` is set.
+    Works on a uint8 batch [B, C, H, W] on any device (the draws come from `augmentation_draws`)."""
     b, c, h, w = images.shape
     device = images.device
     if padding > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
         batch = torch.arange(b, device=device)[:, None, None, None]
         chans = torch.arange(c, device=device)[None, :, None, None]
         images = padded[batch, chans, rows, cols]
-    if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(device)
+    if flip is not None:
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
 
@@ -63,12 +82,18 @@ class InMemoryLoader:
         order = self.indices
         if self.train:
             order = order[torch.randperm(len(order), generator=self.generator)]
-        order = order.to(self.images.device)
-        for start in range(0, len(order), self.batch_size):
+        device = self.images.device
+        starts = range(0, len(order), self.batch_size)
+        if self.train:
+            sizes = [min(self.batch_size, len(order) - s) for s in starts]
+            dy, dx, flip = augmentation_draws(sizes, self.crop_padding, self.hflip, self.generator, device)
+        order = order.to(device)
+        for start in starts:
             idx = order[start:start + self.batch_size]
             x = self.images[idx]
             if self.train:
-                x = random_crop_flip(x, self.crop_padding, self.hflip, self.generator)
+                window = slice(start, start + len(idx))
+                x = random_crop_flip(x, self.crop_padding, *(d[window] if d is not None else None for d in (dy, dx, flip)))
             x = (x.float().div_(255) - self.mean) / self.std
             yield x, self.labels[idx], idx
 

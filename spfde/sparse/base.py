@@ -5,6 +5,8 @@ The training loop calls, by name:
   start_epoch(epoch)              epoch-based structure updates (MEST)
   after_backward(step)            read what a method needs from the dense gradient, then mask it
   after_optimizer_step(step)      re-zero masked weights; step-based updates (RigL, SET)
+  plain_step(step)                True when this step's two hooks only mask gradients and weights:
+                                  such steps may be replayed from a CUDA graph (spfde.step)
   epoch_stats()                   realised sparsity + this epoch's prune/grow counts, for the logs
 """
 
@@ -87,6 +89,11 @@ class SparseMethod:
 
     def after_optimizer_step(self, step: int) -> None:
         self.masks.apply()
+
+    def plain_step(self, step: int) -> bool:
+        """Do after_backward(step) and after_optimizer_step(step) only mask gradients and weights (no
+        structure update, no dense gradient, no host-side state)? Asked before the step; no side effects."""
+        return True
 
     # ----------------------------------------------------------------- cost (planned and counted)
     def dense_grad_step(self, step: int) -> bool:

@@ -32,6 +32,9 @@ class DeepR(SparseMethod):
             for n, m in self.masks.layers.items():
                 m.weight.copy_(self.signs[n] * m.weight.abs() * self.masks.masks[n])
 
+    def plain_step(self, step: int) -> bool:
+        return False  # every step adds noise and may rewire
+
     def after_backward(self, step: int) -> None:
         with torch.no_grad():
             for n in self.updatable():
@@ -55,8 +58,8 @@ class DeepR(SparseMethod):
             dormant = ~mask
             scores = self.random_scores(n).masked_fill(~dormant, float("-inf"))
             new = (mask & ~flipped) | top_k_mask(scores, k)
+            grown = new & ~mask  # before set_mask, which updates `mask` in place
             self.record(n, *self.masks.set_mask(n, new, self.optimizer))
-            grown = new & ~mask
             weight[grown] = EPSILON * self.signs[n][grown]
             changed = True
         self.masks.apply()

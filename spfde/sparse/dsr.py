@@ -25,16 +25,22 @@ class DSR(SparseMethod):
         self.target_pruned = max(1, int(round(opts.prune_fraction * masked)))
         self.period_starts = [int(f * schedule.total_steps) for f in opts.double_period_at]
         self.base_period = opts.delta_t
-        self.since_update = 0
+        self.last_update = -1  # step of the last reallocation (counted from the step number, so that
+        # steps replayed from a CUDA graph, which skip this method's hooks, still count)
 
     def period(self, step: int) -> int:
         return self.base_period * 2 ** sum(step >= s for s in self.period_starts)
 
+    def is_update(self, step: int) -> bool:
+        return step - self.last_update >= self.period(step)
+
+    def plain_step(self, step: int) -> bool:
+        return not self.is_update(step)
+
     def after_optimizer_step(self, step: int) -> None:
         self.masks.apply()
-        self.since_update += 1
-        if self.since_update >= self.period(step):
-            self.since_update = 0
+        if self.is_update(step):
+            self.last_update = step
             self.reallocate()
 
     def reallocate(self) -> None:
@@ -61,7 +67,7 @@ class DSR(SparseMethod):
         return {**super().epoch_stats(), "sparsity/dsr_threshold": self.threshold}
 
     def extra_state(self) -> dict:
-        return {"threshold": self.threshold, "since_update": self.since_update}
+        return {"threshold": self.threshold, "last_update": self.last_update}
 
     def load_extra_state(self, state: dict) -> None:
-        self.threshold, self.since_update = state["threshold"], state["since_update"]
+        self.threshold, self.last_update = state["threshold"], state["last_update"]

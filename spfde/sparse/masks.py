@@ -120,9 +120,9 @@ class Masks:
             buf = optimizer.state.get(weight, {}).get("momentum_buffer")
             if buf is not None:
                 buf.masked_fill_(changed, 0.0)
-        self.masks[name] = new
+        old.copy_(new)  # in place: a captured CUDA graph keeps reading this tensor
         self.version += 1
-        weight.mul_(new)
+        weight.mul_(old)
         return int(pruned.sum()), int(grown.sum())
 
     def random_init(self, counts: dict[str, int], generator: torch.Generator, optimizer=None) -> None:
@@ -153,7 +153,7 @@ class Masks:
         if set(state["masks"]) != set(self.masks):
             raise SparsityError("the checkpoint's masks do not match this model's masked layers")
         for n, mask in state["masks"].items():
-            self.masks[n] = mask.to(self.masks[n].device, dtype=torch.bool)
+            self.masks[n].copy_(mask.to(self.masks[n].device, dtype=torch.bool))
         self.frozen = set(state.get("frozen", []))
         self.version += 1
         self.apply()

@@ -45,6 +45,9 @@ class MEST(SparseMethod):
         # every Δτ epochs, and at each phase start so that the last phase is always reached
         return epoch % self.schedule.interval == 0 or epoch in self.phase_starts
 
+    def plain_step(self, step: int) -> bool:
+        return self.lambda_grad == 0  # with λ > 0 the update reads the last step's gradient
+
     def start_epoch(self, epoch: int) -> None:
         if not self.is_update(epoch):
             return

@@ -35,6 +35,9 @@ class RigL(SparseMethod):
         done = step + 1  # steps completed after this one
         return done % self.delta_t == 0 and done < self.end_step
 
+    def plain_step(self, step: int) -> bool:
+        return not self.is_update(step)
+
     def dense_grad_step(self, step: int) -> bool:
         return self.uses_gradients and self.is_update(step)
 

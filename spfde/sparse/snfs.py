@@ -28,6 +28,9 @@ class SNFS(SparseMethod):
         self.beta = optimizer.param_groups[0].get("momentum", 0.9) or 0.9
         self.momentum = {n: torch.zeros_like(m.weight) for n, m in self.masks.layers.items()}
 
+    def plain_step(self, step: int) -> bool:
+        return False  # every step reads the dense gradient
+
     def dense_grad_step(self, step: int) -> bool:
         return True  # the momentum of every weight needs the dense gradient at every step
 
