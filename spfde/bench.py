@@ -5,6 +5,7 @@
     python -m spfde.bench memory
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 30]
     python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
+    python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 25600] [overrides ...]
 
 methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
 test accuracy and training time per epoch relative to dense training.
@@ -15,6 +16,13 @@ training memory against the plain-DST minimum at 90/95/98% sparsity (planned, no
 ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
 seeds — accuracy, training FLOPs and wall-clock.
 ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
+gpu: in one process, on the configured model (default ResNet-32 2x, CIFAR-100-shaped FakeData): the bare
+model's training step (eager and CUDA-graphed) as the anchor, then the harness's own epoch loop for dense,
+MEST, MEST with 0 / half / all candidate blocks frozen and MEST with a sieved loader, as img/s and ratios
+to the anchor; measured training memory next to the plan's; evaluation time against a training epoch;
+and a short MEST vs SpFDE 0.2+0.2 run: wall-clock saving against FLOPs saving. Made for a GPU; runs (slowly,
+without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes 16 --train-size 64 device=cpu
+model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
 """
 
 from __future__ import annotations
@@ -207,6 +215,209 @@ def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
             f"overrides {extra}\n" + "\n".join(lines))
 
 
+class NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
+    """The anchor: the project's model trained by a minimal loop on one random batch already on the device
+    (fused SGD, bf16 autocast and channels_last on CUDA), eager or as one captured CUDA graph."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from spfde.models import build_model
+    from spfde.train import Runtime, build_optimizer, resolve_device
+
+    device = resolve_device(cfg.device)
+    d = cfg.dataset
+    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
+    model = build_model(cfg.model, d.num_classes, d.channels).to(device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    x, y = rt.batch(torch.randn(batch_size, d.channels, d.image_size, d.image_size),
+                    torch.randint(0, d.num_classes, (batch_size,)))
+
+    def step():
+        with rt.autocast(cache=not graphed):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    run = step
+    if graphed:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+    for _ in range(3):
+        run()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
+    """The harness's own loop (spfde.train.train_one_epoch with spfde.step.TrainStep) for two epochs at a
+    fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed. Also
+    times an evaluation of the test set, and measures training memory against the plan's."""
+    import time
+
+    import torch
+
+    from spfde.cost import MemoryModel
+    from spfde.freeze import candidate_blocks
+    from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
+    from spfde.train import build_run, evaluate, train_one_epoch
+
+    cfg = compose_config(["logger=none", "progress=false", *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = tempfile.mkdtemp(prefix="spfde-bench-")
+    validate(cfg)
+    run = build_run(cfg, Path(cfg.run_dir))
+    device, model, optimizer = run.device, run.model, run.optimizer
+    run.sparsity.initialize(iter(run.data.train))
+    candidates = candidate_blocks(model, cfg.freeze_fraction)
+    k = {"half": candidates // 2, "all": candidates}.get(frozen, frozen)
+    if k:
+        run.freezer.set_frozen(range(k), True, optimizer)
+        run.freezer.frozen = k
+    run.cost.begin_epoch(0, k)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, device)
+    step = TrainStep(model, optimizer, run.sparsity, run.freezer, run.sieve, run.analysis, run.cost, run.rt,
+                     cfg.optim.label_smoothing, cfg.batch_size, graphs)
+    top5 = run.data.num_classes > 5
+    eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
+    train_one_epoch(step, run.data.train, run.freezer, 0, run.rt, NoBar())  # warm-up and capture
+    optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    start = time.perf_counter()
+    stats = train_one_epoch(step, run.data.train, run.freezer, 1, run.rt, NoBar())
+    sync(device)
+    train_s = time.perf_counter() - start
+    peak = step.peak_memory()
+    evaluate(model, run.data.test, run.rt, top5, eval_batches)  # warm-up and capture
+    sync(device)
+    start = time.perf_counter()
+    evaluate(model, run.data.test, run.rt, top5, eval_batches)
+    sync(device)
+    eval_s = time.perf_counter() - start
+    input_shape = (run.data.channels, run.data.image_size, run.data.image_size)
+    plan = MemoryModel(model, input_shape, cfg.batch_size,
+                       torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.sparsity.masks.densities(), k)
+    return {"img_s": stats["samples"] / train_s, "samples": stats["samples"], "train_s": train_s, "eval_s": eval_s,
+            "test_size": run.data.test.num_samples, "frozen": k, "candidates": candidates,
+            "measured_above_baseline": None if peak is None else peak - baseline, "measured_peak": peak,
+            "plan_total": plan["total"], "plan_non_weights": plan["total"] - plan["weights"],
+            "capture_s": step.capture_s, "graphs": graphs}
+
+
+def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_epochs: int,
+        extra: list[str]) -> str:
+    """See the module doc; prints each table as soon as it is measured and returns the whole report."""
+    import torch
+
+    from spfde.train import resolve_device
+
+    base = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=100", "dataset.test_size=10000",
+            f"dataset.train_size={train_size}"]
+    out = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        out.append(text)
+
+    cfg = compose_config(["logger=none", *base, *extra])
+    device = resolve_device(cfg.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    emit(f"# spfde.bench gpu on {card}, torch {torch.__version__}: {cfg.model.name} (depth {cfg.model.depth}, "
+         f"width {cfg.model.width}), FakeData {cfg.dataset.channels}x{cfg.dataset.image_size}x{cfg.dataset.image_size}"
+         f" with {cfg.dataset.num_classes} classes, precision {cfg.precision}, overrides {extra}")
+    for bs in batch_sizes:
+        with open_dict(cfg):
+            cfg.batch_size = bs
+        eager = bare_model_img_s(cfg, bs, steps, graphed=False)
+        anchor = bare_model_img_s(cfg, bs, steps, graphed=True) if device.type == "cuda" else None
+        ref = anchor or eager
+        emit(f"\n## batch {bs}\n| what | img/s | vs bare graphed | vs bare eager |\n|---|---|---|---|")
+        emit(f"| bare model, eager | {eager:,.0f} | {eager / ref:.2f}x | 1.00x |")
+        if anchor:
+            emit(f"| bare model, CUDA graph | {anchor:,.0f} | 1.00x | {anchor / eager:.2f}x |")
+        runs = {}
+        half, full = "harness MEST, half the candidates frozen", "harness MEST, all candidates frozen"
+        cases = [("harness dense", ["sparsity=dense"], 0), ("harness MEST", [], 0), (half, [], "half"),
+                 (full, [], "all"), ("harness MEST, sieve=0.2 loader", ["sieve=0.2"], 0)]
+        for label, more, frozen in cases:
+            r = runs[label] = harness_epochs([*base, f"batch_size={bs}", *more, *extra], frozen)
+            note = f" ({r['frozen']} of {r['candidates']} blocks)" if frozen else ""
+            emit(f"| {label}{note} | {r['img_s']:,.0f} | {r['img_s'] / ref:.2f}x | {r['img_s'] / eager:.2f}x |")
+        unfrozen, all_frozen = runs["harness MEST"], runs[full]
+        emit(f"\nall candidates frozen vs unfrozen: {all_frozen['img_s'] / unfrozen['img_s']:.2f}x faster per image")
+        r = unfrozen
+        per_epoch_50k = r["train_s"] * 50000 / r["samples"]
+        emit(f"evaluation of {r['test_size']} images: {r['eval_s']:.3f} s = "
+             f"{100 * r['eval_s'] / per_epoch_50k:.1f}% of a 50k-image training epoch at this speed "
+             f"({per_epoch_50k:.2f} s)")
+        emit(f"capture time (MEST, one depth + evaluation): {r['capture_s']:.2f} s")
+        emit("\n| training memory (MiB) | measured peak | measured above the resting state | plan (total) | "
+             "plan without weights |\n|---|---|---|---|---|")
+        for label in ("harness MEST", half, full):
+            r = runs[label]
+            measured = "n/a" if r["measured_peak"] is None else f"{r['measured_peak'] / 2**20:.1f}"
+            above = "n/a" if r["measured_above_baseline"] is None else f"{r['measured_above_baseline'] / 2**20:.1f}"
+            emit(f"| {r['frozen']} frozen | {measured} | {above} | {r['plan_total'] / 2**20:.1f} | "
+                 f"{r['plan_non_weights'] / 2**20:.1f} |")
+        if unfrozen["measured_above_baseline"]:
+            got = 1 - all_frozen["measured_above_baseline"] / unfrozen["measured_above_baseline"]
+            want = 1 - all_frozen["plan_non_weights"] / unfrozen["plan_non_weights"]
+            emit(f"reduction 0 -> all frozen: measured {100 * got:.1f}% (above the resting state: weights, momentum, "
+                 f"data), plan {100 * want:.1f}% (without weights): {100 * abs(got - want):.1f} points apart")
+    emit(f"\n## MEST vs SpFDE (sieve=0.2 freeze=0.2): {run_epochs} epochs on {run_size} FakeData images, interval 1")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, more in (("MEST", []), ("SpFDE 0.2+0.2", ["sieve=0.2", "freeze=0.2"])):
+            summary, _ = run_once([*base, f"dataset.train_size={run_size}", f"epochs={run_epochs}", "interval=1",
+                                   f"batch_size={batch_sizes[0]}", *more, *extra], Path(tmp) / label.split()[0])
+            runs[label] = summary
+    emit("| run | wall-clock s | of which capture s | training FLOPs | test acc |\n|---|---|---|---|---|")
+    for label, s in runs.items():
+        emit(f"| {label} | {s['train_time_s']:.1f} | {s.get('cuda_graphs_capture_s', 0.0):.1f} | "
+             f"{s['train_flops']:.4g} | {s['final_acc']:.4f} |")
+    mest, spfde = runs["MEST"], runs["SpFDE 0.2+0.2"]
+    flops_saving = 1 - spfde["train_flops"] / mest["train_flops"]
+
+    def wall(s):
+        return s["train_time_s"] - s.get("cuda_graphs_capture_s", 0.0)
+
+    wall_saving = 1 - wall(spfde) / wall(mest)
+    emit(f"FLOPs saving {100 * flops_saving:.1f}%, wall-clock saving (capture excluded) {100 * wall_saving:.1f}% = "
+         f"{wall_saving / flops_saving:.2f}x of the FLOPs saving; with capture "
+         f"{100 * (1 - spfde['train_time_s'] / mest['train_time_s']):.1f}%")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     from spfde.sparse import METHODS
 
@@ -231,6 +442,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("gpu", help="harness vs bare model img/s, freezing speed-up and memory, SpFDE wall-clock")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
+    p.add_argument("--train-size", type=int, default=25600, help="FakeData images per timed epoch")
+    p.add_argument("--steps", type=int, default=200, help="timed steps of the bare model")
+    p.add_argument("--run-size", type=int, default=10000, help="FakeData images of the MEST vs SpFDE runs")
+    p.add_argument("--run-epochs", type=int, default=12)
+    p.add_argument("overrides", nargs="*", help="e.g. model.width=2 precision=bf16 cuda_graphs=off")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bench == "methods":
@@ -244,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_freeze(args.seeds, args.epochs, args.overrides))
     elif args.bench == "ablation-sieve":
         print(ablation_sieve(args.seeds, args.epochs, args.overrides))
+    elif args.bench == "gpu":
+        gpu(args.batch_sizes, args.train_size, args.steps, args.run_size, args.run_epochs, args.overrides)
 
 
 if __name__ == "__main__":

@@ -111,8 +111,12 @@ def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max
 class MemoryModel:
     """Training memory (bytes) of one configuration; activation terms measured once per frozen prefix."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], batch: int):
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], batch: int,
+                 activation_dtype: torch.dtype = torch.float32):
+        # activation_dtype: float32 is the paper's convention; bfloat16 is what a bf16-autocast GPU run
+        # keeps (its weights, gradients and momentum stay fp32)
         self.model, self.input_shape, self.batch = model, tuple(input_shape), batch
+        self.activation_dtype = activation_dtype
         self.params = [(name, p.numel(), block_of(name)) for name, p in model.named_parameters()]
         self._activations: dict[int, tuple[int, int]] = {}
 
@@ -121,7 +125,7 @@ class MemoryModel:
         whose first `frozen_blocks` blocks run under no_grad, as a frozen prefix does."""
         if frozen_blocks not in self._activations:
             self._activations[frozen_blocks] = measure_activations(self.model, self.input_shape, self.batch,
-                                                                   frozen_blocks)
+                                                                   frozen_blocks, self.activation_dtype)
         return self._activations[frozen_blocks]
 
     def breakdown(self, densities: dict[str, float], frozen_blocks: int = 0) -> dict[str, int]:
@@ -138,8 +142,9 @@ class MemoryModel:
         return {**parts, "total": sum(parts.values())}
 
 
-def measure_activations(model: nn.Module, input_shape, batch: int, frozen_blocks: int) -> tuple[int, int]:
-    meta = meta_copy(model).float().train()
+def measure_activations(model: nn.Module, input_shape, batch: int, frozen_blocks: int,
+                        dtype: torch.dtype = torch.float32) -> tuple[int, int]:
+    meta = meta_copy(model).to(dtype).train()
     # storages are told apart by their StorageImpl (`_cdata`): views of one tensor share it, and weights
     # saved as views (a Linear keeps weight.t()) are recognised as parameters, not activations
     param_storages = {p.untyped_storage()._cdata for p in meta.parameters()}
@@ -152,7 +157,7 @@ def measure_activations(model: nn.Module, input_shape, batch: int, frozen_blocks
         return t
 
     grad_bytes = []
-    x = torch.zeros(batch, *input_shape, device="meta")
+    x = torch.zeros(batch, *input_shape, device="meta", dtype=dtype)
     with torch.no_grad():
         for block in meta.blocks[:frozen_blocks]:
             x = block(x)

@@ -126,8 +126,10 @@ class TrainStep:
         if rt.device.type == "cuda":
             ensure_momentum_buffers(optimizer)  # the fused SGD wants all buffers or none
         if self.graphs is not None:
-            # the learning rate of each block lives on the device; the fused SGD reads it from there
-            self.lrs = torch.zeros(len(optimizer.param_groups), device=rt.device)
+            # the learning rate of each block lives on the device; the fused SGD reads it from there (fp32
+            # for its kernel; fp64 off CUDA, where these values must equal the eager path's Python floats)
+            dtype = torch.float32 if rt.device.type == "cuda" else torch.float64
+            self.lrs = torch.zeros(len(optimizer.param_groups), device=rt.device, dtype=dtype)
             for i, group in enumerate(optimizer.param_groups):
                 group["lr"] = self.lrs[i]
             self.static: tuple[torch.Tensor, ...] | None = None
@@ -155,7 +157,8 @@ class TrainStep:
             self.run_step(x, y, idx, step, plain=False)
             return lr
         lrs = self.freezer.block_lrs(self.optimizer, t)
-        self.lrs.copy_(torch.tensor(lrs, dtype=torch.float32).pin_memory(), non_blocking=True)
+        host = torch.tensor(lrs, dtype=self.lrs.dtype)
+        self.lrs.copy_(host.pin_memory() if host.device != self.lrs.device else host, non_blocking=True)
         plain = self.sparsity.plain_step(step) and not self.analysis.enabled and len(y) == self.batch_size
         if not plain:
             self.run_step(x, y, idx.to(self.rt.device, non_blocking=True), step, plain=False)

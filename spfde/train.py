@@ -29,12 +29,12 @@ from spfde.checkpoint import (
     write_json,
 )
 from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches
-from spfde.data import build_data
-from spfde.freeze import Freezer, block_param_groups, make_freeze_plan, scheme_options
+from spfde.data import Data, build_data
+from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
 from spfde.sieve import Sieve, check_sieve, sieve_epochs
-from spfde.sparse import build_sparsity
+from spfde.sparse import SparseMethod, build_sparsity
 from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
 
 log = logging.getLogger("spfde")
@@ -121,30 +121,33 @@ def evaluate(model, loader, rt: Runtime, top5: bool, batches: EvalBatches | None
     return stats
 
 
-def train(cfg) -> dict:
-    """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
-    if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
-        from spfde.sparse.lth import run_rounds
+@dataclass
+class Run:
+    """The parts of a run, built from its config (by `train` and by `spfde.bench gpu`)."""
 
-        return run_rounds(cfg, train)  # LTH: one normal run per pruning round, in sub-directories
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_summary(run_dir)
-    if done is not None and not cfg.fresh:
-        log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done['epochs']} epochs. "
-                 f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
-                 f"(the old results move to {run_dir}/previous-<time>/).")
-        return done
-    if cfg.fresh and (moved := archive_previous(run_dir)):
-        log.info(f"fresh=true: earlier results moved to {moved}")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    device: torch.device
+    rt: Runtime
+    generator: torch.Generator  # data order and augmentation
+    data: Data
+    sieve: Sieve
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sparsity: SparseMethod
+    cost_model: CostModel
+    cost: CostMeter
+    freeze_plan: FreezePlan | None
+    freezer: Freezer
+    analysis: Analysis
 
-    # --- the parts of a run
+
+def build_run(cfg, run_dir: Path) -> Run:
     threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
     if threads:  # jobs sharing a machine should not each use every core
         torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams, graphs and memory statistics follow the current device
     # denormal floats make CPU kernels several times slower (seen with GraSP masks on digits); flushing
     # them to zero changes nothing measurable in accuracy
     torch.set_flush_denormal(True)
@@ -169,6 +172,33 @@ def train(cfg) -> dict:
     freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
                       scheme_options(cfg))
     analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device)
+    return Run(device, rt, generator, data, sieve, model, optimizer, sparsity, cost_model, cost, freeze_plan, freezer,
+               analysis)
+
+
+def train(cfg) -> dict:
+    """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
+    if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
+        from spfde.sparse.lth import run_rounds
+
+        return run_rounds(cfg, train)  # LTH: one normal run per pruning round, in sub-directories
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_summary(run_dir)
+    if done is not None and not cfg.fresh:
+        log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done['epochs']} epochs. "
+                 f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
+                 f"(the old results move to {run_dir}/previous-<time>/).")
+        return done
+    if cfg.fresh and (moved := archive_previous(run_dir)):
+        log.info(f"fresh=true: earlier results moved to {moved}")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    # --- the parts of a run
+    run = build_run(cfg, run_dir)
+    device, rt, generator, data, sieve, model = run.device, run.rt, run.generator, run.data, run.sieve, run.model
+    optimizer, sparsity, cost, freeze_plan, freezer, analysis = (run.optimizer, run.sparsity, run.cost,
+                                                                 run.freeze_plan, run.freezer, run.analysis)
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any

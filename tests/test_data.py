@@ -76,6 +76,12 @@ def test_fake_data_any_shape():
                      "dataset.train_size=30", "dataset.test_size=10"])
     assert data.train.images.shape == (30, 2, 20, 20) and data.test.images.shape == (10, 2, 20, 20)
     assert int(data.train.labels.max()) < 7 and data.num_classes == 7
+    again = data_for(["dataset=fake", "dataset.image_size=20", "dataset.channels=2", "dataset.num_classes=7",
+                      "dataset.train_size=30", "dataset.test_size=10", "seed=3"])
+    assert torch.equal(again.train.images, data.train.images)  # a fixed data set across run seeds
+    other = data_for(["dataset=fake", "dataset.image_size=20", "dataset.channels=2", "dataset.num_classes=7",
+                      "dataset.train_size=30", "dataset.test_size=10", "dataset.split_seed=1"])
+    assert not torch.equal(other.train.images, data.train.images)
 
 
 @pytest.fixture

@@ -92,8 +92,8 @@ class InMemoryLoader:
             idx = order[start:start + self.batch_size]
             x = self.images[idx]
             if self.train:
-                window = slice(start, start + len(idx))
-                x = random_crop_flip(x, self.crop_padding, *(d[window] if d is not None else None for d in (dy, dx, flip)))
+                draws = (d[start:start + len(idx)] if d is not None else None for d in (dy, dx, flip))
+                x = random_crop_flip(x, self.crop_padding, *draws)
             x = (x.float().div_(255) - self.mean) / self.std
             yield x, self.labels[idx], idx
 
