@@ -181,6 +181,11 @@ class CostConfig:
 
 
 @dataclass
+class DistributedConfig:
+    sync_bn: bool = False  # several ranks: SyncBatchNorm (CUDA), batch statistics over the global batch
+
+
+@dataclass
 class PlanConfig:
     format: str = "table"  # table | json (python -m spfde.plan)
 
@@ -196,6 +201,7 @@ class Config:
     cost: CostConfig = field(default_factory=CostConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     experiment_name: str = "default"
     epochs: int = 160
     interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)
@@ -431,3 +437,5 @@ def run_name(override_dirname: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("spfde_run_name"):
         OmegaConf.register_new_resolver("spfde_run_name", run_name)
+    if not OmegaConf.has_resolver("spfde_tasks"):  # SLURM: one task (rank) per GPU, at least one
+        OmegaConf.register_new_resolver("spfde_tasks", lambda gpus: max(1, int(gpus)))

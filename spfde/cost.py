@@ -17,13 +17,13 @@ gradient hooks on every block's output); weights and weight gradients are *count
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from spfde.data.loaders import epoch_batches  # noqa: F401 - the planner's batch sizes are the loader's
 from spfde.models.base import block_of
 
 BYTES_FP32 = 4
@@ -81,12 +81,6 @@ class CostModel:
 
     def inference(self, densities: dict[str, float]) -> float:
         return sum(layer.flops * densities.get(layer.name, 1.0) for layer in self.layers)
-
-
-def epoch_batches(samples: int, batch_size: int) -> list[int]:
-    """Batch sizes of one epoch over `samples` (the last batch may be partial)."""
-    steps = math.ceil(samples / batch_size)
-    return [batch_size] * (steps - 1) + [samples - batch_size * (steps - 1)]
 
 
 def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int) -> list[list[float]]:

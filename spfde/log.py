@@ -24,11 +24,11 @@ class RunLogger:
     """`log_epoch` writes one line of metrics.jsonl, a console line and a wandb step.
     wandb is offline unless logger.mode=online and never waits on a network; `finish` always runs."""
 
-    def __init__(self, cfg, run_dir: Path, run_id: str):
-        self.run_dir, self.run_id = Path(run_dir), run_id
+    def __init__(self, cfg, run_dir: Path, run_id: str, write: bool = True):
+        self.run_dir, self.run_id, self.write = Path(run_dir), run_id, write  # write: rank 0 of several
         self.wandb = None
         lcfg = cfg.logger
-        if lcfg.name == "wandb" and lcfg.mode != "disabled":
+        if write and lcfg.name == "wandb" and lcfg.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
@@ -41,6 +41,8 @@ class RunLogger:
             self.wandb.define_metric("*", step_metric="epoch")
 
     def log_epoch(self, record: dict, total_epochs: int) -> None:
+        if not self.write:
+            return
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         log.info(format_epoch(record, total_epochs))

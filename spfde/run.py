@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from spfde.config import ConfigError, precheck_overrides, register_configs, register_resolvers, validate
 from spfde.data import DataError
+from spfde.distributed import DistributedError, shutdown
 from spfde.freeze import FreezeError
 from spfde.sieve import SieveError
 from spfde.sparse import SparsityError
@@ -26,9 +27,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         summary = train(cfg)
-    except (ConfigError, DataError, SparsityError, FreezeError, SieveError) as e:
+    except (ConfigError, DataError, SparsityError, FreezeError, SieveError, DistributedError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutdown()  # a torchrun / multi-task SLURM rank leaves its process group
     return summary["final_acc"]
 
 

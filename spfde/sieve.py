@@ -71,6 +71,10 @@ class Sieve:
         self.presented = torch.zeros(dataset_size, dtype=torch.bool, device=device)
         self.learned = torch.zeros(dataset_size, dtype=torch.bool, device=device)
         self.used = torch.zeros(dataset_size, dtype=torch.bool)  # ever in the partial set
+        # this epoch's observations (each sample is presented at most once an epoch), folded into the
+        # window's statistics by end_epoch(); with several ranks each holds the ones of its shard
+        self.seen_now = torch.zeros(dataset_size, dtype=torch.bool, device=device)
+        self.correct_now = torch.zeros(dataset_size, dtype=torch.bool, device=device)
         order = torch.randperm(dataset_size, generator=generator)
         removed = removed_count(dataset_size, cfg.sieve) if self.enabled and self.method != "oneshot" else 0
         self.queue = order[:removed].clone()  # removed queue: head first
@@ -85,11 +89,25 @@ class Sieve:
         if not self.enabled:
             return
         indices = indices.to(self.device)
-        forgot = self.presented[indices] & self.last_correct[indices] & ~correct
-        self.forgets[indices] += forgot.int()
-        self.last_correct[indices] = correct
-        self.presented[indices] = True
-        self.learned[indices] |= correct
+        self.seen_now[indices] = True
+        self.correct_now[indices] = correct
+
+    def end_epoch(self, world=None) -> None:
+        """Fold the epoch's observations into the window's forgetting statistics: a sample correct at its
+        previous presentation and wrong now was forgotten once. With several ranks, their observations
+        are combined first, so every rank holds the same statistics."""
+        if not self.enabled:
+            return
+        if world is not None and world.enabled:
+            for flags in (self.seen_now, self.correct_now):
+                flags.copy_(world.all_reduce_(flags.to(world.device, torch.uint8)).bool())
+        seen, correct = self.seen_now, self.correct_now
+        self.forgets += (seen & self.presented & self.last_correct & ~correct).int()
+        self.last_correct.copy_(torch.where(seen, correct, self.last_correct))
+        self.presented |= seen
+        self.learned |= seen & correct
+        self.seen_now.zero_()
+        self.correct_now.zero_()
 
     # ----------------------------------------------------------------- per epoch
     def start_epoch(self, epoch: int, loader) -> None:

@@ -27,6 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from spfde.distributed import World
 from spfde.freeze import frozen_prefix_forward
 
 log = logging.getLogger("spfde")
@@ -116,7 +117,8 @@ class TrainStep:
     """One training step of the run, graphed when it can be. Owns the running loss/accuracy sums."""
 
     def __init__(self, model, optimizer, sparsity, freezer, sieve, analysis, cost, rt, label_smoothing: float,
-                 batch_size: int, graphs: bool):
+                 batch_size: int, graphs: bool, world: World | None = None):
+        self.world = world or World()  # several ranks: gradients are averaged before masks and SGD see them
         self.model, self.optimizer, self.sparsity, self.freezer = model, optimizer, sparsity, freezer
         self.sieve, self.analysis, self.cost, self.rt = sieve, analysis, cost, rt
         self.label_smoothing, self.batch_size = label_smoothing, batch_size
@@ -150,11 +152,16 @@ class TrainStep:
         """Peak bytes allocated on the GPU since begin_epoch() (None off CUDA)."""
         return peak_memory(self.graphs, self.rt.device)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int, t: float) -> float:
-        """Train on one batch at global step `step` and fractional epoch `t`; returns the head's LR."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int, t: float,
+                 samples: int | None = None) -> float:
+        """Train on one batch at global step `step` and fractional epoch `t`; returns the head's LR.
+        `samples`: the global batch size (all ranks), which the cost meter counts; default len(y)."""
+        self.samples = len(y) if samples is None else samples
         if self.graphs is None:
             lr = self.freezer.set_lrs(self.optimizer, t)  # per-block cosine over each block's active epochs
             self.run_step(x, y, idx, step, plain=False)
+            if self.world.enabled and not self.sparsity.plain_step(step):
+                self.world.check_masks(self.sparsity.masks, f"after step {step}")
             return lr
         lrs = self.freezer.block_lrs(self.optimizer, t)
         host = torch.tensor(lrs, dtype=self.lrs.dtype)
@@ -170,7 +177,7 @@ class TrainStep:
         self.graphs.run(("train step", f"{self.freezer.frozen} frozen blocks"),
                         lambda: self.run_step(*self.static, step, plain=True),
                         before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
-        self.cost.step(len(y), dense_grad=False)  # a plain step changes no mask: its cost can follow it
+        self.cost.step(self.samples, dense_grad=False)  # a plain step changes no mask: its cost can follow it
         return lrs[-1]
 
     def run_step(self, x, y, idx, step: int, plain: bool) -> None:
@@ -179,6 +186,7 @@ class TrainStep:
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.sync_gradients([p for p in self.model.parameters() if p.requires_grad])
         if plain:
             self.sparsity.masks.mask_grads()
         else:
@@ -188,7 +196,7 @@ class TrainStep:
         if plain:
             self.sparsity.masks.apply()
         else:
-            self.cost.step(len(y), dense_grad=self.sparsity.dense_grad_step(step))  # FLOPs at this step's masks
+            self.cost.step(self.samples, dense_grad=self.sparsity.dense_grad_step(step))  # FLOPs at this step's masks
             self.sparsity.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
         hits = logits.detach().argmax(1) == y
         self.sieve.observe(idx, hits)  # forgetting events from this step's own predictions

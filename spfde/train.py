@@ -30,6 +30,7 @@ from spfde.checkpoint import (
 )
 from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches
 from spfde.data import Data, build_data
+from spfde.distributed import DistributedError, World, setup_world
 from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
@@ -88,36 +89,44 @@ class Runtime:
         return x, y
 
 
-def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runtime, bar) -> dict:
+def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runtime, bar,
+                    world: World | None = None) -> dict:
     """One epoch over the loader's partial set. The step (forward, backward, masks, SGD, the sieve's
-    flags, the running sums) is `spfde.step.TrainStep`: eager, or replayed from a CUDA graph."""
+    flags, the running sums) is `spfde.step.TrainStep`: eager, or replayed from a CUDA graph. With
+    several ranks each trains on its part of every global batch; the returned numbers are global."""
+    world = world or World()
     freezer.train_mode()  # model.train(), frozen blocks' BN in eval mode
     train_step.begin_epoch()
-    steps = len(loader)
+    sizes = loader.batch_sizes()  # global batch sizes: the cost meter counts the work of every rank
+    steps = len(sizes)
     seen = 0
     for i, (x, y, idx) in enumerate(loader):
         x, y = rt.batch(x, y)
-        lr = train_step(x, y, idx, step=epoch * steps + i, t=epoch + i / steps)
+        lr = train_step(x, y, idx, step=epoch * steps + i, t=epoch + i / steps, samples=sizes[i])
         seen += len(y)
         bar.update(1)
-    return {"train/loss": train_step.loss_sum.item() / seen, "train/acc": train_step.correct.item() / seen,
-            "samples": seen, "lr": lr}
+    loss_sum, correct, seen = world.sum([train_step.loss_sum.item(), train_step.correct.item(), seen])
+    return {"train/loss": loss_sum / seen, "train/acc": correct / seen, "samples": int(seen), "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model, loader, rt: Runtime, top5: bool, batches: EvalBatches | None = None) -> dict:
+def evaluate(model, loader, rt: Runtime, top5: bool, batches: EvalBatches | None = None,
+             world: World | None = None) -> dict:
+    """Test loss and accuracy; with several ranks each evaluates its part of every batch."""
     model.eval()
     batches = batches or EvalBatches(model, rt, loader.batch_size, top5, graphs=False)
     batches.begin()
     seen = 0
     for x, y, _idx in loader:
+        if len(y) == 0:  # a rank's part of a last batch smaller than the world
+            continue
         x, y = rt.batch(x, y)
         batches.add(x, y)
         seen += len(y)
-    loss_sum, correct1, correct5 = batches.sums
-    stats = {"test/loss": loss_sum.item() / seen, "test/acc": correct1.item() / seen}
+    loss_sum, correct1, correct5, seen = (world or World()).sum([s.item() for s in batches.sums] + [seen])
+    stats = {"test/loss": loss_sum / seen, "test/acc": correct1 / seen}
     if top5:
-        stats["test/acc5"] = correct5.item() / seen
+        stats["test/acc5"] = correct5 / seen
     return stats
 
 
@@ -140,12 +149,15 @@ class Run:
     analysis: Analysis
 
 
-def build_run(cfg, run_dir: Path) -> Run:
+def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
+    world = world or World()
     threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
     if threads:  # jobs sharing a machine should not each use every core
         torch.set_num_threads(threads)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same seed on every rank: same initial weights, masks and data order
     device = resolve_device(cfg.device)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, graphs and memory statistics follow the current device
     # denormal floats make CPU kernels several times slower (seen with GraSP masks on digits); flushing
@@ -154,12 +166,14 @@ def build_run(cfg, run_dir: Path) -> Run:
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.backends.cudnn.deterministic = cfg.deterministic
     generator = torch.Generator().manual_seed(cfg.seed)
-    data = build_data(cfg, device, generator)
+    data = build_data(cfg, device, generator, world)
     check_sieve(cfg, data.train.dataset_size)
     sieve = Sieve(cfg, data.train.dataset_size, device, torch.Generator().manual_seed(cfg.seed + 2))
     sieve.start_epoch(0, data.train)  # the loader draws from the partial set only
     rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
     model = build_model(cfg.model, data.num_classes, data.channels).to(device)
+    if world.enabled and cfg.distributed.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
@@ -167,11 +181,11 @@ def build_run(cfg, run_dir: Path) -> Run:
     input_shape = (data.channels, data.image_size, data.image_size)
     cost_model = CostModel(model, input_shape)
     cost = CostMeter(cost_model, MemoryModel(model, input_shape, cfg.cost.memory_batch), sparsity)
-    batches = [epoch_batches(n, cfg.batch_size) for n in sieve_epochs(cfg, data.train.dataset_size)]
+    batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
     freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
     freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
                       scheme_options(cfg))
-    analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device)
+    analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device, enabled=world.is_main)
     return Run(device, rt, generator, data, sieve, model, optimizer, sparsity, cost_model, cost, freeze_plan, freezer,
                analysis)
 
@@ -182,6 +196,10 @@ def train(cfg) -> dict:
         from spfde.sparse.lth import run_rounds
 
         return run_rounds(cfg, train)  # LTH: one normal run per pruning round, in sub-directories
+    world = setup_world(cfg.device)  # several ranks under torchrun or a multi-task SLURM job
+    check_world(cfg, world)
+    if not world.is_main:
+        log.setLevel(logging.WARNING)  # one rank reports
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = finished_summary(run_dir)
@@ -190,12 +208,14 @@ def train(cfg) -> dict:
                  f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
                  f"(the old results move to {run_dir}/previous-<time>/).")
         return done
-    if cfg.fresh and (moved := archive_previous(run_dir)):
-        log.info(f"fresh=true: earlier results moved to {moved}")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if world.is_main:  # rank 0 alone writes to the run directory
+        if cfg.fresh and (moved := archive_previous(run_dir)):
+            log.info(f"fresh=true: earlier results moved to {moved}")
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    world.barrier()
 
     # --- the parts of a run
-    run = build_run(cfg, run_dir)
+    run = build_run(cfg, run_dir, world)
     device, rt, generator, data, sieve, model = run.device, run.rt, run.generator, run.data, run.sieve, run.model
     optimizer, sparsity, cost, freeze_plan, freezer, analysis = (run.optimizer, run.sparsity, run.cost,
                                                                  run.freeze_plan, run.freezer, run.analysis)
@@ -214,24 +234,29 @@ def train(cfg) -> dict:
         sieve.load_state_dict(ckpt["sieve"])
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
-        truncate_metrics(run_dir, start_epoch)
+        if world.is_main:
+            truncate_metrics(run_dir, start_epoch)
         log.info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         sparsity.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
-        cost.add_init(sparsity.init_samples, sparsity.init_passes)
+        cost.add_init(sparsity.init_samples * world.size, sparsity.init_passes)
+        world.broadcast_([*model.state_dict().values(), *sparsity.masks.masks.values()])  # rank 0's start
+        sparsity.masks.version += 1
+    world.check_masks(sparsity.masks, "at the start")
 
     # the step and evaluation run eagerly, or from CUDA graphs (after resume: graphs read the restored tensors)
-    graphs = use_cuda_graphs(cfg.cuda_graphs, device)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, device) and not world.enabled
     train_step = TrainStep(model, optimizer, sparsity, freezer, sieve, analysis, cost, rt, cfg.optim.label_smoothing,
-                           cfg.batch_size, graphs)
+                           cfg.batch_size, graphs, world)
     eval_batches = EvalBatches(model, rt, cfg.eval_batch_size, top5, graphs)
 
     n_params = sum(p.numel() for p in model.parameters())
+    ranks = f" | {world.size} ranks, {cfg.batch_size // world.size} images each per step" if world.enabled else ""
     log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
              f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}"
-             f"{' with CUDA graphs' if graphs else ''}")
-    logger = RunLogger(cfg, run_dir, run_id)
+             f"{' with CUDA graphs' if graphs else ''}{ranks}")
+    logger = RunLogger(cfg, run_dir, run_id, write=world.is_main)
     summary = None
     steps = len(data.train)
     show_bar = cfg.progress and sys.stderr.isatty()
@@ -241,13 +266,17 @@ def train(cfg) -> dict:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 sieve.start_epoch(epoch, data.train)  # every Δτ: easiest samples out, queued ones back in
+                world.check_sieve(sieve, f"at the start of epoch {epoch + 1}")
                 freezer.start_epoch(epoch, optimizer, sparsity)  # freeze / release blocks as planned
                 sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
+                world.check_masks(sparsity.masks, f"at the start of epoch {epoch + 1}")
                 cost.begin_epoch(epoch, frozen_blocks=freezer.frozen)
-                train_stats = train_one_epoch(train_step, data.train, freezer, epoch, rt, bar)
+                train_stats = train_one_epoch(train_step, data.train, freezer, epoch, rt, bar, world)
+                sieve.end_epoch(world)  # the epoch's forgetting events, combined over the ranks
+                world.average_buffers(model)  # BN statistics
                 t_train = time.perf_counter() - t0
                 train_peak = train_step.peak_memory()  # the training steps' own peak, then evaluation's
-                test_stats = evaluate(model, data.test, rt, top5, eval_batches)
+                test_stats = evaluate(model, data.test, rt, top5, eval_batches, world)
                 t_epoch = time.perf_counter() - t0
                 elapsed += t_epoch
                 best_acc = max(best_acc, test_stats["test/acc"])
@@ -262,12 +291,15 @@ def train(cfg) -> dict:
                     record["memory/eval_peak"] = eval_batches.peak_memory()
                 bar.set_postfix(acc=f"{test_stats['test/acc']:.3f}")
                 logger.log_epoch(record, cfg.epochs)  # metrics first: a resume drops lines past the checkpoint
-                save_checkpoint(ckpt_path, {
-                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "sparsity": sparsity.state_dict(), "cost": cost.state_dict(), "freezer": freezer.state_dict(),
-                    "sieve": sieve.state_dict(),
-                    "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
-                })
+                if world.is_main:
+                    save_checkpoint(ckpt_path, {
+                        "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "sparsity": sparsity.state_dict(), "cost": cost.state_dict(),
+                        "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
+                        "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
+                        "world_size": world.size,
+                    })
+        world.barrier()  # every metrics line is written
         records = load_records(run_dir)
         last = records[-1]
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
@@ -280,11 +312,15 @@ def train(cfg) -> dict:
                    "sieve": cfg.sieve, "sieve_method": cfg.sieve_method, "sieve_seen_fraction": sieve.seen_fraction()}
         if "test/acc5" in last:
             summary["final_acc5"] = last["test/acc5"]
-        if device.type == "cuda":  # measured GPU memory, the largest epoch of the run
+        if world.enabled:
+            summary["world_size"] = world.size
+        if device.type == "cuda":  # measured GPU memory (of rank 0), the largest epoch of the run
             summary["memory_train_peak_bytes"] = max(r.get("memory/train_peak", 0) for r in records)
             summary["memory_eval_peak_bytes"] = max(r.get("memory/eval_peak", 0) for r in records)
             summary["cuda_graphs_capture_s"] = train_step.capture_s + eval_batches.capture_s
-        write_json(run_dir / SUMMARY, summary)
+        if world.is_main:
+            write_json(run_dir / SUMMARY, summary)
+        world.barrier()  # the run is finished for every rank once its summary exists
         if analysis.enabled:
             logger.log_analysis(run_dir, cfg.analysis.debiased)
         share = summary["train_flops"] / summary["dense_train_flops"]
@@ -293,6 +329,21 @@ def train(cfg) -> dict:
     finally:
         logger.finish(summary)
     return summary
+
+
+def check_world(cfg, world: World) -> None:
+    """Settings a multi-rank run cannot serve, as one line each, before any work."""
+    if not world.enabled:
+        return
+    if cfg.batch_size % world.size:
+        raise DistributedError(f"batch_size={cfg.batch_size} is the global batch and must divide among the "
+                               f"{world.size} ranks; use a multiple of {world.size}")
+    if cfg.cuda_graphs == "on":
+        raise DistributedError("cuda_graphs=on: CUDA graphs are not used with several ranks yet (the gradient "
+                               "all-reduce runs between the captured parts); use cuda_graphs=auto")
+    if cfg.distributed.sync_bn and not (cfg.device.startswith("cuda") or
+                                        (cfg.device == "auto" and torch.cuda.is_available())):
+        raise DistributedError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm)")
 
 
 def sparsity_target(cfg) -> float:

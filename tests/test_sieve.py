@@ -28,6 +28,7 @@ def present_partial(sieve, seed):
     """One epoch over the partial set with random correctness."""
     g = torch.Generator().manual_seed(seed)
     sieve.observe(sieve.partial, torch.rand(len(sieve.partial), generator=g) < 0.7)
+    sieve.end_epoch()
 
 
 def test_partial_size_is_constant_and_queue_is_fifo_until_a_full_cycle():
@@ -72,12 +73,14 @@ def test_forgetting_counts_on_a_scripted_sequence():
     script = [[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 1], [0, 1, 1, 0]]
     for row in script:  # sample 0: T F T F (2 events), 1: F T T T (0), 2: T T F T (1), 3: T F T F (2)
         sieve.observe(idx, torch.tensor(row, dtype=torch.bool))
+        sieve.end_epoch()  # an epoch's observations are folded in at its end
     assert sieve.forgets.tolist() == [2, 0, 1, 2, 0]
     assert sieve.learned.tolist() == [True, True, True, True, False]
     hardness = sieve.hardness(torch.arange(5))
     assert hardness[:4].tolist() == [2, 0, 1, 2] and hardness[4] == float("inf")  # never learned: hardest
     sieve.new_window()  # counts restart every Δτ window; the first presentation cannot be an event
     sieve.observe(idx, torch.tensor([0, 0, 0, 0], dtype=torch.bool))
+    sieve.end_epoch()
     assert sieve.forgets.tolist() == [0, 0, 0, 0, 0]
 
 

@@ -90,10 +90,10 @@ class Analysis:
     """Snapshots and gradient norms of one run (nothing to checkpoint: snapshots are files, and the
     gradient norms restart with each epoch)."""
 
-    def __init__(self, cfg, run_dir, model: nn.Module, masks, test_loader, device):
+    def __init__(self, cfg, run_dir, model: nn.Module, masks, test_loader, device, enabled: bool = True):
         self.every, self.epochs = cfg.analysis.every, cfg.epochs
         self.top_fraction = cfg.analysis.top_fraction
-        self.enabled = self.every > 0
+        self.enabled = self.every > 0 and enabled  # (with several ranks, rank 0 alone takes snapshots)
         self.model, self.masks, self.device = model, masks, device
         self.dir = run_dir / "analysis"
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}

@@ -136,7 +136,7 @@ def find_image_folder(cfg) -> Path:
     return root
 
 
-def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, device) -> Data:
+def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, device, world=None) -> Data:
     from torchvision import datasets, transforms
 
     d = cfg.dataset
@@ -155,9 +155,10 @@ def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, dev
         raise DataError(f"{root}/train has {len(train_set.classes)} class folders, dataset.num_classes is "
                         f"{d.num_classes}: use dataset=imagefolder for other class counts")
     pin = device.type == "cuda"
-    train = FolderLoader(train_set, batch_size, train=True, generator=generator, workers=d.workers, pin_memory=pin)
+    train = FolderLoader(train_set, batch_size, train=True, generator=generator, workers=d.workers, pin_memory=pin,
+                         world=world)
     test = FolderLoader(test_set, eval_batch_size, train=False, generator=generator, workers=d.workers,
-                        pin_memory=pin)
+                        pin_memory=pin, world=world)
     return Data(train, test, num_classes=len(train_set.classes), channels=3, image_size=size)
 
 
@@ -166,17 +167,18 @@ FOLDERS = {"imagenet", "imagefolder"}
 DATASETS = sorted(set(IN_MEMORY) | FOLDERS)
 
 
-def build_data(cfg, device: torch.device, generator: torch.Generator) -> Data:
-    """Train and test loaders for cfg.dataset; raises DataError (one line) when data is missing."""
+def build_data(cfg, device: torch.device, generator: torch.Generator, world=None) -> Data:
+    """Train and test loaders for cfg.dataset; raises DataError (one line) when data is missing. With
+    several ranks (`world`), each loader yields this rank's part of every global batch."""
     d = cfg.dataset
     if d.name in FOLDERS:
-        return build_folder_data(cfg, cfg.batch_size, cfg.eval_batch_size, generator, device)
+        return build_folder_data(cfg, cfg.batch_size, cfg.eval_batch_size, generator, device, world)
     arrays = IN_MEMORY[d.name](d)
     # per-channel statistics of the training images (for CIFAR these are the usual constants)
     pixels = arrays.train_images.float().div(255).transpose(0, 1).reshape(arrays.train_images.shape[1], -1)
     mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-3)
     to_dev = {k: v.to(device) for k, v in vars(arrays).items()}
-    common = dict(mean=mean, std=std, generator=generator)
+    common = dict(mean=mean, std=std, generator=generator, world=world)
     train = InMemoryLoader(to_dev["train_images"], to_dev["train_labels"], cfg.batch_size, train=True,
                            crop_padding=d.crop_padding, hflip=d.hflip, **common)
     test = InMemoryLoader(to_dev["test_images"], to_dev["test_labels"], cfg.eval_batch_size, train=False, **common)

@@ -7,9 +7,29 @@ workers for ImageFolder data. Data sieving later only changes `indices`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def epoch_batches(samples: int, batch_size: int, ranks: int = 1) -> list[int]:
+    """Global batch sizes of one training epoch over `samples`: the last batch may be partial, and is
+    dropped when it holds fewer than 2 samples per rank (batch norm cannot train on one sample)."""
+    steps = math.ceil(samples / batch_size)
+    sizes = [batch_size] * (steps - 1) + [samples - batch_size * (steps - 1)]
+    if len(sizes) > 1 and sizes[-1] < 2 * ranks:
+        sizes.pop()
+    return sizes
+
+
+def global_batches(order: torch.Tensor, sizes: list[int]):
+    """(start, stop) of each global batch over `order`."""
+    start = 0
+    for n in sizes:
+        yield start, start + n
+        start += n
 
 
 def augmentation_draws(batches: list[int], padding: int, hflip: bool, generator: torch.Generator,
@@ -53,11 +73,14 @@ def random_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor | None
 
 
 class InMemoryLoader:
+    """`batch_size` is the global batch; with several ranks (`world`) each yields its part of every global
+    batch, so the ranks together see what one process would."""
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
                  mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator,
-                 crop_padding: int = 0, hflip: bool = False):
+                 crop_padding: int = 0, hflip: bool = False, world=None):
         self.images, self.labels = images, labels  # uint8 [N, C, H, W] and int64 [N], on the device
-        self.batch_size, self.train = batch_size, train
+        self.batch_size, self.train, self.world = batch_size, train, world
         self.crop_padding, self.hflip = crop_padding, hflip
         self.mean = mean.to(images.device).view(1, -1, 1, 1)
         self.std = std.to(images.device).view(1, -1, 1, 1)
@@ -75,24 +98,30 @@ class InMemoryLoader:
     def set_indices(self, indices: torch.Tensor) -> None:
         self.indices = indices.detach().cpu().long()
 
+    def batch_sizes(self) -> list[int]:
+        """Global batch sizes of one pass (training may drop a tiny last batch, see `epoch_batches`)."""
+        return batch_sizes(self.num_samples, self.batch_size, self.train, self.world)
+
     def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+        return len(self.batch_sizes())
 
     def __iter__(self):
         order = self.indices
         if self.train:
             order = order[torch.randperm(len(order), generator=self.generator)]
         device = self.images.device
-        starts = range(0, len(order), self.batch_size)
-        if self.train:
-            sizes = [min(self.batch_size, len(order) - s) for s in starts]
+        sizes = self.batch_sizes()
+        if self.train:  # drawn for the global batches: every rank draws the same numbers
             dy, dx, flip = augmentation_draws(sizes, self.crop_padding, self.hflip, self.generator, device)
         order = order.to(device)
-        for start in starts:
-            idx = order[start:start + self.batch_size]
+        for start, stop in global_batches(order, sizes):
+            if self.world is not None:  # this rank's part of the global batch
+                lo, hi = self.world.bounds(stop - start)
+                start, stop = start + lo, start + hi
+            idx = order[start:stop]
             x = self.images[idx]
             if self.train:
-                draws = (d[start:start + len(idx)] if d is not None else None for d in (dy, dx, flip))
+                draws = (d[start:stop] if d is not None else None for d in (dy, dx, flip))
                 x = random_crop_flip(x, self.crop_padding, *draws)
             x = (x.float().div_(255) - self.mean) / self.std
             yield x, self.labels[idx], idx
@@ -112,27 +141,41 @@ class IndexedDataset(Dataset):
         return image, label, i
 
 
-class IndexSampler(Sampler):
-    """Iterates over an index array, shuffled each epoch with the run's generator when training."""
+def batch_sizes(samples: int, batch_size: int, train: bool, world) -> list[int]:
+    if train:
+        return epoch_batches(samples, batch_size, world.size if world is not None else 1)
+    return [min(batch_size, samples - s) for s in range(0, samples, batch_size)]
 
-    def __init__(self, indices: torch.Tensor, generator: torch.Generator, shuffle: bool):
-        self.indices, self.generator, self.shuffle = indices, generator, shuffle
+
+class IndexBatches(Sampler):
+    """Batches of sample indices over an index array, shuffled each epoch with the run's generator when
+    training; with several ranks, this rank's part of each global batch."""
+
+    def __init__(self, indices: torch.Tensor, generator: torch.Generator, batch_size: int, train: bool, world):
+        self.indices, self.generator, self.batch_size = indices, generator, batch_size
+        self.train, self.world = train, world
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(batch_sizes(len(self.indices), self.batch_size, self.train, self.world))
 
     def __iter__(self):
         order = self.indices
-        if self.shuffle:
+        if self.train:
             order = order[torch.randperm(len(order), generator=self.generator)]
-        return iter(order.tolist())
+        batches = []
+        for start, stop in global_batches(order, batch_sizes(len(order), self.batch_size, self.train, self.world)):
+            if self.world is not None:
+                lo, hi = self.world.bounds(stop - start)
+                start, stop = start + lo, start + hi
+            batches.append(order[start:stop].tolist())
+        return iter(batches)
 
 
 class FolderLoader:
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, generator: torch.Generator,
-                 workers: int, pin_memory: bool):
+                 workers: int, pin_memory: bool, world=None):
         self.dataset = IndexedDataset(dataset)
-        self.batch_size, self.train, self.generator = batch_size, train, generator
+        self.batch_size, self.train, self.generator, self.world = batch_size, train, generator, world
         self.workers, self.pin_memory = workers, pin_memory
         self.indices = torch.arange(len(dataset))
 
@@ -147,14 +190,16 @@ class FolderLoader:
     def set_indices(self, indices: torch.Tensor) -> None:
         self.indices = indices.detach().cpu().long()
 
+    def batch_sizes(self) -> list[int]:
+        return batch_sizes(self.num_samples, self.batch_size, self.train, self.world)
+
     def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+        return len(self.batch_sizes())
 
     def __iter__(self):
-        sampler = IndexSampler(self.indices, self.generator, shuffle=self.train)
+        batches = IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world)
         # the DataLoader draws its workers' base seed from the same generator: augmentation is
         # reproducible and resumes exactly with the generator's saved state
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
-                            num_workers=self.workers, pin_memory=self.pin_memory,
-                            generator=self.generator, persistent_workers=False)
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
+                            pin_memory=self.pin_memory, generator=self.generator, persistent_workers=False)
         yield from loader
