@@ -158,8 +158,8 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
     device = resolve_device(cfg.device)
     if world.enabled and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # streams, graphs and memory statistics follow the current device
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)  # streams, graphs and memory statistics follow the current device
     # denormal floats make CPU kernels several times slower (seen with GraSP masks on digits); flushing
     # them to zero changes nothing measurable in accuracy
     torch.set_flush_denormal(True)

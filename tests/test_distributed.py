@@ -168,3 +168,17 @@ def test_a_two_task_slurm_job_equals_torchrun(slurm_cluster, straight_run, tmp_p
     torch_run = json.loads((straight_run / "summary.json").read_text())
     assert slurm["world_size"] == 2
     assert comparable(slurm) == comparable(torch_run)
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_is_a_plain_run(tmp_path):
+    overrides = [*quick_overrides("epochs=2", "threads=1"), "logger=none", "progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, launcher in (("torchrun", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]),
+                           ("plain", [])):
+        proc = subprocess.run([sys.executable, *launcher, "-m", "spfde.run", *overrides,
+                               f"hydra.run.dir={tmp_path / name}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    once, plain = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("torchrun", "plain"))
+    assert "world_size" not in once and comparable(once) == comparable(plain)
