@@ -192,12 +192,12 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
 
 def train(cfg) -> dict:
     """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
+    world = setup_world(cfg.device)  # several ranks under torchrun or a multi-task SLURM job
+    check_world(cfg, world)
     if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
         from spfde.sparse.lth import run_rounds
 
-        return run_rounds(cfg, train)  # LTH: one normal run per pruning round, in sub-directories
-    world = setup_world(cfg.device)  # several ranks under torchrun or a multi-task SLURM job
-    check_world(cfg, world)
+        return run_rounds(cfg, train, write=world.is_main)  # LTH: one normal run per round, in sub-directories
     if not world.is_main:
         log.setLevel(logging.WARNING)  # one rank reports
     run_dir = Path(cfg.run_dir)

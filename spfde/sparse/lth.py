@@ -71,7 +71,7 @@ class LTH(SparseMethod):
             atomic_write(self.workdir / REWIND, lambda tmp: torch.save(state, tmp))
 
 
-def run_rounds(cfg, train_round) -> dict:
+def run_rounds(cfg, train_round, write: bool = True) -> dict:
     """Train every round in its own directory (each resumes or skips on its own) and sum them up."""
     workdir = Path(cfg.run_dir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def run_rounds(cfg, train_round) -> dict:
         log.info(f"This LTH run already finished ({done['rounds']} rounds): results in {workdir}/summary.json. "
                  "To train it again, add fresh=true.")
         return done
-    if cfg.fresh and (moved := archive_previous(workdir, extra=("round-*", REWIND))):
+    if write and cfg.fresh and (moved := archive_previous(workdir, extra=("round-*", REWIND))):
         log.info(f"fresh=true: earlier results moved to {moved}")
     sparsities = round_sparsities(cfg.sparsity.ratio, cfg.sparsity.lth.prune_rate)
     summaries = []
@@ -104,7 +104,8 @@ def run_rounds(cfg, train_round) -> dict:
                "memory_avg_bytes": sum(s["memory_avg_bytes"] for s in summaries) / len(summaries),
                "round_summaries": [{k: s[k] for k in ("final_acc", "final_sparsity", "train_time_s", "train_flops")}
                                    for s in summaries]}
-    write_json(workdir / "summary.json", summary)
+    if write:  # (with several ranks, rank 0 writes)
+        write_json(workdir / "summary.json", summary)
     log.info(f"LTH done: {len(summaries)} rounds, final sparsity {last['final_sparsity']:.4f}, "
              f"test acc {last['final_acc']:.4f}")
     return summary
