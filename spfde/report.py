@@ -24,7 +24,15 @@ import statistics
 import sys
 from pathlib import Path
 
+# the columns of the grouped table; the grouping itself uses the whole resolved config (see config_key)
 KEYS = ("model", "dataset", "method", "ratio", "freeze", "freeze_scheme", "sieve", "sieve_method", "epochs")
+# keys that do not change a run's results besides those left out of run directory names (conf/config.yaml):
+# the seed (what a group averages over), where the run lives, labels, and the LTH driver's bookkeeping
+NOT_RESULT_KEYS = ("seed", "run_dir", "experiment_name", "sparsity.lth.round", "sparsity.lth.workdir")
+
+
+class ReportError(ValueError):
+    """Runs that cannot be reported as asked (one line, for the user)."""
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -38,6 +46,57 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(runs)
 
 
+def not_result_keys() -> tuple[str, ...]:
+    """Keys whose values do not change results: those Hydra leaves out of run directory names, plus
+    NOT_RESULT_KEYS."""
+    from omegaconf import OmegaConf
+
+    from spfde.config import CONF_DIR
+
+    hydra_cfg = OmegaConf.load(CONF_DIR / "config.yaml").hydra
+    return (*hydra_cfg.job.config.override_dirname.exclude_keys, *NOT_RESULT_KEYS)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def result_config(cfg) -> dict:
+    """The run's resolved config as flat `dotted.key: value` pairs, without the keys that cannot change
+    its results: seed, non-result keys, other methods' options, and options of a dimension that is off."""
+    from omegaconf import OmegaConf
+
+    from spfde.sparse import METHODS
+
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False))
+    skip = not_result_keys()
+    method = flat.get("sparsity.name")
+    off = [f"sparsity.{m}." for m in METHODS if m != method]
+    if method == "dense":
+        off.append("sparsity.ratio")  # dense ignores the ratio
+    if not flat.get("freeze"):
+        off += ["freeze_scheme.", "freeze_fraction"]
+    if not flat.get("sieve"):
+        off += ["sieve_update", "sieve_method", "sieve_oneshot_at"]
+    return {k: v for k, v in flat.items()
+            if not any(k == s or k.startswith(s + ".") for s in skip) and not k.startswith(tuple(off))}
+
+
+def model_label(name, depth, width) -> str:
+    """resnet32 and vgg19 are families with a depth and a width; say which member ran."""
+    if name == "resnet32":
+        return f"resnet{depth}-w{width}"
+    if name == "vgg19":
+        return f"vgg{depth}-w{width}"
+    return str(name)
+
+
 def load_run(run: Path) -> dict:
     from omegaconf import OmegaConf
 
@@ -48,7 +107,8 @@ def load_run(run: Path) -> dict:
         return OmegaConf.select(cfg, key, default=default) if cfg is not None else default
 
     return {
-        "run_dir": str(run), "model": get("model.name", summary.get("model")),
+        "run_dir": str(run), "model": model_label(get("model.name", summary.get("model")), get("model.depth"),
+                                                  get("model.width")),
         "dataset": get("dataset.name", summary.get("dataset")), "method": get("sparsity.name"),
         "ratio": 0.0 if get("sparsity.name") == "dense" else get("sparsity.ratio"),  # dense ignores the ratio
         "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
@@ -60,16 +120,31 @@ def load_run(run: Path) -> dict:
         "memory_min_bytes": summary.get("memory_min_bytes"), "memory_avg_bytes": summary.get("memory_avg_bytes"),
         "memory_dst_min_bytes": summary.get("memory_dst_min_bytes"), "train_time_s": summary.get("train_time_s"),
         "sieve_seen_fraction": summary.get("sieve_seen_fraction"),
+        "config": result_config(cfg) if cfg is not None else {"run_dir": str(run)},  # no config: its own group
     }
 
 
-def label(row: dict) -> str:
-    """How the paper names a configuration: SpFDE x%+y% for MEST with freezing/sieving."""
+# keys the paper's table shows by itself (section heading, ratio column, label); others that vary join the label
+SHOWN_KEYS = ("model.name", "model.depth", "model.width", "dataset.name", "sparsity.name", "sparsity.ratio",
+              "freeze", "sieve")
+
+
+def label(row: dict, extra: dict | None = None) -> str:
+    """How the paper names a configuration (SpFDE x%+y% for MEST with freezing/sieving), followed by the
+    other config keys that tell it apart from the other rows of the report."""
     if row["method"] == "mest" and (row["freeze"] or row["sieve"]):
-        return f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
-    return {"mest": "MEST", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "deepr": "DeepR",
-            "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense",
-            "static": "Static"}.get(row["method"], str(row["method"]))
+        name = f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
+    else:
+        name = {"mest": "MEST", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP",
+                "deepr": "DeepR", "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense",
+                "static": "Static"}.get(row["method"], str(row["method"]))
+    if extra:
+        name += " (" + ", ".join(f"{k}={_value_text(v)}" for k, v in extra.items()) + ")"
+    return name
+
+
+def _value_text(v) -> str:
+    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, tuple) else str(v)
 
 
 def mean(values):
@@ -82,15 +157,35 @@ def std(values):
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def varying_keys(rows: list[dict]) -> list[str]:
+    """Result-changing config keys whose value is not the same in every run."""
+    keys = sorted({k for r in rows for k in r["config"]})
+    return [k for k in keys if len({repr(r["config"].get(k)) for r in rows}) > 1]
+
+
 def group(rows: list[dict]) -> list[dict]:
+    """One group per configuration: runs whose result-changing config is identical except for the seed.
+    Two runs of one configuration with the same seed are an error (they would count as two seeds)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in KEYS), []).append(row)
+        groups.setdefault(tuple(sorted((k, repr(v)) for k, v in row["config"].items())), []).append(row)
+    varying = varying_keys(rows)
+    extra_keys = [k for k in varying if k not in SHOWN_KEYS]
     out = []
-    for key, members in groups.items():
-        g = dict(zip(KEYS, key))
+    for members in groups.values():
+        seeds: dict = {}
+        for m in members:
+            if m["seed"] in seeds:
+                raise ReportError(f"runs {seeds[m['seed']]} and {m['run_dir']} have the same configuration and the "
+                                  f"same seed {m['seed']}: report one of them (or give them different seeds)")
+            seeds[m["seed"]] = m["run_dir"]
+        first = members[0]
+        g = {k: first[k] for k in KEYS}
+        config = {k: first["config"].get(k) for k in varying}
         accs = [m["final_acc"] for m in members]
-        g.update({"label": label(g), "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
+        g.update({"label": label(g, {k: config[k] for k in extra_keys}), **{k: _value_text(v) for k, v in config.items()
+                                                                         if k not in KEYS},
+                  "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
                   "train_flops": mean([m["train_flops"] for m in members]),
                   "dense_train_flops": mean([m["dense_train_flops"] for m in members]),
                   "memory_min_bytes": mean([m["memory_min_bytes"] for m in members]),
@@ -275,8 +370,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = [load_run(r) for r in runs]
-    groups = group(rows)
-    write_csv(out / "runs.csv", rows)
+    try:
+        groups = group(rows)
+    except ReportError as e:
+        print(f"spfde: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "config"} for r in rows])
     write_csv(out / "summary.csv", groups)
     (out / "table.md").write_text(markdown(groups))
     images = [out / "acc_vs_flops.png"]
