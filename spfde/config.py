@@ -156,6 +156,7 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = False  # also upload last.pt with summary.json as the run's wandb artifact
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from spfde.checkpoint import METRICS
+from spfde.checkpoint import CHECKPOINT, METRICS, SUMMARY
 
 log = logging.getLogger("spfde")
 
@@ -35,17 +35,19 @@ class RunLogger:
             self.wandb = wandb.init(
                 project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(self.run_dir),
                 id=run_id, resume="allow", name=self.run_dir.name, group=lcfg.group or cfg.experiment_name,
-                tags=[*lcfg.tags, *run_tags(cfg)], config=OmegaConf.to_container(cfg, resolve=True),
+                job_type="train", tags=[*lcfg.tags, *run_tags(cfg)], config=wandb_config(cfg),
             )
             self.wandb.define_metric("epoch")
             self.wandb.define_metric("*", step_metric="epoch")
+            self.wandb.define_metric("test/acc", step_metric="epoch", summary="max")
+            self.log_checkpoints = lcfg.log_checkpoints
 
     def log_epoch(self, record: dict, total_epochs: int) -> None:
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         log.info(format_epoch(record, total_epochs))
         if self.wandb is not None:
-            self.wandb.log(record)
+            self.wandb.log(wandb_record(record))
 
     def log_analysis(self, run_dir: Path, debiased: bool) -> None:
         """Structural similarity and CKA against the final model, per epoch, as wandb tables."""
@@ -66,14 +68,50 @@ class RunLogger:
                 for k, v in summary.items():
                     if isinstance(v, (int, float, str)):
                         self.wandb.summary[k] = v
+                self.log_results()
             self.wandb.finish()
             self.wandb = None
 
 
+    def log_results(self) -> None:
+        """summary.json (and with logger.log_checkpoints the last checkpoint) as a versioned wandb artifact."""
+        import wandb
+
+        artifact = wandb.Artifact(f"results-{self.run_id}", type="results")
+        artifact.add_file(str(self.run_dir / SUMMARY))
+        if self.log_checkpoints and (self.run_dir / CHECKPOINT).exists():
+            artifact.add_file(str(self.run_dir / CHECKPOINT))
+        self.wandb.log_artifact(artifact)
+
+
 def run_tags(cfg) -> list[str]:
-    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, seed."""
+    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, freeze scheme, sieve method, seed."""
     return [f"method={cfg.sparsity.name}", f"ratio={cfg.sparsity.ratio:g}", f"x={cfg.freeze:g}",
-            f"y={cfg.sieve:g}", f"seed={cfg.seed}"]
+            f"y={cfg.sieve:g}", f"scheme={cfg.freeze_scheme.name}", f"sieve_method={cfg.sieve_method}",
+            f"seed={cfg.seed}"]
+
+
+def wandb_config(cfg) -> dict:
+    """The run's resolved config for wandb, with only the active method's options: the other methods'
+    unset `???` values would make mixed-type columns that break parallel-coordinates plots."""
+    from spfde.sparse import METHODS
+
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    config["sparsity"] = {k: v for k, v in config["sparsity"].items() if k not in METHODS or k == cfg.sparsity.name}
+    return _drop_missing(config)
+
+
+def _drop_missing(d: dict) -> dict:
+    return {k: _drop_missing(v) if isinstance(v, dict) else v for k, v in d.items() if v != "???"}
+
+
+PER_LAYER = ("sparsity/layer/", "sparsity/pruned/", "sparsity/grown/", "grad_norm/")
+
+
+def wandb_record(record: dict) -> dict:
+    """Per-layer series go under one prefix (`per_layer/...`) so that the workspace keeps them in one
+    collapsed section instead of hundreds of panels next to the run-level curves."""
+    return {f"per_layer/{k}" if k.startswith(PER_LAYER) else k: v for k, v in record.items()}
 
 
 def _fmt(x: float) -> str:

@@ -332,14 +332,22 @@ def plot_timeline(run: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def log_to_wandb(groups: list[dict], images: list[Path], name: str) -> str:
+def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, run: Path) -> str:
+    """One wandb run (job type `report`) in the runs' project and entity (their logger config), written
+    under the report folder."""
     import os
+
+    from omegaconf import OmegaConf
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    run = wandb.init(project="spfde", job_type="report", name=f"report-{name}", group=name)
+    cfg = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else OmegaConf.create()
+    project = OmegaConf.select(cfg, "logger.project", default=None) or "spfde"
+    entity = OmegaConf.select(cfg, "logger.entity", default=None)
+    run = wandb.init(project=project, entity=entity, dir=str(out), job_type="report", name=f"report-{name}",
+                     group=name)
     columns = list(groups[0])
     run.log({"ablation": wandb.Table(columns=columns, data=[[g[c] for c in columns] for g in groups]),
              **{p.stem: wandb.Image(str(p)) for p in images}})
@@ -388,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(groups))
     print(f"{len(runs)} runs in {len(groups)} groups -> {out}")
     if args.wandb:
-        print(f"wandb (offline unless WANDB_MODE=online): {log_to_wandb(groups, images, args.paths[0].name)}")
+        where = log_to_wandb(groups, images, args.paths[0].name, out, runs[0])
+        print(f"wandb (offline unless WANDB_MODE=online): {where}")
 
 
 if __name__ == "__main__":
