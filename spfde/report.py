@@ -158,9 +158,10 @@ def std(values):
 
 
 def varying_keys(rows: list[dict]) -> list[str]:
-    """Result-changing config keys whose value is not the same in every run."""
+    """Result-changing config keys that take more than one value among the runs that have them (options of
+    a dimension that is off are absent, not different)."""
     keys = sorted({k for r in rows for k in r["config"]})
-    return [k for k in keys if len({repr(r["config"].get(k)) for r in rows}) > 1]
+    return [k for k in keys if len({repr(r["config"][k]) for r in rows if k in r["config"]}) > 1]
 
 
 def group(rows: list[dict]) -> list[dict]:
@@ -183,8 +184,8 @@ def group(rows: list[dict]) -> list[dict]:
         g = {k: first[k] for k in KEYS}
         config = {k: first["config"].get(k) for k in varying}
         accs = [m["final_acc"] for m in members]
-        g.update({"label": label(g, {k: config[k] for k in extra_keys}), **{k: _value_text(v) for k, v in config.items()
-                                                                         if k not in KEYS},
+        extra = {k: config[k] for k in extra_keys if k in first["config"]}
+        g.update({"label": label(g, extra), **{k: _value_text(v) for k, v in config.items() if k not in KEYS},
                   "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
                   "train_flops": mean([m["train_flops"] for m in members]),
                   "dense_train_flops": mean([m["dense_train_flops"] for m in members]),
@@ -252,27 +253,83 @@ def _by(rows: list[dict], keys: tuple) -> dict:
     return out
 
 
-def plot_acc_vs_flops(groups: list[dict], path: Path) -> None:
+def save_figure(fig, path: Path, dpi: int = 150) -> None:
+    """PNG for a quick look, PDF (vector) for a paper."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+
+
+def xy_grid(groups: list[dict]) -> list[dict] | None:
+    """The groups when they are one full x (freeze) by y (sieve) grid of one model/dataset/method/ratio."""
+    if len(_by(groups, ("model", "dataset", "method", "ratio", "epochs"))) != 1:
+        return None
+    cells = {(g["freeze"], g["sieve"]) for g in groups}
+    xs, ys = {x for x, _ in cells}, {y for _, y in cells}
+    full = len(xs) >= 2 and len(ys) >= 2 and len(cells) == len(groups) == len(xs) * len(ys)
+    return groups if full else None
+
+
+def describe(groups: list[dict]) -> str:
+    """Model, dataset and ratio(s) of a set of groups, for figure titles."""
+    parts = [" / ".join(sorted({f"{g['model']} on {g['dataset']}" for g in groups}))]
+    ratios = sorted({g["ratio"] for g in groups if g["ratio"]})
+    if ratios:
+        parts.append("sparsity " + ", ".join(f"{100 * r:g}%" for r in ratios))
+    return ", ".join(parts)
+
+
+def plot_acc_vs_flops(groups: list[dict], path: Path) -> tuple[str, list[str]]:
+    """Accuracy (± std over seeds) against training cost. An x-by-y grid gets one line per freeze x across
+    the sieve values y, against the FLOPs saved relative to x = y = 0; anything else one series per row.
+    Returns the title and the legend entries."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rows in _by(groups, ("label",)).items():
-        rows = sorted(rows, key=lambda g: g["train_flops"] or 0)
-        ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows],
-                    yerr=[100 * g["acc_std"] for g in rows], marker="o", capsize=3, label=name[0])
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs training cost")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    grid = xy_grid(groups)
+    if grid:
+        base = [g for g in grid if g["freeze"] == 0 and g["sieve"] == 0]
+        base_flops = base[0]["train_flops"] if base else max(g["train_flops"] for g in grid)
+        ys = sorted({g["sieve"] for g in grid})
+        by_x = sorted(_by(grid, ("freeze",)).items())
+        markers = "osD^vP*Xh<>"
+        for i, (x, rows) in enumerate(by_x):
+            rows = sorted(rows, key=lambda g: g["sieve"])
+            saved = [100 * (1 - g["train_flops"] / base_flops) for g in rows]
+            color = plt.get_cmap("viridis")(0.85 * i / max(1, len(by_x) - 1))  # 0.85: no pale yellow line
+            ax.errorbar(saved, [100 * g["acc_mean"] for g in rows], yerr=[100 * g["acc_std"] for g in rows],
+                        color=color, capsize=3, label=f"freeze x = {x[0]:g}")
+            for g, s in zip(rows, saved):
+                ax.plot(s, 100 * g["acc_mean"], markers[ys.index(g["sieve"]) % len(markers)], color=color)
+        for j, y in enumerate(ys):  # marker legend entries for y
+            ax.plot([], [], markers[j % len(markers)], color="gray", label=f"sieve y = {y:g}")
+        ax.set_xlabel("training FLOPs saved vs x = y = 0 (%)")
+        ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['label'].split()[0]}", fontsize=9)
+    else:
+        colors, markers = plt.get_cmap("tab20").colors, "osD^vP*Xh<>"
+        for i, (name, rows) in enumerate(_by(groups, ("label",)).items()):
+            rows = sorted(rows, key=lambda g: g["train_flops"] or 0)
+            ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows],
+                        yerr=[100 * g["acc_std"] for g in rows], marker=markers[i // len(colors) % len(markers)],
+                        color=colors[i % len(colors)], capsize=3, label=name[0])
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_title(f"Accuracy vs training FLOPs — {describe(groups)}", fontsize=9)
+    ax.set_ylabel("test accuracy (%, mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the data
+    save_figure(fig, path)
     plt.close(fig)
+    return ax.get_title(), [t.get_text() for t in legend.get_texts()]
+
+
+def text_color(rgba) -> str:
+    """Black on light cells, white on dark ones (relative luminance)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
 
 
 def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
-    """x (freeze) by y (sieve) grids of accuracy and FLOPs saving, for the first set of runs that has one."""
+    """x (freeze) by y (sieve) grids of accuracy (± std) and FLOPs saving, for the first set of runs that has one."""
     import matplotlib.pyplot as plt
 
     written = []
@@ -283,26 +340,30 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
             continue
         base = [g for g in members if g["freeze"] == 0 and g["sieve"] == 0]
         base_flops = base[0]["train_flops"] if base else max(g["train_flops"] for g in members)
-        for name, value, fmt in (("acc", lambda g: 100 * g["acc_mean"], "{:.2f}"),
-                                 ("saving", lambda g, b=base_flops: 100 * (1 - g["train_flops"] / b), "{:.1f}")):
+        for name, value, text in (
+                ("acc", lambda g: 100 * g["acc_mean"],
+                 lambda g: f"{100 * g['acc_mean']:.2f}\n±{100 * g['acc_std']:.2f}"),
+                ("saving", lambda g, b=base_flops: 100 * (1 - g["train_flops"] / b),
+                 lambda g, b=base_flops: f"{100 * (1 - g['train_flops'] / b):.1f}")):
             grid = [[math.nan] * len(xs) for _ in ys]
+            cells = {}
             for g in members:
                 grid[ys.index(g["sieve"])][xs.index(g["freeze"])] = value(g)
-            fig, ax = plt.subplots(figsize=(5, 4))
+                cells[ys.index(g["sieve"]), xs.index(g["freeze"])] = text(g)
+            fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
             im = ax.imshow(grid, origin="lower", cmap="viridis")
             ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
             ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
             ax.set_xlabel("freeze x")
             ax.set_ylabel("sieve y")
-            for i in range(len(ys)):
-                for j in range(len(xs)):
-                    if not math.isnan(grid[i][j]):
-                        ax.text(j, i, fmt.format(grid[i][j]), ha="center", va="center", color="w", fontsize=8)
-            ax.set_title("test accuracy (%)" if name == "acc" else "training FLOPs saved (%)")
+            for (i, j), label_text in cells.items():
+                ax.text(j, i, label_text, ha="center", va="center", fontsize=7,
+                        color=text_color(im.cmap(im.norm(grid[i][j]))))
+            what = "test accuracy (%, mean ± std)" if name == "acc" else "training FLOPs saved (%)"
+            ax.set_title(f"{what}\n{describe(members)}", fontsize=9)
             fig.colorbar(im, ax=ax)
-            fig.tight_layout()
             path = out / f"heatmap_{name}.png"
-            fig.savefig(path, dpi=120)
+            save_figure(fig, path)
             plt.close(fig)
             written.append(path)
         break
@@ -311,6 +372,7 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
 
 def plot_timeline(run: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r["epoch"] for r in records]
@@ -318,6 +380,8 @@ def plot_timeline(run: Path, path: Path) -> None:
     ax.step(epochs, [r.get("freeze/frozen_blocks", 0) for r in records], where="post", label="frozen blocks")
     ax.set_xlabel("epoch")
     ax.set_ylabel("frozen blocks")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
     ax2.plot(epochs, [r.get("sieve/seen_fraction", 1.0) for r in records], color="tab:orange",
              label="data seen (share)")

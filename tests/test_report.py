@@ -76,3 +76,26 @@ def test_a_repeated_seed_in_one_configuration_is_an_error_naming_both_runs(tmp_p
         main([str(tmp_path), "--no-timelines"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("spfde: error:") and str(a) in err and str(b) in err
+
+
+def test_grid_figure_has_one_line_per_x_and_vector_copies(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spfde.report import plot_acc_vs_flops, text_color, xy_grid
+
+    for x in (0, 0.1):
+        for y in (0, 0.2):
+            for seed in (0, 1):
+                fake_run(tmp_path / "runs", f"x{x}y{y}s{seed}", [f"freeze={x}", f"sieve={y}", f"seed={seed}",
+                                                                 "epochs=30"])
+    groups = groups_of(tmp_path / "runs")
+    assert len(groups) == 4 and xy_grid(groups) == groups
+    title, legend = plot_acc_vs_flops(groups, tmp_path / "acc_vs_flops.png")
+    assert sorted(legend) == ["freeze x = 0", "freeze x = 0.1", "sieve y = 0", "sieve y = 0.2"]
+    assert "resnet8-w1 on digits" in title and "90%" in title
+    assert (tmp_path / "acc_vs_flops.pdf").read_bytes().startswith(b"%PDF")
+    assert xy_grid(groups[:3]) is None  # not a full grid: one series per row instead
+    _title, legend = plot_acc_vs_flops(groups[:3], tmp_path / "rows.png")
+    assert len(legend) == 3
+    assert text_color((0.99, 0.9, 0.14)) == "black" and text_color((0.27, 0.0, 0.33)) == "white"  # viridis ends
