@@ -425,3 +425,5 @@ def run_name(override_dirname: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("spfde_run_name"):
         OmegaConf.register_new_resolver("spfde_run_name", run_name)
+    if not OmegaConf.has_resolver("spfde_basename"):
+        OmegaConf.register_new_resolver("spfde_basename", lambda path: Path(str(path)).name)

@@ -26,6 +26,7 @@ class RunLogger:
 
     def __init__(self, cfg, run_dir: Path, run_id: str):
         self.run_dir, self.run_id = Path(run_dir), run_id
+        self.blocks, self.dataset_size = None, None  # for the epoch line; set by `start`
         self.wandb = None
         lcfg = cfg.logger
         if lcfg.name == "wandb" and lcfg.mode != "disabled":
@@ -45,9 +46,32 @@ class RunLogger:
     def log_epoch(self, record: dict, total_epochs: int) -> None:
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        log.info(format_epoch(record, total_epochs))
+        log.info(format_epoch(record, total_epochs, self.blocks, self.dataset_size))
         if self.wandb is not None:
             self.wandb.log(wandb_record(record))
+
+    def start(self, cfg, blocks: int, freeze_plan, dataset_size: int) -> None:
+        """Say at the start what freezing and sieving will do (the plan is fixed before training)."""
+        from spfde.sieve import oneshot_epoch, partial_size
+
+        self.blocks, self.dataset_size = blocks, dataset_size
+        if freeze_plan is None:
+            log.info("layer freezing: off (freeze=0)")
+        else:
+            p = freeze_plan
+            when = (f"frozen windows of {p.parameter} epochs" if p.scheme in ("periodic", "delayed")
+                    else f"T_frz = epoch {p.parameter}")
+            log.info(f"layer freezing: {p.scheme}, target x = {cfg.freeze:g}, {when}, up to {p.candidates} "
+                     f"of {blocks} blocks; planned saving {p.saving:.4f} of the run's training FLOPs")
+        if cfg.sieve <= 0:
+            log.info("data sieving: off (sieve=0)")
+        else:
+            kept = partial_size(cfg, dataset_size)
+            how = (f"the easiest {cfg.sieve:g} removed for good at epoch {oneshot_epoch(cfg)}"
+                   if cfg.sieve_method == "oneshot" else
+                   f"{cfg.sieve_update:g} of it swapped every {cfg.interval} epochs")
+            log.info(f"data sieving: {cfg.sieve_method}, y = {cfg.sieve:g}: partial set of {kept} of {dataset_size} "
+                     f"samples, {how}")
 
     def log_analysis(self, run_dir: Path, debiased: bool) -> None:
         """Structural similarity and CKA against the final model, per epoch, as wandb tables."""
@@ -118,8 +142,19 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
 
 
-def format_epoch(r: dict, total_epochs: int) -> str:
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def format_epoch(r: dict, total_epochs: int, blocks: int | None = None, dataset_size: int | None = None) -> str:
+    """One console line per epoch; it ends with an ETA so that logs without a progress bar (SLURM) show it."""
+    frozen = f" | frozen {r.get('freeze/frozen_blocks', 0)}/{blocks} blocks" if blocks else ""
+    partial = r.get("sieve/partial_size", dataset_size)
+    data = f" | data {partial}/{dataset_size}" if dataset_size else ""
+    eta = r["time/elapsed_s"] / r["epoch"] * (total_epochs - r["epoch"])
     return (f"epoch {r['epoch']}/{total_epochs}  train loss {_fmt(r['train/loss'])} acc {_fmt(r['train/acc'])}"
             f" | test loss {_fmt(r['test/loss'])} acc {_fmt(r['test/acc'])} (best {_fmt(r['test/best_acc'])})"
-            f" | sparsity {r['sparsity/overall']:.3f} | {r['flops/epoch']:.3g} FLOPs | lr {r['lr']:.4g}"
-            f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s")
+            f" | sparsity {r['sparsity/overall']:.3f}{frozen}{data} | {r['flops/epoch']:.3g} FLOPs | lr {r['lr']:.4g}"
+            f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s | ETA {_duration(eta)}")

@@ -208,6 +208,7 @@ def train(cfg) -> dict:
              f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}")
     logger = RunLogger(cfg, run_dir, run_id)
+    logger.start(cfg, len(model.blocks), freeze_plan, data.train.dataset_size)  # freeze plan, sieve setting
     summary = None
     steps = len(data.train)
     show_bar = cfg.progress and sys.stderr.isatty()

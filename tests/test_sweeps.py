@@ -86,6 +86,7 @@ def test_smoke_sweep_runs_with_the_local_launcher(smoke_sweep):
     names = sorted(p.parent.name for p in smoke_sweep.glob("*/summary.json"))
     assert names == ["freeze=0,sieve=0", "freeze=0,sieve=0.2", "freeze=0.1,sieve=0", "freeze=0.1,sieve=0.2"]
     assert list((smoke_sweep / ".submitit").iterdir())  # jobs went through submitit
+    assert "SpFDE 10%+20%" in (smoke_sweep / "report" / "table.md").read_text()  # the after-sweep callback
 
 
 @pytest.mark.slow
