@@ -220,7 +220,9 @@ class Config:
     run_dir: Any = MISSING  # set from Hydra's output dir
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# an installed wheel carries the configs in spfde/conf (setup.py); a checkout reads its conf/ directly
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 

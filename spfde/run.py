@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from spfde.config import ConfigError, precheck_overrides, register_configs, register_resolvers, validate
+from spfde.config import CONF_DIR, ConfigError, precheck_overrides, register_configs, register_resolvers, validate
 from spfde.data import DataError
 from spfde.freeze import FreezeError
 from spfde.sieve import SieveError
@@ -19,7 +19,7 @@ register_resolvers()
 log = logging.getLogger("spfde")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from spfde.train import train
 
