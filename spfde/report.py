@@ -1,17 +1,20 @@
 """`python -m spfde.report <sweep dir or run dirs> [--out DIR] [--wandb]`: tables and figures from
 finished runs.
 
-Finds every run directory (one holding `summary.json`) under the given paths, groups runs that differ
-only in their seed, and writes into --out (default: the first path's `report/`):
+Finds every run directory (one holding `summary.json`) under the given paths, groups runs whose resolved
+config is the same except for the seed (keys that cannot change results aside; a repeated seed in a group is
+an error), and writes into --out (default: the first path's `report/`):
   runs.csv       one row per run
-  summary.csv    one row per group: mean ± std of accuracy over seeds, training FLOPs, memory, time
+  summary.csv    one row per group: mean ± std of accuracy over seeds, training FLOPs, memory, time, the
+                 config keys that vary between groups
   table.md       the paper's layout (method rows; per sparsity: training FLOPs and accuracy), and the
                  full grouped table
-  acc_vs_flops.png      accuracy against training FLOPs, one series per method
-  heatmap_acc.png, heatmap_saving.png   x (freeze) by y (sieve) grids, when the runs span one
+  acc_vs_flops.png/.pdf     accuracy ± std against training cost: for an x-by-y grid one line per x
+                            against the FLOPs saved, otherwise one series per row
+  heatmap_acc.png/.pdf, heatmap_saving.png/.pdf   x (freeze) by y (sieve) grids, when the runs span one
   timelines/<run>.png   per run: frozen blocks, share of the data seen, sparsity per epoch
-With --wandb the grouped table (and the figures) are logged as one wandb run (offline unless
-WANDB_MODE says otherwise; sync later with `wandb sync`).
+With --wandb the grouped table (and the figures) are logged as one wandb run of job type `report` in the
+runs' logger.project/entity, under <out>/wandb (offline unless WANDB_MODE says otherwise).
 """
 
 from __future__ import annotations
@@ -303,7 +306,7 @@ def plot_acc_vs_flops(groups: list[dict], path: Path) -> tuple[str, list[str]]:
         for j, y in enumerate(ys):  # marker legend entries for y
             ax.plot([], [], markers[j % len(markers)], color="gray", label=f"sieve y = {y:g}")
         ax.set_xlabel("training FLOPs saved vs x = y = 0 (%)")
-        ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['label'].split()[0]}", fontsize=9)
+        ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['method']}", fontsize=9)
     else:
         colors, markers = plt.get_cmap("tab20").colors, "osD^vP*Xh<>"
         for i, (name, rows) in enumerate(_by(groups, ("label",)).items()):
