@@ -76,3 +76,16 @@ def test_wandb_runs_get_a_clean_config_tags_and_collapsed_per_layer_series():
     assert sorted(record) == ["epoch", "per_layer/grad_norm/blocks.1.conv1", "per_layer/sparsity/layer/blocks.1.conv1",
                               "per_layer/sparsity/pruned/blocks.1.conv1", "sparsity/overall", "sparsity/pruned",
                               "test/acc"]
+
+
+def test_the_readme_spec_of_the_smoke_sweep_is_current(tmp_path, monkeypatch):
+    """docs/smoke/dashboard.json (shown in the README) is what spfde.dashboard builds today."""
+    from tests.conftest import REPO
+
+    def without_ids(node):
+        if isinstance(node, dict):
+            return {k: without_ids(v) for k, v in node.items() if k != "__id__"}  # random panel ids
+        return [without_ids(v) for v in node] if isinstance(node, list) else node
+
+    shown = json.loads((REPO / "docs" / "smoke" / "dashboard.json").read_text())
+    assert without_ids(dashboard("smoke", tmp_path, monkeypatch)) == without_ids(shown)
