@@ -156,6 +156,7 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = False  # also upload last.pt with summary.json as the run's wandb artifact
 
 
 @dataclass
@@ -226,7 +227,9 @@ class Config:
     run_dir: Any = MISSING  # set from Hydra's output dir
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# an installed wheel carries the configs in spfde/conf (setup.py); a checkout reads its conf/ directly
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -439,3 +442,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("spfde_run_name", run_name)
     if not OmegaConf.has_resolver("spfde_tasks"):  # SLURM: one task (rank) per GPU, at least one
         OmegaConf.register_new_resolver("spfde_tasks", lambda gpus: max(1, int(gpus)))
+    if not OmegaConf.has_resolver("spfde_basename"):
+        OmegaConf.register_new_resolver("spfde_basename", lambda path: Path(str(path)).name)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from spfde.checkpoint import METRICS
+from spfde.checkpoint import CHECKPOINT, METRICS, SUMMARY
 
 log = logging.getLogger("spfde")
 
@@ -26,6 +26,7 @@ class RunLogger:
 
     def __init__(self, cfg, run_dir: Path, run_id: str, write: bool = True):
         self.run_dir, self.run_id, self.write = Path(run_dir), run_id, write  # write: rank 0 of several
+        self.blocks, self.dataset_size = None, None  # for the epoch line; set by `start`
         self.wandb = None
         lcfg = cfg.logger
         if write and lcfg.name == "wandb" and lcfg.mode != "disabled":
@@ -35,19 +36,44 @@ class RunLogger:
             self.wandb = wandb.init(
                 project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(self.run_dir),
                 id=run_id, resume="allow", name=self.run_dir.name, group=lcfg.group or cfg.experiment_name,
-                tags=[*lcfg.tags, *run_tags(cfg)], config=OmegaConf.to_container(cfg, resolve=True),
+                job_type="train", tags=[*lcfg.tags, *run_tags(cfg)], config=wandb_config(cfg),
             )
             self.wandb.define_metric("epoch")
             self.wandb.define_metric("*", step_metric="epoch")
+            self.wandb.define_metric("test/acc", step_metric="epoch", summary="max")
+            self.log_checkpoints = lcfg.log_checkpoints
 
     def log_epoch(self, record: dict, total_epochs: int) -> None:
         if not self.write:
             return
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        log.info(format_epoch(record, total_epochs))
+        log.info(format_epoch(record, total_epochs, self.blocks, self.dataset_size))
         if self.wandb is not None:
-            self.wandb.log(record)
+            self.wandb.log(wandb_record(record))
+
+    def start(self, cfg, blocks: int, freeze_plan, dataset_size: int) -> None:
+        """Say at the start what freezing and sieving will do (the plan is fixed before training)."""
+        from spfde.sieve import oneshot_epoch, partial_size
+
+        self.blocks, self.dataset_size = blocks, dataset_size
+        if freeze_plan is None:
+            log.info("layer freezing: off (freeze=0)")
+        else:
+            p = freeze_plan
+            when = (f"frozen windows of {p.parameter} epochs" if p.scheme in ("periodic", "delayed")
+                    else f"T_frz = epoch {p.parameter}")
+            log.info(f"layer freezing: {p.scheme}, target x = {cfg.freeze:g}, {when}, up to {p.candidates} "
+                     f"of {blocks} blocks; planned saving {p.saving:.4f} of the run's training FLOPs")
+        if cfg.sieve <= 0:
+            log.info("data sieving: off (sieve=0)")
+        else:
+            kept = partial_size(cfg, dataset_size)
+            how = (f"the easiest {cfg.sieve:g} removed for good at epoch {oneshot_epoch(cfg)}"
+                   if cfg.sieve_method == "oneshot" else
+                   f"{cfg.sieve_update:g} of it swapped every {cfg.interval} epochs")
+            log.info(f"data sieving: {cfg.sieve_method}, y = {cfg.sieve:g}: partial set of {kept} of {dataset_size} "
+                     f"samples, {how}")
 
     def log_analysis(self, run_dir: Path, debiased: bool) -> None:
         """Structural similarity and CKA against the final model, per epoch, as wandb tables."""
@@ -68,22 +94,69 @@ class RunLogger:
                 for k, v in summary.items():
                     if isinstance(v, (int, float, str)):
                         self.wandb.summary[k] = v
+                self.log_results()
             self.wandb.finish()
             self.wandb = None
 
 
+    def log_results(self) -> None:
+        """summary.json (and with logger.log_checkpoints the last checkpoint) as a versioned wandb artifact."""
+        import wandb
+
+        artifact = wandb.Artifact(f"results-{self.run_id}", type="results")
+        artifact.add_file(str(self.run_dir / SUMMARY))
+        if self.log_checkpoints and (self.run_dir / CHECKPOINT).exists():
+            artifact.add_file(str(self.run_dir / CHECKPOINT))
+        self.wandb.log_artifact(artifact)
+
+
 def run_tags(cfg) -> list[str]:
-    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, seed."""
+    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, freeze scheme, sieve method, seed."""
     return [f"method={cfg.sparsity.name}", f"ratio={cfg.sparsity.ratio:g}", f"x={cfg.freeze:g}",
-            f"y={cfg.sieve:g}", f"seed={cfg.seed}"]
+            f"y={cfg.sieve:g}", f"scheme={cfg.freeze_scheme.name}", f"sieve_method={cfg.sieve_method}",
+            f"seed={cfg.seed}"]
+
+
+def wandb_config(cfg) -> dict:
+    """The run's resolved config for wandb, with only the active method's options: the other methods'
+    unset `???` values would make mixed-type columns that break parallel-coordinates plots."""
+    from spfde.sparse import METHODS
+
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    config["sparsity"] = {k: v for k, v in config["sparsity"].items() if k not in METHODS or k == cfg.sparsity.name}
+    return _drop_missing(config)
+
+
+def _drop_missing(d: dict) -> dict:
+    return {k: _drop_missing(v) if isinstance(v, dict) else v for k, v in d.items() if v != "???"}
+
+
+PER_LAYER = ("sparsity/layer/", "sparsity/pruned/", "sparsity/grown/", "grad_norm/")
+
+
+def wandb_record(record: dict) -> dict:
+    """Per-layer series go under one prefix (`per_layer/...`) so that the workspace keeps them in one
+    collapsed section instead of hundreds of panels next to the run-level curves."""
+    return {f"per_layer/{k}" if k.startswith(PER_LAYER) else k: v for k, v in record.items()}
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
 
 
-def format_epoch(r: dict, total_epochs: int) -> str:
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def format_epoch(r: dict, total_epochs: int, blocks: int | None = None, dataset_size: int | None = None) -> str:
+    """One console line per epoch; it ends with an ETA so that logs without a progress bar (SLURM) show it."""
+    frozen = f" | frozen {r.get('freeze/frozen_blocks', 0)}/{blocks} blocks" if blocks else ""
+    partial = r.get("sieve/partial_size", dataset_size)
+    data = f" | data {partial}/{dataset_size}" if dataset_size else ""
+    eta = r["time/elapsed_s"] / r["epoch"] * (total_epochs - r["epoch"])
     return (f"epoch {r['epoch']}/{total_epochs}  train loss {_fmt(r['train/loss'])} acc {_fmt(r['train/acc'])}"
             f" | test loss {_fmt(r['test/loss'])} acc {_fmt(r['test/acc'])} (best {_fmt(r['test/best_acc'])})"
-            f" | sparsity {r['sparsity/overall']:.3f} | {r['flops/epoch']:.3g} FLOPs | lr {r['lr']:.4g}"
-            f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s")
+            f" | sparsity {r['sparsity/overall']:.3f}{frozen}{data} | {r['flops/epoch']:.3g} FLOPs | lr {r['lr']:.4g}"
+            f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s | ETA {_duration(eta)}")

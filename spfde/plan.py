@@ -3,8 +3,9 @@
 Prints the model's per-block FLOPs, the planned schedules, the expected training FLOPs (total, against
 dense training and against the same run without freezing and sieving), inference FLOPs and training
 memory (minimum and average over the run, and the plain-DST minimum). `plan.format=json` prints one
-JSON object instead. Needs no data: sizes come from the dataset config; the model lives on the meta
-device, so even ResNet-50 plans in seconds.
+JSON object instead. With `-m` (a sweep: `-m +sweep=grid_xy`, `-m freeze=0,0.1 seed=0,1`) it plans every
+job and prints the job count and the sweep's total planned training FLOPs. Needs no data: sizes come from
+the dataset config; the model lives on the meta device, so even ResNet-50 plans in seconds.
 """
 
 from __future__ import annotations
@@ -185,8 +186,70 @@ def render(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_jobs(args: list[str]) -> list[list[str]]:
+    """The jobs of a `-m` command line: its comma/choice/range overrides and its sweep preset's
+    `hydra.sweeper.params` (the command line wins), expanded like Hydra's basic sweeper does."""
+    import itertools
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from spfde.config import CONF_DIR, register_configs, register_resolvers
+
+    parser = OverridesParser.create()
+    fixed, swept = [], {}
+    for o in parser.parse_overrides(args):
+        if o.is_sweep_override():
+            swept[o.get_key_element()] = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        else:
+            fixed.append(o.input_line)
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[a for a in fixed if not a.startswith("hydra")], return_hydra_config=True)
+    for key, value in (cfg.hydra.sweeper.params or {}).items():
+        (o,) = parser.parse_overrides([f"{key}={value}"])
+        if o.get_key_element() not in swept:
+            swept[o.get_key_element()] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                                          else [f"{key}={value}"])
+    return [[*fixed, *combo] for combo in itertools.product(*swept.values())]
+
+
+def plan_sweep(args: list[str]) -> str:
+    """Job count and total planned training FLOPs of a sweep; one plan per configuration (seeds share it)."""
+    jobs = sweep_jobs(args)
+    configs: dict[tuple, list[list[str]]] = {}
+    for job in jobs:
+        configs.setdefault(tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") != "seed"), []).append(job)
+    lines, total = [f"{'training FLOPs':>15}{'vs dense':>10}{'memory avg':>13}{'jobs':>6}  overrides"], 0.0
+    for config, members in configs.items():
+        cfg = compose_config(list(config))
+        validate(cfg)
+        plan = build_plan(cfg)
+        total += plan["train_flops"] * len(members)
+        shown = " ".join(o for o in config if not o.startswith("hydra")) or "(defaults)"
+        share = plan["train_flops"] / plan["dense_train_flops"]
+        memory = fmt_bytes(plan["memory_avg_bytes"])
+        lines.append(f"{fmt_flops(plan['train_flops']):>15}{100 * share:>9.1f}%{memory:>13}{len(members):>6}  {shown}")
+    lines += ["", f"{len(jobs)} jobs ({len(configs)} configurations"
+                  + (f", {len(jobs) // len(configs)} seeds each" if len(jobs) > len(configs) else "") + "); "
+                  f"total planned training FLOPs {fmt_flops(total)}"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        print(f"usage: python -m spfde.plan [overrides]   (or -m [sweep overrides], e.g. -m +sweep=grid_xy)\n"
+              f"{__doc__}")
+        return
+    if {"-m", "--multirun"} & set(args):
+        try:
+            print(plan_sweep([a for a in args if a not in ("-m", "--multirun")]))
+        except (ConfigError, SparsityError, FreezeError, SieveError) as e:
+            print(f"spfde: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
     try:
         cfg = compose_config(args)
         validate(cfg)

@@ -1,17 +1,20 @@
 """`python -m spfde.report <sweep dir or run dirs> [--out DIR] [--wandb]`: tables and figures from
 finished runs.
 
-Finds every run directory (one holding `summary.json`) under the given paths, groups runs that differ
-only in their seed, and writes into --out (default: the first path's `report/`):
+Finds every run directory (one holding `summary.json`) under the given paths, groups runs whose resolved
+config is the same except for the seed (keys that cannot change results aside; a repeated seed in a group is
+an error), and writes into --out (default: the first path's `report/`):
   runs.csv       one row per run
-  summary.csv    one row per group: mean ± std of accuracy over seeds, training FLOPs, memory, time
+  summary.csv    one row per group: mean ± std of accuracy over seeds, training FLOPs, memory, time, the
+                 config keys that vary between groups
   table.md       the paper's layout (method rows; per sparsity: training FLOPs and accuracy), and the
                  full grouped table
-  acc_vs_flops.png      accuracy against training FLOPs, one series per method
-  heatmap_acc.png, heatmap_saving.png   x (freeze) by y (sieve) grids, when the runs span one
+  acc_vs_flops.png/.pdf     accuracy ± std against training cost: for an x-by-y grid one line per x
+                            against the FLOPs saved, otherwise one series per row
+  heatmap_acc.png/.pdf, heatmap_saving.png/.pdf   x (freeze) by y (sieve) grids, when the runs span one
   timelines/<run>.png   per run: frozen blocks, share of the data seen, sparsity per epoch
-With --wandb the grouped table (and the figures) are logged as one wandb run (offline unless
-WANDB_MODE says otherwise; sync later with `wandb sync`).
+With --wandb the grouped table (and the figures) are logged as one wandb run of job type `report` in the
+runs' logger.project/entity, under <out>/wandb (offline unless WANDB_MODE says otherwise).
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ import statistics
 import sys
 from pathlib import Path
 
+# the columns of the grouped table; the grouping itself uses the whole resolved config (see config_key)
 KEYS = ("model", "dataset", "method", "ratio", "freeze", "freeze_scheme", "sieve", "sieve_method", "epochs")
+# keys that do not change a run's results besides those left out of run directory names (conf/config.yaml):
+# the seed (what a group averages over), where the run lives, labels, and the LTH driver's bookkeeping
+NOT_RESULT_KEYS = ("seed", "run_dir", "experiment_name", "sparsity.lth.round", "sparsity.lth.workdir")
+
+
+class ReportError(ValueError):
+    """Runs that cannot be reported as asked (one line, for the user)."""
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -38,6 +49,57 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(runs)
 
 
+def not_result_keys() -> tuple[str, ...]:
+    """Keys whose values do not change results: those Hydra leaves out of run directory names, plus
+    NOT_RESULT_KEYS."""
+    from omegaconf import OmegaConf
+
+    from spfde.config import CONF_DIR
+
+    hydra_cfg = OmegaConf.load(CONF_DIR / "config.yaml").hydra
+    return (*hydra_cfg.job.config.override_dirname.exclude_keys, *NOT_RESULT_KEYS)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def result_config(cfg) -> dict:
+    """The run's resolved config as flat `dotted.key: value` pairs, without the keys that cannot change
+    its results: seed, non-result keys, other methods' options, and options of a dimension that is off."""
+    from omegaconf import OmegaConf
+
+    from spfde.sparse import METHODS
+
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False))
+    skip = not_result_keys()
+    method = flat.get("sparsity.name")
+    off = [f"sparsity.{m}." for m in METHODS if m != method]
+    if method == "dense":
+        off.append("sparsity.ratio")  # dense ignores the ratio
+    if not flat.get("freeze"):
+        off += ["freeze_scheme.", "freeze_fraction"]
+    if not flat.get("sieve"):
+        off += ["sieve_update", "sieve_method", "sieve_oneshot_at"]
+    return {k: v for k, v in flat.items()
+            if not any(k == s or k.startswith(s + ".") for s in skip) and not k.startswith(tuple(off))}
+
+
+def model_label(name, depth, width) -> str:
+    """resnet32 and vgg19 are families with a depth and a width; say which member ran."""
+    if name == "resnet32":
+        return f"resnet{depth}-w{width}"
+    if name == "vgg19":
+        return f"vgg{depth}-w{width}"
+    return str(name)
+
+
 def load_run(run: Path) -> dict:
     from omegaconf import OmegaConf
 
@@ -48,7 +110,8 @@ def load_run(run: Path) -> dict:
         return OmegaConf.select(cfg, key, default=default) if cfg is not None else default
 
     return {
-        "run_dir": str(run), "model": get("model.name", summary.get("model")),
+        "run_dir": str(run), "model": model_label(get("model.name", summary.get("model")), get("model.depth"),
+                                                  get("model.width")),
         "dataset": get("dataset.name", summary.get("dataset")), "method": get("sparsity.name"),
         "ratio": 0.0 if get("sparsity.name") == "dense" else get("sparsity.ratio"),  # dense ignores the ratio
         "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
@@ -60,16 +123,31 @@ def load_run(run: Path) -> dict:
         "memory_min_bytes": summary.get("memory_min_bytes"), "memory_avg_bytes": summary.get("memory_avg_bytes"),
         "memory_dst_min_bytes": summary.get("memory_dst_min_bytes"), "train_time_s": summary.get("train_time_s"),
         "sieve_seen_fraction": summary.get("sieve_seen_fraction"),
+        "config": result_config(cfg) if cfg is not None else {"run_dir": str(run)},  # no config: its own group
     }
 
 
-def label(row: dict) -> str:
-    """How the paper names a configuration: SpFDE x%+y% for MEST with freezing/sieving."""
+# keys the paper's table shows by itself (section heading, ratio column, label); others that vary join the label
+SHOWN_KEYS = ("model.name", "model.depth", "model.width", "dataset.name", "sparsity.name", "sparsity.ratio",
+              "freeze", "sieve")
+
+
+def label(row: dict, extra: dict | None = None) -> str:
+    """How the paper names a configuration (SpFDE x%+y% for MEST with freezing/sieving), followed by the
+    other config keys that tell it apart from the other rows of the report."""
     if row["method"] == "mest" and (row["freeze"] or row["sieve"]):
-        return f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
-    return {"mest": "MEST", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "deepr": "DeepR",
-            "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense",
-            "static": "Static"}.get(row["method"], str(row["method"]))
+        name = f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
+    else:
+        name = {"mest": "MEST", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP",
+                "deepr": "DeepR", "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense",
+                "static": "Static"}.get(row["method"], str(row["method"]))
+    if extra:
+        name += " (" + ", ".join(f"{k}={_value_text(v)}" for k, v in extra.items()) + ")"
+    return name
+
+
+def _value_text(v) -> str:
+    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, tuple) else str(v)
 
 
 def mean(values):
@@ -82,15 +160,36 @@ def std(values):
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def varying_keys(rows: list[dict]) -> list[str]:
+    """Result-changing config keys that take more than one value among the runs that have them (options of
+    a dimension that is off are absent, not different)."""
+    keys = sorted({k for r in rows for k in r["config"]})
+    return [k for k in keys if len({repr(r["config"][k]) for r in rows if k in r["config"]}) > 1]
+
+
 def group(rows: list[dict]) -> list[dict]:
+    """One group per configuration: runs whose result-changing config is identical except for the seed.
+    Two runs of one configuration with the same seed are an error (they would count as two seeds)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in KEYS), []).append(row)
+        groups.setdefault(tuple(sorted((k, repr(v)) for k, v in row["config"].items())), []).append(row)
+    varying = varying_keys(rows)
+    extra_keys = [k for k in varying if k not in SHOWN_KEYS]
     out = []
-    for key, members in groups.items():
-        g = dict(zip(KEYS, key))
+    for members in groups.values():
+        seeds: dict = {}
+        for m in members:
+            if m["seed"] in seeds:
+                raise ReportError(f"runs {seeds[m['seed']]} and {m['run_dir']} have the same configuration and the "
+                                  f"same seed {m['seed']}: report one of them (or give them different seeds)")
+            seeds[m["seed"]] = m["run_dir"]
+        first = members[0]
+        g = {k: first[k] for k in KEYS}
+        config = {k: first["config"].get(k) for k in varying}
         accs = [m["final_acc"] for m in members]
-        g.update({"label": label(g), "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
+        extra = {k: config[k] for k in extra_keys if k in first["config"]}
+        g.update({"label": label(g, extra), **{k: _value_text(v) for k, v in config.items() if k not in KEYS},
+                  "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
                   "train_flops": mean([m["train_flops"] for m in members]),
                   "dense_train_flops": mean([m["dense_train_flops"] for m in members]),
                   "memory_min_bytes": mean([m["memory_min_bytes"] for m in members]),
@@ -157,27 +256,83 @@ def _by(rows: list[dict], keys: tuple) -> dict:
     return out
 
 
-def plot_acc_vs_flops(groups: list[dict], path: Path) -> None:
+def save_figure(fig, path: Path, dpi: int = 150) -> None:
+    """PNG for a quick look, PDF (vector) for a paper."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+
+
+def xy_grid(groups: list[dict]) -> list[dict] | None:
+    """The groups when they are one full x (freeze) by y (sieve) grid of one model/dataset/method/ratio."""
+    if len(_by(groups, ("model", "dataset", "method", "ratio", "epochs"))) != 1:
+        return None
+    cells = {(g["freeze"], g["sieve"]) for g in groups}
+    xs, ys = {x for x, _ in cells}, {y for _, y in cells}
+    full = len(xs) >= 2 and len(ys) >= 2 and len(cells) == len(groups) == len(xs) * len(ys)
+    return groups if full else None
+
+
+def describe(groups: list[dict]) -> str:
+    """Model, dataset and ratio(s) of a set of groups, for figure titles."""
+    parts = [" / ".join(sorted({f"{g['model']} on {g['dataset']}" for g in groups}))]
+    ratios = sorted({g["ratio"] for g in groups if g["ratio"]})
+    if ratios:
+        parts.append("sparsity " + ", ".join(f"{100 * r:g}%" for r in ratios))
+    return ", ".join(parts)
+
+
+def plot_acc_vs_flops(groups: list[dict], path: Path) -> tuple[str, list[str]]:
+    """Accuracy (± std over seeds) against training cost. An x-by-y grid gets one line per freeze x across
+    the sieve values y, against the FLOPs saved relative to x = y = 0; anything else one series per row.
+    Returns the title and the legend entries."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rows in _by(groups, ("label",)).items():
-        rows = sorted(rows, key=lambda g: g["train_flops"] or 0)
-        ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows],
-                    yerr=[100 * g["acc_std"] for g in rows], marker="o", capsize=3, label=name[0])
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs training cost")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    grid = xy_grid(groups)
+    if grid:
+        base = [g for g in grid if g["freeze"] == 0 and g["sieve"] == 0]
+        base_flops = base[0]["train_flops"] if base else max(g["train_flops"] for g in grid)
+        ys = sorted({g["sieve"] for g in grid})
+        by_x = sorted(_by(grid, ("freeze",)).items())
+        markers = "osD^vP*Xh<>"
+        for i, (x, rows) in enumerate(by_x):
+            rows = sorted(rows, key=lambda g: g["sieve"])
+            saved = [100 * (1 - g["train_flops"] / base_flops) for g in rows]
+            color = plt.get_cmap("viridis")(0.85 * i / max(1, len(by_x) - 1))  # 0.85: no pale yellow line
+            ax.errorbar(saved, [100 * g["acc_mean"] for g in rows], yerr=[100 * g["acc_std"] for g in rows],
+                        color=color, capsize=3, label=f"freeze x = {x[0]:g}")
+            for g, s in zip(rows, saved):
+                ax.plot(s, 100 * g["acc_mean"], markers[ys.index(g["sieve"]) % len(markers)], color=color)
+        for j, y in enumerate(ys):  # marker legend entries for y
+            ax.plot([], [], markers[j % len(markers)], color="gray", label=f"sieve y = {y:g}")
+        ax.set_xlabel("training FLOPs saved vs x = y = 0 (%)")
+        ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['method']}", fontsize=9)
+    else:
+        colors, markers = plt.get_cmap("tab20").colors, "osD^vP*Xh<>"
+        for i, (name, rows) in enumerate(_by(groups, ("label",)).items()):
+            rows = sorted(rows, key=lambda g: g["train_flops"] or 0)
+            ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows],
+                        yerr=[100 * g["acc_std"] for g in rows], marker=markers[i // len(colors) % len(markers)],
+                        color=colors[i % len(colors)], capsize=3, label=name[0])
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_title(f"Accuracy vs training FLOPs — {describe(groups)}", fontsize=9)
+    ax.set_ylabel("test accuracy (%, mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the data
+    save_figure(fig, path)
     plt.close(fig)
+    return ax.get_title(), [t.get_text() for t in legend.get_texts()]
+
+
+def text_color(rgba) -> str:
+    """Black on light cells, white on dark ones (relative luminance)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
 
 
 def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
-    """x (freeze) by y (sieve) grids of accuracy and FLOPs saving, for the first set of runs that has one."""
+    """x (freeze) by y (sieve) grids of accuracy (± std) and FLOPs saving, for the first set of runs that has one."""
     import matplotlib.pyplot as plt
 
     written = []
@@ -188,26 +343,30 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
             continue
         base = [g for g in members if g["freeze"] == 0 and g["sieve"] == 0]
         base_flops = base[0]["train_flops"] if base else max(g["train_flops"] for g in members)
-        for name, value, fmt in (("acc", lambda g: 100 * g["acc_mean"], "{:.2f}"),
-                                 ("saving", lambda g, b=base_flops: 100 * (1 - g["train_flops"] / b), "{:.1f}")):
+        for name, value, text in (
+                ("acc", lambda g: 100 * g["acc_mean"],
+                 lambda g: f"{100 * g['acc_mean']:.2f}\n±{100 * g['acc_std']:.2f}"),
+                ("saving", lambda g, b=base_flops: 100 * (1 - g["train_flops"] / b),
+                 lambda g, b=base_flops: f"{100 * (1 - g['train_flops'] / b):.1f}")):
             grid = [[math.nan] * len(xs) for _ in ys]
+            cells = {}
             for g in members:
                 grid[ys.index(g["sieve"])][xs.index(g["freeze"])] = value(g)
-            fig, ax = plt.subplots(figsize=(5, 4))
+                cells[ys.index(g["sieve"]), xs.index(g["freeze"])] = text(g)
+            fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
             im = ax.imshow(grid, origin="lower", cmap="viridis")
             ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
             ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
             ax.set_xlabel("freeze x")
             ax.set_ylabel("sieve y")
-            for i in range(len(ys)):
-                for j in range(len(xs)):
-                    if not math.isnan(grid[i][j]):
-                        ax.text(j, i, fmt.format(grid[i][j]), ha="center", va="center", color="w", fontsize=8)
-            ax.set_title("test accuracy (%)" if name == "acc" else "training FLOPs saved (%)")
+            for (i, j), label_text in cells.items():
+                ax.text(j, i, label_text, ha="center", va="center", fontsize=7,
+                        color=text_color(im.cmap(im.norm(grid[i][j]))))
+            what = "test accuracy (%, mean ± std)" if name == "acc" else "training FLOPs saved (%)"
+            ax.set_title(f"{what}\n{describe(members)}", fontsize=9)
             fig.colorbar(im, ax=ax)
-            fig.tight_layout()
             path = out / f"heatmap_{name}.png"
-            fig.savefig(path, dpi=120)
+            save_figure(fig, path)
             plt.close(fig)
             written.append(path)
         break
@@ -216,6 +375,7 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
 
 def plot_timeline(run: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r["epoch"] for r in records]
@@ -223,6 +383,8 @@ def plot_timeline(run: Path, path: Path) -> None:
     ax.step(epochs, [r.get("freeze/frozen_blocks", 0) for r in records], where="post", label="frozen blocks")
     ax.set_xlabel("epoch")
     ax.set_ylabel("frozen blocks")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
     ax2.plot(epochs, [r.get("sieve/seen_fraction", 1.0) for r in records], color="tab:orange",
              label="data seen (share)")
@@ -237,14 +399,22 @@ def plot_timeline(run: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def log_to_wandb(groups: list[dict], images: list[Path], name: str) -> str:
+def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, run: Path) -> str:
+    """One wandb run (job type `report`) in the runs' project and entity (their logger config), written
+    under the report folder."""
     import os
+
+    from omegaconf import OmegaConf
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    run = wandb.init(project="spfde", job_type="report", name=f"report-{name}", group=name)
+    cfg = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else OmegaConf.create()
+    project = OmegaConf.select(cfg, "logger.project", default=None) or "spfde"
+    entity = OmegaConf.select(cfg, "logger.entity", default=None)
+    run = wandb.init(project=project, entity=entity, dir=str(out), job_type="report", name=f"report-{name}",
+                     group=name)
     columns = list(groups[0])
     run.log({"ablation": wandb.Table(columns=columns, data=[[g[c] for c in columns] for g in groups]),
              **{p.stem: wandb.Image(str(p)) for p in images}})
@@ -275,8 +445,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = [load_run(r) for r in runs]
-    groups = group(rows)
-    write_csv(out / "runs.csv", rows)
+    try:
+        groups = group(rows)
+    except ReportError as e:
+        print(f"spfde: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "config"} for r in rows])
     write_csv(out / "summary.csv", groups)
     (out / "table.md").write_text(markdown(groups))
     images = [out / "acc_vs_flops.png"]
@@ -289,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(groups))
     print(f"{len(runs)} runs in {len(groups)} groups -> {out}")
     if args.wandb:
-        print(f"wandb (offline unless WANDB_MODE=online): {log_to_wandb(groups, images, args.paths[0].name)}")
+        where = log_to_wandb(groups, images, args.paths[0].name, out, runs[0])
+        print(f"wandb (offline unless WANDB_MODE=online): {where}")
 
 
 if __name__ == "__main__":

@@ -257,6 +257,7 @@ def train(cfg) -> dict:
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}"
              f"{' with CUDA graphs' if graphs else ''}{ranks}")
     logger = RunLogger(cfg, run_dir, run_id, write=world.is_main)
+    logger.start(cfg, len(model.blocks), freeze_plan, data.train.dataset_size)  # freeze plan, sieve setting
     summary = None
     steps = len(data.train)
     show_bar = cfg.progress and sys.stderr.isatty()

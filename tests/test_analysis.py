@@ -71,7 +71,10 @@ def test_analyze_writes_the_three_figures(tmp_path):
         runs.append(str(tmp_path / name))
     proc = run_cli([*runs, "--out", str(tmp_path / "figs"), "--block", "2"], cwd=tmp_path, module="spfde.analyze")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("fig1a_structural_similarity.png", "fig1b_cka.png", "fig3b_grad_norm.png", "analysis.csv"):
+    for name in ("fig1a_structural_similarity.png", "fig1b_cka.png", "fig3b_grad_norm.png", "analysis.csv",
+                 "fig1a_structural_similarity.pdf", "fig1b_cka.pdf", "fig3b_grad_norm.pdf"):
         assert (tmp_path / "figs" / name).stat().st_size > 1000, name
+    beyond = run_cli([*runs, "--out", str(tmp_path / "figs"), "--block", "5"], cwd=tmp_path, module="spfde.analyze")
+    assert beyond.returncode == 2 and "--block 5 is not a block of" in beyond.stderr  # depth 8: blocks 0..4
     missing = run_cli([str(tmp_path)], cwd=tmp_path, module="spfde.analyze")
     assert missing.returncode == 2 and "analysis.every" in missing.stderr

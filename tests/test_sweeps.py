@@ -86,6 +86,7 @@ def test_smoke_sweep_runs_with_the_local_launcher(smoke_sweep):
     names = sorted(p.parent.name for p in smoke_sweep.glob("*/summary.json"))
     assert names == ["freeze=0,sieve=0", "freeze=0,sieve=0.2", "freeze=0.1,sieve=0", "freeze=0.1,sieve=0.2"]
     assert list((smoke_sweep / ".submitit").iterdir())  # jobs went through submitit
+    assert "SpFDE 10%+20%" in (smoke_sweep / "report" / "table.md").read_text()  # the after-sweep callback
 
 
 @pytest.mark.slow
@@ -109,7 +110,18 @@ def test_report_builds_tables_and_figures(smoke_sweep, tmp_path):
     table = (out / "table.md").read_text()
     assert "SpFDE 10%+20%" in table and "MEST" in table
     assert len((out / "runs.csv").read_text().splitlines()) == 5
-    assert list((tmp_path / "wandb").glob("offline-run-*"))  # the wandb table, offline
+    assert list((out / "wandb").glob("offline-run-*"))  # the wandb table, offline, under the report folder
+    assert not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_dashboard_of_a_finished_sweep_directory(smoke_sweep, tmp_path):
+    proc = run_cli([str(smoke_sweep), "--out", str(tmp_path / "dashboard.json")], cwd=tmp_path,
+                   module="spfde.dashboard")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = json.loads((tmp_path / "dashboard.json").read_text())
+    assert spec["group"] == "smoke" and spec["groupby"] == ["freeze", "sieve"]
+    assert spec["varies"] == {"freeze": ["0", "0.1"], "sieve": ["0", "0.2"]}
 
 
 # ------------------------------------------------------------------------------------ a real SLURM cluster
