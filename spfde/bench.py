@@ -251,8 +251,10 @@ def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for y, method, x in grid:
+            # a 20-epoch run cannot freeze 11 blocks one per Δτ = 2 from an update epoch > 0: any T_frz
+            sync = ["freeze_sync=false"] if x else []
             overrides = ["experiment=quickstart", f"epochs={epochs}", f"sieve={y}", f"sieve_method={method}",
-                         f"freeze={x}", *extra]
+                         f"freeze={x}", *sync, *extra]
             try:
                 accs, flops, times = run_seeds(overrides, seeds, tmp, f"y={y} {method} x={x}")
             except FreezeError as e:
