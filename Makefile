@@ -33,10 +33,11 @@ test: install  ## run the whole test suite (slow tests included; starts a local 
 test-fast: install  ## the test suite without the slow tests
 	$(PY) -m pytest -m "not slow"
 
-bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory)
+bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory, Table 2 FLOPs)
 	$(PY) -m spfde.bench methods --epochs 10
 	$(PY) -m spfde.bench freeze-step
 	$(PY) -m spfde.bench memory
+	$(PY) -m spfde.bench table2-flops
 
 ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~20 min)
 	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2 --epochs 30

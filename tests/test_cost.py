@@ -7,6 +7,7 @@ import json
 import pytest
 from torch import nn
 
+from spfde.config import ConfigError, precheck_overrides
 from spfde.cost import CostModel, MemoryModel, measure_activations, memory_model
 from spfde.models import build_model
 from spfde.models.base import BlockNet
@@ -128,6 +129,8 @@ def test_fig4_memory_reductions_match_the_paper_with_its_convention():
         assert 20 - 2 <= r["avg"] <= 25.3 + 2 and 42.2 - 2 <= r["min"] <= 43.9 + 2, (ratio, r)
         autograd = fig4_reductions(plan, "autograd")
         assert autograd["min"] > 80  # what autograd keeps: the frozen prefix's activations go too
+    with pytest.raises(ConfigError, match="cost.memory must be paper or autograd"):
+        precheck_overrides(["cost.memory=peak"])
 
 
 def test_memory_counts_non_zeros_of_masked_layers():
