@@ -33,10 +33,11 @@ test: install  ## run the whole test suite (slow tests included; starts a local 
 test-fast: install  ## the test suite without the slow tests
 	$(PY) -m pytest -m "not slow"
 
-bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory)
+bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory, Table 2 FLOPs)
 	$(PY) -m spfde.bench methods --epochs 10
 	$(PY) -m spfde.bench freeze-step
 	$(PY) -m spfde.bench memory
+	$(PY) -m spfde.bench table2-flops
 
 bench-gpu: install  ## on a GPU: harness vs bare model img/s (batch 64, 512), freezing speed-up and memory, SpFDE wall-clock
 	$(PY) -m spfde.bench gpu $(ARGS)

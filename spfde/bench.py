@@ -3,6 +3,7 @@
     python -m spfde.bench methods [--epochs 10] [--seeds 0] [--methods dense mest ...] [overrides ...]
     python -m spfde.bench freeze-step [--steps 20] [overrides ...]
     python -m spfde.bench memory
+    python -m spfde.bench table2-flops
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 30]
     python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
     python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 25600] [overrides ...]
@@ -13,6 +14,8 @@ freeze-step: wall-clock of a training step with 0, half and all candidate blocks
 prefix runs under no_grad), as ratios to the unfrozen step.
 memory: the paper's Fig. 4 check — ResNet-32/CIFAR-100, batch 64, x = 0.2: SpFDE average and minimum
 training memory against the plain-DST minimum at 90/95/98% sparsity (planned, no data needed).
+table2-flops: planned training FLOPs of every Table 2 row (sweeps/row) at 90/95/98%, next to the paper's,
+under MEST's README soft bounds (our default) and its EM&S script's bounds (planned, no data needed).
 ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
 seeds — accuracy, training FLOPs and wall-clock.
 ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
@@ -135,20 +138,76 @@ def freeze_step(steps: int, extra: list[str]) -> str:
 
 
 def fig4_memory() -> str:
+    """Both memory conventions; the paper's (cost.memory=paper) is the one Fig. 4 is checked against."""
+    plans = fig4_plans()
+    out = []
+    for convention, what in (("paper", "the paper's convention, cost.memory=paper (default)"),
+                             ("autograd", "what autograd keeps for backward, cost.memory=autograd")):
+        lines = ["| sparsity | plain-DST min (MiB) | SpFDE avg (MiB) | SpFDE min (MiB) | avg reduction | "
+                 "min reduction |", "|---|---|---|---|---|---|"]
+        for ratio, plan in plans.items():
+            reduction = fig4_reductions(plan, convention)
+            m = plan["memory_conventions"][convention]
+            lines.append(f"| {ratio} | {m['dst_min_bytes'] / 2**20:.1f} | {m['avg_bytes'] / 2**20:.1f} | "
+                         f"{m['min_bytes'] / 2**20:.1f} | {reduction['avg']:.1f}% | {reduction['min']:.1f}% |")
+        lines.append("| paper (Fig. 4) | | | | 20–25.3% | 42.2–43.9% |")
+        out.append(f"## {what}\n" + "\n".join(lines))
+    return ("# Fig. 4: ResNet-32 (2x) on CIFAR-100, batch 64, fp32, MEST + freeze x = 0.2 (planned)\n"
+            + "\n\n".join(out))
+
+
+def fig4_plans() -> dict:
+    """The plans of Fig. 4's setting at 90/95/98% sparsity."""
     from spfde.plan import build_plan
 
-    paper = {0.9: "", 0.95: "", 0.98: ""}
-    lines = ["| sparsity | plain-DST min (MiB) | SpFDE avg (MiB) | SpFDE min (MiB) | avg reduction | min reduction |",
-             "|---|---|---|---|---|---|"]
-    for ratio in paper:
+    plans = {}
+    for ratio in (0.9, 0.95, 0.98):
         cfg = compose_config(["experiment=cifar100_resnet32", f"sparsity.ratio={ratio}", "freeze=0.2"])
         validate(cfg)
-        plan = build_plan(cfg)
-        dst, avg, low = plan["memory_dst_min_bytes"], plan["memory_avg_bytes"], plan["memory_min_bytes"]
-        lines.append(f"| {ratio} | {dst / 2**20:.1f} | {avg / 2**20:.1f} | {low / 2**20:.1f} | "
-                     f"{100 * (1 - avg / dst):.1f}% | {100 * (1 - low / dst):.1f}% |")
-    lines.append("| paper (Fig. 4) | | | | 20–25.3% | 42.2–43.9% |")
-    return "# Fig. 4: ResNet-32 (2x) on CIFAR-100, batch 64, fp32, MEST + freeze x = 0.2 (planned)\n" + "\n".join(lines)
+        plans[ratio] = build_plan(cfg)
+    return plans
+
+
+def fig4_reductions(plan: dict, convention: str) -> dict:
+    """SpFDE's average and minimum training memory below the plain-DST minimum, in percent."""
+    m = plan["memory_conventions"][convention]
+    return {"avg": 100 * (1 - m["avg_bytes"] / m["dst_min_bytes"]),
+            "min": 100 * (1 - m["min_bytes"] / m["dst_min_bytes"])}
+
+
+# Paper Table 2 training FLOPs (x e15) at 90/95/98% sparsity; LTH is N/A there
+PAPER_TABLE2 = {"snip": (1.32, 0.66, 0.26), "grasp": (1.32, 0.66, 0.26), "deepr": (1.32, 0.66, 0.26),
+                "set": (1.32, 0.66, 0.26), "dsr": (1.32, 0.66, 0.26), "mest": (1.54, 0.96, 0.38), "mest_ems": None,
+                "spfde_15_15": (1.26, 0.66, 0.30), "spfde_20_20": (1.12, 0.58, 0.26),
+                "spfde_25_25": (0.96, 0.52, 0.24)}
+MEST_ROWS = {"mest", "mest_ems", "spfde_15_15", "spfde_20_20", "spfde_25_25"}
+# MEST's EM&S soft bounds (grow-to offsets per phase): its README's (our default) and its EM&S script's
+MEST_BOUNDS = {"README": "[-0.02,-0.01,0]", "script": "[-0.05,-0.025,0]"}
+
+
+def table2_flops() -> str:
+    """Planned training FLOPs of every Table 2 row (sweeps/row/*) at 90/95/98%, under both MEST bounds."""
+    from spfde.plan import build_plan
+
+    ratios = (0.9, 0.95, 0.98)
+    head = "| row | " + " | ".join(f"{100 * r:g}%: paper | README bounds | script bounds" for r in ratios) + " |"
+    lines = [head, "|---|" + "---|---|---|" * len(ratios)]
+    for row, paper in PAPER_TABLE2.items():
+        cells = []
+        for i, ratio in enumerate(ratios):
+            planned = {}
+            for name, bounds in MEST_BOUNDS.items():
+                if planned and row not in MEST_ROWS:
+                    planned[name] = planned["README"]  # the bounds only change MEST-based rows
+                    continue
+                cfg = compose_config(["+sweep=table2", f"+sweep/row={row}", f"sparsity.ratio={ratio}",
+                                      f"sparsity.mest.ems.grow_to={bounds}"])
+                validate(cfg)
+                planned[name] = build_plan(cfg)["train_flops"] / 1e15
+            cells += [f"{paper[i]:.2f}" if paper else "—", f"{planned['README']:.3f}", f"{planned['script']:.3f}"]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return ("# Table 2 training FLOPs (x e15), planned: ResNet-32 (2x) on CIFAR-100, 160 epochs; LTH is N/A "
+            "(its rounds retrain)\n" + "\n".join(lines))
 
 
 def run_seeds(overrides: list[str], seeds: list[int], tmp: str, tag: str) -> tuple[list, list, list]:
@@ -200,8 +259,10 @@ def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for y, method, x in grid:
+            # a 20-epoch run cannot freeze 11 blocks one per Δτ = 2 from an update epoch > 0: any T_frz
+            sync = ["freeze_sync=false"] if x else []
             overrides = ["experiment=quickstart", f"epochs={epochs}", f"sieve={y}", f"sieve_method={method}",
-                         f"freeze={x}", *extra]
+                         f"freeze={x}", *sync, *extra]
             try:
                 accs, flops, times = run_seeds(overrides, seeds, tmp, f"y={y} {method} x={x}")
             except FreezeError as e:
@@ -434,6 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("overrides", nargs="*", help="e.g. model.width=2 dataset=fake batch_size=64 device=cuda")
     sub.add_parser("memory", help="the paper's Fig. 4 memory check (planned)")
+    sub.add_parser("table2-flops", help="planned training FLOPs of the Table 2 rows under both MEST bounds")
     p = sub.add_parser("ablation-freeze", help="freeze x scheme x seeds on digits")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=30)  # x = 0.3 needs more than the quickstart's 15 epochs
@@ -458,6 +520,8 @@ def main(argv: list[str] | None = None) -> None:
         print(freeze_step(args.steps, args.overrides))
     elif args.bench == "memory":
         print(fig4_memory())
+    elif args.bench == "table2-flops":
+        print(table2_flops())
     elif args.bench == "ablation-freeze":
         print(ablation_freeze(args.seeds, args.epochs, args.overrides))
     elif args.bench == "ablation-sieve":

@@ -179,6 +179,9 @@ class AnalysisConfig:
 @dataclass
 class CostConfig:
     memory_batch: int = 64  # batch size of the memory accounting (paper Fig. 4: 64, fp32)
+    # paper: Fig. 4's convention (one output activation per conv/linear layer, frozen or not; weight and
+    # activation gradients of trainable layers only) | autograd: what autograd keeps for backward, measured
+    memory: str = "paper"
 
 
 @dataclass
@@ -208,6 +211,9 @@ class Config:
     interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)
     freeze: float = 0.0  # x: share of the run's training FLOPs that layer freezing must save (0 = off)
     freeze_fraction: float = 0.6667  # candidate blocks hold about this share of the layers (paper: 2/3)
+    # freeze events on structure-update epochs: T_frz a multiple of interval and > 0 (paper Sec. 4.2.1);
+    # false searches T_frz epoch by epoch
+    freeze_sync: bool = True
     per_block_lr: bool = True  # each block's cosine LR runs over its own active epochs (paper Sec. 4.2.1)
     sieve: float = 0.0  # y: share of the training set kept out at any time (0 = off)
     sieve_update: float = 0.1  # p: share of the partial set swapped every Δτ (our choice, see README)
@@ -296,6 +302,7 @@ def validate(cfg: DictConfig) -> None:
     _check(a.probe_size >= 4, f"analysis.probe_size must be >= 4 (CKA needs a few samples), got {a.probe_size}")
     _check(0 < a.top_fraction <= 1, f"analysis.top_fraction must be in (0, 1], got {a.top_fraction}")
     _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
+    _check(cfg.cost.memory in ("paper", "autograd"), f"cost.memory must be paper or autograd, got {cfg.cost.memory!r}")
     _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
@@ -406,6 +413,10 @@ def validate_freeze(cfg: DictConfig) -> None:
     _check(0 < fs.resume_lr_scale <= 1, f"freeze_scheme.resume_lr_scale must be in (0, 1], got {fs.resume_lr_scale}")
     _check(fs.period >= 1, f"freeze_scheme.period must be >= 1 epoch, got {fs.period}")
     _check(0 <= fs.delay < 1, f"freeze_scheme.delay must be in [0, 1), got {fs.delay}")
+    _check(not (cfg.freeze > 0 and cfg.freeze_sync and fs.name in ("periodic", "delayed")
+                and fs.period % cfg.interval),
+           f"freeze_scheme.period={fs.period} must be a multiple of interval={cfg.interval} so that freeze events "
+           "stay on structure-update epochs (or set freeze_sync=false)")
     _check(not (cfg.freeze > 0 and cfg.sparsity.name == "lth"),
            "freeze > 0 with sparsity=lth: each LTH round retrains from a rewind point, freezing is not defined "
            "for it")

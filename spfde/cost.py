@@ -11,7 +11,10 @@ Memory follows the paper's Fig. 4: fp32 bytes at a batch size (64) of weights (n
 saved for backward, weight gradients (non-zeros of trainable layers) and activation gradients. The two
 activation terms are *measured* on a real training step on the meta device (saved-tensor hooks and
 gradient hooks on every block's output); weights and weight gradients are *counted* from the masks
-(a masked dense tensor holds its zeros, so there is nothing to measure).
+(a masked dense tensor holds its zeros, so there is nothing to measure). That is `cost.memory=autograd`.
+The default, `cost.memory=paper` (PaperMemoryModel), reproduces Fig. 4's numbers: one output activation
+per conv/linear layer kept for every layer, frozen or not, and activation gradients only for trainable
+layers.
 """
 
 from __future__ import annotations
@@ -83,17 +86,20 @@ class CostModel:
         return sum(layer.flops * densities.get(layer.name, 1.0) for layer in self.layers)
 
 
-def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int) -> list[list[float]]:
+def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int,
+                frozen_densities: bool = True) -> list[list[float]]:
     """table[e][k]: planned training FLOPs of epoch e with the first k blocks frozen, at the method's
     planned densities (frozen layers at theirs), with its dense-gradient steps and the epoch's batches
-    (fewer under sieving)."""
+    (fewer under sieving). With frozen_densities=False frozen layers keep the density they would train
+    at, so table[e][0] - table[e][k] is exactly the back-propagation the frozen prefix skips (the saving
+    the paper's Alg. 1 solves on; MEST's pruning of a frozen block to its target is not credited)."""
     table = []
     for e, batches in enumerate(batches_per_epoch):
         steps = len(batches)
         dense_grad_samples = sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
         row = []
         for k in range(max_frozen + 1):
-            frozen = frozenset(method.masks.in_blocks(range(k)))
+            frozen = frozenset(method.masks.in_blocks(range(k))) if frozen_densities else frozenset()
             densities = method.planned_densities(e, frozen)
             per_sample = cost.step(densities, k, False)
             extra = cost.step(densities, k, True) - per_sample if dense_grad_samples else 0.0
@@ -134,6 +140,45 @@ class MemoryModel:
         parts = {"weights": weights * BYTES_FP32, "activations": saved, "weight_grads": grads * BYTES_FP32,
                  "activation_grads": act_grads}
         return {**parts, "total": sum(parts.values())}
+
+
+class PaperMemoryModel(MemoryModel):
+    """The paper's Fig. 4 convention (`cost.memory=paper`): one output activation per conv/linear layer
+    is kept for every layer, frozen or not (a frozen prefix still runs forward), and activation
+    gradients (one per conv/linear output) exist only for trainable layers. Weights and weight
+    gradients are counted as in MemoryModel."""
+
+    def activations(self, frozen_blocks: int) -> tuple[int, int]:
+        if frozen_blocks not in self._activations:
+            outputs = layer_outputs(self.model, self.input_shape, self.batch)
+            saved = sum(nbytes for _, nbytes in outputs)
+            grads = sum(nbytes for block, nbytes in outputs if block >= frozen_blocks)
+            self._activations[frozen_blocks] = (saved, grads)
+        return self._activations[frozen_blocks]
+
+
+MEMORY_CONVENTIONS = {"paper": PaperMemoryModel, "autograd": MemoryModel}
+
+
+def memory_model(convention: str, model: nn.Module, input_shape, batch: int) -> MemoryModel:
+    """The memory model of a convention: `paper` (Fig. 4) or `autograd` (what autograd keeps, measured)."""
+    return MEMORY_CONVENTIONS[convention](model, input_shape, batch)
+
+
+def layer_outputs(model: nn.Module, input_shape, batch: int) -> list[tuple[int, int]]:
+    """(block, fp32 bytes) of the output of every conv/linear layer at `batch`, from a meta forward."""
+    meta = meta_copy(model).eval()
+    outputs = []
+
+    def keep(block: int):
+        return lambda module, inputs, out: outputs.append((block, out.numel() * BYTES_FP32))
+
+    for name, m in meta.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_hook(keep(block_of(name)))
+    with torch.no_grad():
+        meta(torch.zeros(batch, *input_shape, device="meta"))
+    return outputs
 
 
 def measure_activations(model: nn.Module, input_shape, batch: int, frozen_blocks: int,

@@ -7,13 +7,15 @@ never frozen. Blocks freeze strictly in forward order, one more every Δτ (`int
 frozen part is always a prefix: it runs forward under `torch.no_grad()` and its backward is skipped.
 
 The planner (Alg. 1) takes a table of the run's training FLOPs per epoch for every possible number of
-frozen blocks (from `spfde.cost`, sieving included) and solves each scheme's free parameter so that
-freezing saves at least `freeze` (x) of the run's training FLOPs, as little above it as the epoch
-granularity allows:
+frozen blocks (from `spfde.cost`, sieving included; frozen layers priced at the density they would
+train at, so the difference is the back-propagation they skip, as the paper counts it) and solves each
+scheme's free parameter so that freezing saves at least `freeze` (x) of the run's training FLOPs, as
+little above it as the granularity allows: with `freeze_sync` (default) freeze events fall on
+structure-update epochs (multiples of Δτ, T_frz > 0, paper Sec. 4.2.1), otherwise on any epoch:
 
   single_shot  the latest start epoch T_frz; block i freezes at T_frz + iΔτ and stays frozen (paper)
   resume       the same, released for the last `resume_epochs` epochs of fine-tuning at a small LR
-  periodic     from epoch 0, frozen windows (the shortest length, in epochs, that reaches x) alternate
+  periodic     from epoch 0, frozen windows (the shortest length, whole Δτ when synced, reaching x) alternate
                with active windows of `period` epochs; in frozen windows the prefix grows one block every
                Δτ, in active windows every block trains; the last frozen epochs are trimmed to the target
   delayed      the same, starting after the first `delay` of training
@@ -75,11 +77,19 @@ def scheme_schedule(scheme: str, value: int, epochs: int, interval: int, candida
         else:  # periodic (from epoch 0) and delayed (from `delay`): frozen windows of `value` epochs
             # alternate with active windows of `period`; in frozen windows the prefix grows one block
             # every Δτ as in single-shot, in active windows every block trains
-            start = 0 if scheme == "periodic" else int(opts.delay * epochs)
+            start = window_start(scheme, epochs, interval, opts)
             in_frozen_window = e >= start and (e - start) % (value + opts.period) < value
             k = progressive(e, start, interval, candidates) if in_frozen_window else 0
         out.append(k)
     return out
+
+
+def window_start(scheme: str, epochs: int, interval: int, opts) -> int:
+    """First epoch of the periodic windows: 0, or after the delay (rounded up to an update epoch when synced)."""
+    if scheme == "periodic":
+        return 0
+    start = int(opts.delay * epochs)
+    return -(-start // interval) * interval if opts.sync else start
 
 
 def solve(scheme: str, target: float, table: list[list[float]], epochs: int, interval: int, candidates: int,
@@ -95,10 +105,13 @@ def solve(scheme: str, target: float, table: list[list[float]], epochs: int, int
     def saving(schedule: list[int]) -> float:
         return sum(table[e][0] - table[e][k] for e, k in enumerate(schedule)) / base
 
+    # synced (paper Sec. 4.2.1): freeze events fall on structure-update epochs, multiples of Δτ, and
+    # T_frz > 0 (Alg. 1: 0 < T_frz < T); otherwise any epoch
+    step = interval if opts.sync else 1
     if scheme in ("periodic", "delayed"):
-        values = range(1, epochs + 1)
+        values = range(step, epochs + 1, step)
     else:
-        values = range(epochs - 1, -1, -1)
+        values = range((epochs - 1) // step * step, 0 if opts.sync else -1, -step)
     best_possible = 0.0
     for value in values:
         schedule = scheme_schedule(scheme, value, epochs, interval, candidates, opts)
@@ -146,7 +159,7 @@ def make_freeze_plan(cfg, model: nn.Module, method, cost, batches_per_epoch: lis
     from spfde.cost import flops_table
 
     candidates = candidate_blocks(model, cfg.freeze_fraction)
-    table = flops_table(cost, method, batches_per_epoch, candidates)
+    table = flops_table(cost, method, batches_per_epoch, candidates, frozen_densities=False)  # BP saved
     return solve(cfg.freeze_scheme.name, cfg.freeze, table, cfg.epochs, cfg.interval, candidates,
                  scheme_options(cfg))
 
@@ -157,12 +170,13 @@ class SchemeOptions:
     resume_lr_scale: float
     period: int
     delay: float
+    sync: bool = True  # freeze events on multiples of Δτ (cfg.freeze_sync)
 
 
 def scheme_options(cfg) -> SchemeOptions:
     s = cfg.freeze_scheme
     return SchemeOptions(resume_epochs=max(1, round(s.resume_fraction * cfg.epochs)),
-                         resume_lr_scale=s.resume_lr_scale, period=s.period, delay=s.delay)
+                         resume_lr_scale=s.resume_lr_scale, period=s.period, delay=s.delay, sync=cfg.freeze_sync)
 
 
 class Freezer:

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from spfde.config import ConfigError, compose_config, validate
-from spfde.cost import CostModel, MemoryModel, epoch_batches, flops_table
+from spfde.cost import MEMORY_CONVENTIONS, CostModel, epoch_batches, flops_table, memory_model
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.models import build_model
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
@@ -36,7 +36,8 @@ def build_plan(cfg) -> dict:
     batches = batches_per_epoch[0]
     method = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(batches))
     cost = CostModel(model, input_shape)
-    memory = MemoryModel(model, input_shape, cfg.cost.memory_batch)
+    memories_of = {c: memory_model(c, model, input_shape, cfg.cost.memory_batch) for c in MEMORY_CONVENTIONS}
+    memory = memories_of[cfg.cost.memory]
     notes = []
 
     if cfg.sparsity.name == "lth":
@@ -65,8 +66,9 @@ def build_plan(cfg) -> dict:
                      f"initial '{cfg.sparsity.distribution}' distribution")
 
     freeze = None
-    if cfg.freeze > 0:
-        freeze = solve(cfg.freeze_scheme.name, cfg.freeze, table, cfg.epochs, cfg.interval, candidates,
+    if cfg.freeze > 0:  # solved on the back-propagation FLOPs saved (paper Alg. 1), see spfde.freeze
+        bp_table = flops_table(cost, method, batches_per_epoch, candidates, frozen_densities=False)
+        freeze = solve(cfg.freeze_scheme.name, cfg.freeze, bp_table, cfg.epochs, cfg.interval, candidates,
                        scheme_options(cfg))
     frozen = freeze.frozen if freeze else [0] * len(table)
     init = method.init_passes * method.planned_init_samples(cfg.batch_size, d.num_classes) * cost.step({})
@@ -76,6 +78,7 @@ def build_plan(cfg) -> dict:
     dense = len(table) * samples * cost.step({})
 
     memories, schedule = [], []
+    per_convention = {c: [] for c in memories_of}
     for e, k in enumerate(frozen):
         if densities_of is not None:
             densities = densities_of[e]
@@ -83,6 +86,8 @@ def build_plan(cfg) -> dict:
             densities = method.planned_densities(e, frozenset(method.masks.in_blocks(range(k))))
         mem = memory.breakdown(densities, k)
         memories.append(mem["total"])
+        for c, model_c in memories_of.items():
+            per_convention[c].append(model_c.breakdown(densities, k)["total"])
         masked = sum(method.masks.masks[n].numel() for n in densities)
         sparsity = 1 - sum(densities[n] * method.masks.masks[n].numel() for n in densities) / max(1, masked)
         schedule.append({"epoch": e, "flops": table[e][k], "frozen_blocks": k, "sparsity": sparsity,
@@ -96,7 +101,10 @@ def build_plan(cfg) -> dict:
         "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
         "dense_train_flops": dense,
         "init_flops": init, "inference_flops": cost.inference(densities), "dense_inference_flops": cost.dense_forward,
-        "memory_batch": cfg.cost.memory_batch,
+        "memory_batch": cfg.cost.memory_batch, "memory_convention": cfg.cost.memory,
+        "memory_conventions": {c: {"min_bytes": min(v), "avg_bytes": sum(v) / len(v),
+                                   "dst_min_bytes": memories_of[c].breakdown(targets, 0)["total"]}
+                               for c, v in per_convention.items()},
         "memory_min_bytes": min(memories), "memory_avg_bytes": sum(memories) / len(memories),
         "memory_dst_min_bytes": memory.breakdown(targets, 0)["total"],
         "memory_breakdown_min": memory.breakdown(targets, max(frozen)),
@@ -112,6 +120,8 @@ def build_plan(cfg) -> dict:
                          "planned_saving": 1 - no_freeze / no_freeze_sieve}
     if freeze is not None:
         plan["freeze"] = {"scheme": freeze.scheme, "target": cfg.freeze, "planned_saving": freeze.saving,
+                          # all FLOPs freezing saves, also the forward of MEST blocks pruned to their target
+                          "planned_flops_saving": (no_freeze - train) / (no_freeze - init), "sync": cfg.freeze_sync,
                           "candidates": freeze.candidates, "parameter": freeze.parameter,
                           "finetune_from": freeze.finetune_from,
                           "events": [{"epoch": e, "block": cost.block_names[b], "index": b, "action": a,
@@ -146,10 +156,13 @@ def render(plan: dict) -> str:
         lines.append(f"  of which mask selection at init {fmt_flops(plan['init_flops'])}")
     lines += [f"Inference FLOPs per sample:       {fmt_flops(plan['inference_flops'])} "
               f"(dense {fmt_flops(plan['dense_inference_flops'])})", "",
-              f"Training memory (batch {plan['memory_batch']}, fp32):",
-              f"  minimum {fmt_bytes(plan['memory_min_bytes'])}, average {fmt_bytes(plan['memory_avg_bytes'])}; "
-              f"plain DST minimum {fmt_bytes(plan['memory_dst_min_bytes'])}",
-              "  most frozen, at the target density: "
+              f"Training memory (batch {plan['memory_batch']}, fp32; cost.memory={plan['memory_convention']}):"]
+    for c, m in plan["memory_conventions"].items():
+        lines.append(f"  {c + ' convention' + (' (used)' if c == plan['memory_convention'] else ''):<28}"
+                     f"minimum {fmt_bytes(m['min_bytes'])}, average {fmt_bytes(m['avg_bytes'])}; plain DST minimum "
+                     f"{fmt_bytes(m['dst_min_bytes'])} (min -{100 * (1 - m['min_bytes'] / m['dst_min_bytes']):.1f}%, "
+                     f"avg -{100 * (1 - m['avg_bytes'] / m['dst_min_bytes']):.1f}%)")
+    lines += ["  most frozen, at the target density: "
               + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in plan["memory_breakdown_min"].items() if k != "total")]
     changes = []
     previous = None
@@ -174,9 +187,11 @@ def render(plan: dict) -> str:
         f = plan["freeze"]
         what = "frozen-window length" if f["scheme"] in ("periodic", "delayed") else "start epoch T_frz"
         lines += ["", f"Layer freezing: {f['scheme']}, target saving {f['target']:g}, planned saving "
-                      f"{f['planned_saving']:.4f} of the run's FLOPs; {f['candidates']} candidate blocks; "
+                      f"{f['planned_saving']:.4f} of the run's FLOPs (back-propagation skipped; all FLOPs saved "
+                      f"by freezing: {f['planned_flops_saving']:.4f}); {f['candidates']} candidate blocks; "
                       f"{what} = {f['parameter']}" + (f"; fine-tune from epoch {f['finetune_from']}"
-                                                      if f["finetune_from"] is not None else "")]
+                                                      if f["finetune_from"] is not None else "")
+                  + ("; freeze events on multiples of interval" if f["sync"] else "")]
         lines.append(f"  {'epoch':>6}  {'action':<8}{'block':<22}{'forward share':>14}")
         for ev in f["events"][:60]:
             lines.append(f"  {ev['epoch']:>6}  {ev['action']:<8}{ev['block']:<22}{100 * ev['forward_share']:>13.1f}%")

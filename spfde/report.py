@@ -132,18 +132,30 @@ SHOWN_KEYS = ("model.name", "model.depth", "model.width", "dataset.name", "spars
               "freeze", "sieve")
 
 
+NAMES = {"mest": "MEST (EM&S)", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "deepr": "DeepR",
+         "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense", "static": "Static"}
+MEST_ONESHOT = 0.24  # the paper's MEST row: MEST's one-shot removal of 12,000 of 50,000 samples (sweeps/row/mest.yaml)
+
+
 def label(row: dict, extra: dict | None = None) -> str:
-    """How the paper names a configuration (SpFDE x%+y% for MEST with freezing/sieving), followed by the
-    other config keys that tell it apart from the other rows of the report."""
-    if row["method"] == "mest" and (row["freeze"] or row["sieve"]):
-        name = f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
-    else:
-        name = {"mest": "MEST", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP",
-                "deepr": "DeepR", "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense",
-                "static": "Static"}.get(row["method"], str(row["method"]))
+    """How the paper names a configuration: "MEST" for MEST with its one-shot data removal, "MEST (EM&S)"
+    without it, "SpFDE x%+y%" for MEST with freezing/sieving, "<method> + SpFDE x%+y%" on another method;
+    followed by the other config keys that tell it apart from the other rows of the report."""
     if extra:
-        name += " (" + ", ".join(f"{k}={_value_text(v)}" for k, v in extra.items()) + ")"
-    return name
+        return paper_name(row) + " (" + ", ".join(f"{k}={_value_text(v)}" for k, v in extra.items()) + ")"
+    return paper_name(row)
+
+
+def paper_name(row: dict) -> str:
+    name = NAMES.get(row["method"], str(row["method"]))
+    if not (row["freeze"] or row["sieve"]):
+        return name
+    if row["method"] == "mest" and not row["freeze"] and row["sieve_method"] == "oneshot":
+        return "MEST" if row["sieve"] == MEST_ONESHOT else f"MEST one-shot {100 * row['sieve']:g}%"
+    spfde = f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
+    if row["sieve"] and row["sieve_method"] != "circular":
+        spfde += f" ({row['sieve_method']} sieve)"
+    return spfde if row["method"] == "mest" else f"{name} + {spfde}"
 
 
 def _value_text(v) -> str:
@@ -237,6 +249,7 @@ def markdown(groups: list[dict]) -> str:
                     cells += ["", ""]
             lines.append(f"| {name[0]} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    parts += compat_markdown(groups)
     full = ["### All groups", "",
             "| label | model | dataset | ratio | freeze | scheme | sieve | sieve method | seeds | "
             "acc (%) | train FLOPs | memory min / avg (MiB) | time (s) |", "|" + "---|" * 13]
@@ -247,6 +260,29 @@ def markdown(groups: list[dict]) -> str:
                     f"{g['freeze_scheme']} | {g['sieve']} | {g['sieve_method']} | {g['seeds']} | {acc_text(g)} | "
                     f"{g['train_flops']:.4g} | {mem} | {g['train_time_s']:.1f} |")
     return "\n\n".join(parts + ["\n".join(full)]) + "\n"
+
+
+def compat_markdown(groups: list[dict]) -> list[str]:
+    """SpFDE on top of other sparse methods (sweeps/dst_compat.yaml): each method alone next to the same
+    method with layer freezing and circular sieving. Only when such pairs exist for a method besides MEST."""
+    pairs = []
+    for key, members in _by(groups, ("dataset", "model", "ratio", "method", "epochs")).items():
+        alone = [g for g in members if not g["freeze"] and not g["sieve"]]
+        for g in members:
+            if alone and (g["freeze"] or g["sieve"]) and g["sieve_method"] == "circular":
+                pairs.append((key, alone[0], g))
+    if not any(key[3] != "mest" for key, _, _ in pairs):
+        return []
+    lines = ["### SpFDE on other sparse-training methods", "",
+             "| method | model | dataset | sparsity | alone: FLOPs | alone: acc (%) | with | FLOPs | acc (%) | "
+             "FLOPs saved | Δ acc (points) |", "|" + "---|" * 11]
+    for (dataset, model, ratio, _, _), alone, g in pairs:
+        spfde = f"SpFDE {100 * g['freeze']:g}%+{100 * g['sieve']:g}%"
+        lines.append(f"| {alone['label']} | {model} | {dataset} | {ratio} | {alone['train_flops']:.4g} | "
+                     f"{acc_text(alone)} | {spfde} | {g['train_flops']:.4g} | {acc_text(g)} | "
+                     f"{100 * (1 - g['train_flops'] / alone['train_flops']):.1f}% | "
+                     f"{100 * (g['acc_mean'] - alone['acc_mean']):+.2f} |")
+    return ["\n".join(lines)]
 
 
 def _by(rows: list[dict], keys: tuple) -> dict:

@@ -28,7 +28,7 @@ from spfde.checkpoint import (
     truncate_metrics,
     write_json,
 )
-from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches
+from spfde.cost import CostMeter, CostModel, epoch_batches, memory_model
 from spfde.data import Data, build_data
 from spfde.distributed import DistributedError, World, setup_world
 from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
@@ -180,7 +180,7 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
     sparsity = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(data.train))
     input_shape = (data.channels, data.image_size, data.image_size)
     cost_model = CostModel(model, input_shape)
-    cost = CostMeter(cost_model, MemoryModel(model, input_shape, cfg.cost.memory_batch), sparsity)
+    cost = CostMeter(cost_model, memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch), sparsity)
     batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
     freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
     freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,

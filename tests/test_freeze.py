@@ -38,7 +38,10 @@ def test_planned_saving_reaches_target_within_one_interval_step(scheme, x):
     full = min(e["flops"] for e in plan["schedule"])
     one_step = 5 * (per_epoch - full) / base
     assert x <= saving < x + one_step
-    assert plan["train_flops"] == pytest.approx(plan["train_flops_no_freeze_sieve"] * (1 - saving), rel=1e-6)
+    # solved on back-propagation saved; the FLOPs total also has MEST's frozen blocks at their target density
+    total = plan["freeze"]["planned_flops_saving"]
+    assert total >= saving
+    assert plan["train_flops"] == pytest.approx(plan["train_flops_no_freeze_sieve"] * (1 - total), rel=1e-6)
     events = plan["freeze"]["events"]
     frozen = set()
     for ev in events:  # strictly in forward order: only the next block freezes, only the last one releases
@@ -55,8 +58,32 @@ def test_single_shot_is_the_latest_start():
     plan = build_plan(cfg)
     start = plan["freeze"]["parameter"]
     later = build_plan(make_cfg(["freeze=0.2", "freeze_scheme=resume", "freeze_scheme.resume_fraction=0.01"]))
-    assert start == 60 and [e["epoch"] for e in plan["freeze"]["events"]] == list(range(60, 115, 5))
+    # synced to MEST's updates (every 5 epochs): 58 reaches x = 0.2 by back-propagation saved, 60 does not
+    assert start == 55 and [e["epoch"] for e in plan["freeze"]["events"]] == list(range(55, 110, 5))
     assert later["freeze"]["parameter"] <= start  # the resume variant must start earlier (or as early)
+
+
+@pytest.mark.parametrize("x, synced, free", [(0.2, 55, 58), (0.25, 40, 41)])
+def test_start_is_solved_on_back_propagation_saved(x, synced, free):
+    """Paper Alg. 1: a frozen block saves its sparse back-propagation. Crediting also MEST's pruning of the
+    frozen block to its target density (cheaper forwards) would give T_frz = 60 / 44 instead of 58 / 41."""
+    plan = build_plan(make_cfg([f"freeze={x}", "freeze_sync=false"]))
+    assert plan["freeze"]["parameter"] == free
+    f = plan["freeze"]
+    assert x <= f["planned_saving"] < f["planned_flops_saving"]
+    assert build_plan(make_cfg([f"freeze={x}"]))["freeze"]["parameter"] == synced
+
+
+def test_freeze_events_fall_on_structure_update_epochs():
+    plan = build_plan(make_cfg(["sieve=0.2", "freeze=0.2"]))
+    epochs = [e["epoch"] for e in plan["freeze"]["events"]]
+    assert epochs and all(e > 0 and e % 5 == 0 for e in epochs)
+    assert plan["freeze"]["planned_saving"] >= 0.2  # the saving it reaches, above the target
+    for scheme in ("resume", "periodic", "delayed"):
+        events = build_plan(make_cfg(["freeze=0.2", f"freeze_scheme={scheme}"]))["freeze"]["events"]
+        assert all(ev["epoch"] % 5 == 0 for ev in events if ev["action"] == "freeze"), scheme
+    with pytest.raises(ConfigError, match="multiple of interval"):
+        precheck_overrides(["freeze=0.2", "freeze_scheme=periodic", "freeze_scheme.period=3"])
 
 
 def test_unreachable_target_is_rejected_with_the_largest_reachable(tmp_path):
@@ -135,7 +162,7 @@ def assert_frozen_blocks_unchanged(states, frozen_per_epoch):
 
 @pytest.mark.slow
 def test_frozen_blocks_stay_bit_identical_also_across_a_resume(tmp_path, monkeypatch):
-    overrides = quick_overrides("model.depth=14", "epochs=8", "interval=1", "freeze=0.3")
+    overrides = quick_overrides("model.depth=14", "epochs=8", "interval=1", "freeze=0.25")
     plan = build_plan(make_cfg(overrides))
     frozen = [e["frozen_blocks"] for e in plan["schedule"]]
     assert max(frozen) >= 3
@@ -146,7 +173,7 @@ def test_frozen_blocks_stay_bit_identical_also_across_a_resume(tmp_path, monkeyp
     # the cost meter counts exactly the plan
     assert summary["train_flops"] == pytest.approx(plan["train_flops"], rel=1e-3)
     realised = read_metrics(tmp_path / "straight")[-1]["freeze/saved_share"]
-    assert realised == pytest.approx(plan["freeze"]["planned_saving"], rel=1e-3)
+    assert realised == pytest.approx(plan["freeze"]["planned_flops_saving"], rel=1e-3)
 
     states.clear()
     resumed = crash_then_resume(overrides, tmp_path / "resumed", 6, monkeypatch)

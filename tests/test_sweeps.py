@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from spfde.config import CONF_DIR, register_configs, register_resolvers, validate
 from tests.conftest import REPO, read_metrics, run_cli
 
-SWEEPS = {"smoke": 4, "grid_xy": 75, "table2": 90, "table3": 13, "freeze_schemes": 36, "sieve_methods": 27}
+SWEEPS = {"smoke": 4, "grid_xy": 75, "table2": 99, "table3": 14, "freeze_schemes": 36, "sieve_methods": 27,
+          "dst_compat": 18}
 
 
 def sweep_params(name: str) -> dict:
@@ -54,6 +55,42 @@ def test_table_rows_set_the_paper_configurations():
         ("mest", 0.95, 0.2, 0.2, "cifar100", 2)
     cfg = compose_job(["+sweep=table3", "+sweep/row=itop"])
     assert (cfg.sparsity.name, cfg.sparsity.ratio, cfg.dataset.name, cfg.batch_size) == ("itop", 0.8, "imagenet", 64)
+    assert cfg.optim.lr == pytest.approx(0.1 * 64 / 256)  # ITOP's batch with a linearly scaled learning rate
+    assert compose_job(["model=resnet50", "sparsity=itop"]).batch_size == 256  # the method alone keeps the recipe's
+
+
+def test_mest_row_is_mest_with_its_one_shot_removal_and_em_s_has_its_own_row():
+    cfg = compose_job(["+sweep=table2", "+sweep/row=mest"])
+    assert (cfg.sparsity.name, cfg.sieve, cfg.sieve_method, cfg.freeze) == ("mest", 0.24, "oneshot", 0.0)
+    assert int(cfg.sieve_oneshot_at * cfg.epochs) == 70  # MEST's --remove-data-epoch 70 of 160
+    cfg = compose_job(["+sweep=table2", "+sweep/row=mest_ems"])
+    assert (cfg.sparsity.name, cfg.sieve, cfg.freeze) == ("mest", 0.0, 0.0)
+
+
+def test_table3_baselines_run_the_epochs_of_their_published_flops():
+    rows = sweep_params("table3")["+sweep/row"]
+    epochs = {row: compose_job(["+sweep=table3", f"+sweep/row={row}"]).epochs for row in rows}
+    baselines = ("dense", "snip", "grasp", "deepr", "snfs", "dsr", "set", "rigl")
+    assert {r for r, e in epochs.items() if e == 102} == {f"{m}_102ep" for m in baselines}
+    assert {e for r, e in epochs.items() if not r.endswith("_102ep")} == {150}
+
+
+def test_table_sweeps_use_the_paper_recipe_and_bf16_stays_the_default():
+    for name in ("table2", "table3", "dst_compat"):
+        assert compose_job([f"+sweep={name}"]).precision == "fp32", name
+    assert compose_job([]).precision == "auto" and compose_job(["+sweep=grid_xy"]).precision == "auto"
+    assert compose_job(["+recipe=paper"]).precision == "fp32"
+
+
+def test_dst_compat_runs_three_methods_with_and_without_spfde():
+    params = sweep_params("dst_compat")
+    jobs = set()
+    for row in params["+sweep/row"]:
+        cfg = compose_job(["+sweep=dst_compat", f"+sweep/row={row}"])
+        assert cfg.sparsity.ratio == 0.9 and cfg.sieve_method == "circular"
+        jobs.add((cfg.sparsity.name, cfg.freeze, cfg.sieve))
+    assert jobs == {(m, x, x) for m in ("rigl", "set", "mest") for x in (0.0, 0.2)}
+    assert params["seed"] == ["0", "1", "2"]
 
 
 def test_launchers_compose():
@@ -204,3 +241,29 @@ def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path)
                               capture_output=True, text=True).stdout
     assert "REQUEUED" in restarts or "PREEMPTED" in restarts or len(restarts.strip().splitlines()) > 1
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 30
+
+
+def fake_row(method: str, freeze: float, sieve: float, seed: int, acc: float, flops: float,
+             sieve_method: str = "circular") -> dict:
+    return {"run_dir": f"{method}-{freeze}-{sieve}-{seed}", "model": "resnet32", "dataset": "cifar100",
+            "method": method, "ratio": 0.9, "freeze": freeze, "freeze_scheme": "single_shot", "sieve": sieve,
+            "sieve_method": sieve_method, "epochs": 160, "seed": seed, "final_acc": acc, "train_flops": flops,
+            "dense_train_flops": 1e16, "memory_min_bytes": None, "memory_avg_bytes": None,
+            "memory_dst_min_bytes": None, "train_time_s": 1.0}
+
+
+def test_report_labels_the_mest_rows_and_lays_out_spfde_on_other_methods():
+    from spfde.report import group, markdown
+
+    rows = [fake_row(m, x, x, seed, 0.7 - x / 10 + seed / 1000, 1.5e15 * (1 - 1.5 * x))
+            for m in ("rigl", "set", "mest") for x in (0.0, 0.2) for seed in (0, 1, 2)]
+    rows.append(fake_row("mest", 0.0, 0.24, 0, 0.71, 1.3e15, sieve_method="oneshot"))
+    groups = group(rows)
+    labels = {g["label"] for g in groups}
+    assert labels == {"RigL", "RigL + SpFDE 20%+20%", "SET", "SET + SpFDE 20%+20%", "MEST (EM&S)",
+                      "SpFDE 20%+20%", "MEST"}
+    table = markdown(groups)
+    section = table.split("### SpFDE on other sparse-training methods")[1].split("###")[0]
+    body = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[0] for line in body] == ["| MEST (EM&S)", "| RigL", "| SET"]
+    assert all("SpFDE 20%+20%" in line and "| 30.0% |" in line and "| -2.00 |" in line for line in body)
