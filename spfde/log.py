@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from spfde.checkpoint import METRICS
+from spfde.checkpoint import write_metrics
 
 log = logging.getLogger("spfde")
 
@@ -21,11 +20,13 @@ def new_run_id() -> str:
 
 
 class RunLogger:
-    """`log_epoch` writes one line of metrics.jsonl, a console line and a wandb step.
+    """`log_epoch` adds one line to metrics.jsonl, a console line and a wandb step. `records` holds every
+    epoch's metrics (the checkpoint stores them, so metrics.jsonl can always be rebuilt).
     wandb is offline unless logger.mode=online and never waits on a network; `finish` always runs."""
 
-    def __init__(self, cfg, run_dir: Path, run_id: str):
+    def __init__(self, cfg, run_dir: Path, run_id: str, records: list[dict] | None = None):
         self.run_dir, self.run_id = Path(run_dir), run_id
+        self.records = list(records or [])
         self.wandb = None
         lcfg = cfg.logger
         if lcfg.name == "wandb" and lcfg.mode != "disabled":
@@ -41,8 +42,8 @@ class RunLogger:
             self.wandb.define_metric("*", step_metric="epoch")
 
     def log_epoch(self, record: dict, total_epochs: int) -> None:
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.records.append(record)
+        write_metrics(self.run_dir, self.records)  # atomic: never half a line, even on a full disk
         log.info(format_epoch(record, total_epochs))
         if self.wandb is not None:
             self.wandb.log(record)

@@ -20,13 +20,12 @@ from spfde.analysis import Analysis
 from spfde.checkpoint import (
     CHECKPOINT,
     SUMMARY,
-    archive_previous,
     finished_summary,
     load_checkpoint,
+    restore_metrics,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    truncate_metrics,
     write_json,
 )
 from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches
@@ -34,6 +33,17 @@ from spfde.data import build_data
 from spfde.freeze import Freezer, block_param_groups, frozen_prefix_forward, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
+from spfde.rundir import (
+    Stopped,
+    catch_stop_signals,
+    check_fingerprint,
+    check_finite,
+    config_fingerprint,
+    data_fingerprint,
+    lock_run_dir,
+    restore_signals,
+    start_fresh,
+)
 from spfde.sieve import Sieve, check_sieve, sieve_epochs
 from spfde.sparse import build_sparsity
 
@@ -136,20 +146,25 @@ def evaluate(model, loader, rt: Runtime, top5: bool) -> dict:
 
 def train(cfg) -> dict:
     """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)  # one process per run dir; a second one fails at once, naming the holder
     if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
         from spfde.sparse.lth import run_rounds
 
         return run_rounds(cfg, train)  # LTH: one normal run per pruning round, in sub-directories
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = start_fresh(cfg, run_dir)  # archives earlier results, once per launch
+    # the checkpoint first: a damaged or foreign one, or one made with other settings, stops here
+    ckpt_path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    fingerprint = config_fingerprint(cfg)
+    check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     done = finished_summary(run_dir)
-    if done is not None and not cfg.fresh:
+    if done is not None and not fresh:
         log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done['epochs']} epochs. "
                  f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
                  f"(the old results move to {run_dir}/previous-<time>/).")
         return done
-    if cfg.fresh and (moved := archive_previous(run_dir)):
-        log.info(f"fresh=true: earlier results moved to {moved}")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     # --- the parts of a run
@@ -165,6 +180,8 @@ def train(cfg) -> dict:
     torch.backends.cudnn.deterministic = cfg.deterministic
     generator = torch.Generator().manual_seed(cfg.seed)
     data = build_data(cfg, device, generator)
+    fingerprint.update(data_fingerprint(data))
+    check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     check_sieve(cfg, data.train.dataset_size)
     sieve = Sieve(cfg, data.train.dataset_size, device, torch.Generator().manual_seed(cfg.seed + 2))
     sieve.start_epoch(0, data.train)  # the loader draws from the partial set only
@@ -185,10 +202,8 @@ def train(cfg) -> dict:
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any
-    start_epoch, best_acc, elapsed, run_id = 0, 0.0, 0.0, new_run_id()
-    ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    start_epoch, best_acc, elapsed, run_id, records = 0, 0.0, 0.0, new_run_id(), []
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         sparsity.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
@@ -197,7 +212,7 @@ def train(cfg) -> dict:
         sieve.load_state_dict(ckpt["sieve"])
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
-        truncate_metrics(run_dir, start_epoch)
+        records = restore_metrics(run_dir, ckpt.get("records"), start_epoch)  # metrics.jsonl = the checkpoint's
         log.info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         sparsity.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
@@ -207,7 +222,8 @@ def train(cfg) -> dict:
     log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
              f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}")
-    logger = RunLogger(cfg, run_dir, run_id)
+    logger = RunLogger(cfg, run_dir, run_id, records)
+    stop_handlers = catch_stop_signals()  # SIGTERM/SIGINT: one line, then stop (the checkpoint stays)
     summary = None
     steps = len(data.train)
     show_bar = cfg.progress and sys.stderr.isatty()
@@ -226,6 +242,7 @@ def train(cfg) -> dict:
                                               analysis, epoch, rt, cfg, bar)
                 t_train = time.perf_counter() - t0
                 test_stats = evaluate(model, data.test, rt, top5)
+                check_finite(epoch, {**train_stats, **test_stats}, run_dir, cfg)  # NaN/inf loss: stop, keep last.pt
                 t_epoch = time.perf_counter() - t0
                 elapsed += t_epoch
                 best_acc = max(best_acc, test_stats["test/acc"])
@@ -244,7 +261,9 @@ def train(cfg) -> dict:
                     "sparsity": sparsity.state_dict(), "cost": cost.state_dict(), "freezer": freezer.state_dict(),
                     "sieve": sieve.state_dict(),
                     "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
+                    "fingerprint": fingerprint, "records": logger.records,
                 })
+                start_epoch = epoch + 1
         last = load_last_record(run_dir)
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
@@ -262,7 +281,11 @@ def train(cfg) -> dict:
         share = summary["train_flops"] / summary["dense_train_flops"]
         log.info(f"done: test acc {summary['final_acc']:.4f} (best {best_acc:.4f}) in {elapsed:.1f} s; training "
                  f"FLOPs {summary['train_flops']:.4g} ({100 * share:.1f}% of dense). Results in {run_dir}")
+    except Stopped as stop:
+        log.warning(f"stopped by {stop} after epoch {start_epoch}; resume with the same command")
+        raise
     finally:
+        restore_signals(stop_handlers)
         logger.finish(summary)
     return summary
 
