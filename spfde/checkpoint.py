@@ -82,7 +82,7 @@ def load_checkpoint(path: Path) -> dict:
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise RunDirError(f"{path} is damaged (it does not unpickle); {ways_out}") from None
-        found = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "other objects")
+        found = next((line.strip() for line in str(e).splitlines() if "nsupported" in line), "other objects")
         raise RunDirError(f"{path} was refused: it holds Python objects other than tensors and plain values, "
                           f"and loading them could run code ({found.rstrip('.')}); if you did not write it, "
                           f"{ways_out}") from None

@@ -7,9 +7,17 @@ workers for ImageFolder data. Data sieving later only changes `indices`.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+log = logging.getLogger("spfde")
+
+
+class BadImageError(RuntimeError):
+    """An image file that does not decode (dataset.on_bad_file=error)."""
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -74,17 +82,35 @@ class InMemoryLoader:
 
 
 class IndexedDataset(Dataset):
-    """Returns (image, label, index) so the training step knows which samples it saw."""
+    """Returns (image, label, index) so the training step knows which samples it saw. A file that
+    does not decode stops the run naming it (on_bad_file=error) or is skipped, logged with its path
+    and counted in `skipped` (shared with the loader's worker processes)."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, on_bad_file: str = "error"):
+        self.dataset, self.on_bad_file = dataset, on_bad_file
+        self.skipped = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        image, label = self.dataset[i]
+        try:
+            image, label = self.dataset[i]
+        except Exception as e:  # noqa: BLE001 - PIL raises several types for damaged files
+            path = self.dataset.samples[i][0] if hasattr(self.dataset, "samples") else f"sample {i}"
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if self.on_bad_file == "error":
+                raise BadImageError(f"{path} does not decode ({reason}): remove or replace it, or set "
+                                    "dataset.on_bad_file=skip") from None
+            self.skipped += 1
+            log.warning(f"skipped unreadable image {path} ({reason})")
+            return None
         return image, label, i
+
+
+def collate_present(batch):
+    """Batches without the samples that were skipped."""
+    return default_collate([b for b in batch if b is not None])
 
 
 class IndexSampler(Sampler):
@@ -105,8 +131,8 @@ class IndexSampler(Sampler):
 
 class FolderLoader:
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, generator: torch.Generator,
-                 workers: int, pin_memory: bool):
-        self.dataset = IndexedDataset(dataset)
+                 workers: int, pin_memory: bool, on_bad_file: str = "error"):
+        self.dataset = IndexedDataset(dataset, on_bad_file)
         self.batch_size, self.train, self.generator = batch_size, train, generator
         self.workers, self.pin_memory = workers, pin_memory
         self.indices = torch.arange(len(dataset))
@@ -131,5 +157,13 @@ class FolderLoader:
         # reproducible and resumes exactly with the generator's saved state
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
                             num_workers=self.workers, pin_memory=self.pin_memory,
-                            generator=self.generator, persistent_workers=False)
-        yield from loader
+                            generator=self.generator, persistent_workers=False, collate_fn=collate_present)
+        before = int(self.dataset.skipped)
+        try:
+            yield from loader
+        except BadImageError as e:  # from a worker: the message carries its traceback, keep our line
+            lines = [line for line in str(e).splitlines() if line.startswith("spfde.data.loaders.BadImageError")]
+            raise BadImageError(lines[-1].split(": ", 1)[1] if lines else str(e)) from None
+        if int(self.dataset.skipped) > before:
+            log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
+                        f"({int(self.dataset.skipped)} in all; their paths are logged above)")
