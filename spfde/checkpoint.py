@@ -149,7 +149,12 @@ def archive_previous(run_dir: Path, extra: tuple[str, ...] = ()) -> Path | None:
     old = [p for p in run_dir.iterdir() if any(fnmatch(p.name, pattern) for pattern in names)]
     if not old:
         return None
-    dest = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    dest = run_dir / f"previous-{stamp}"
+    n = 1
+    while dest.exists():  # two archives within one second
+        n += 1
+        dest = run_dir / f"previous-{stamp}-{n}"
     dest.mkdir()
     for p in old:
         shutil.move(str(p), dest / p.name)

@@ -8,6 +8,7 @@ import fcntl
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import time
@@ -21,6 +22,7 @@ log = logging.getLogger("spfde")
 
 LOCK = ".lock"
 LAUNCH = ".launch"
+HYDRA_KEPT = ".hydra-accepted"  # copy of .hydra/ from the last launch that passed the fingerprint check
 
 # Keys that do not change a run's results (where it runs, how it reports, how fast it loads data);
 # everything else in the config is part of the fingerprint. dataset.root enters as the data identity.
@@ -144,16 +146,28 @@ def data_fingerprint(data) -> dict:
 def check_fingerprint(stored: dict | None, current: dict, run_dir: Path) -> None:
     """Refuse to continue a run whose checkpoint was made with other settings. Keys only one side has
     (a checkpoint from an older version) are not compared."""
-    if not stored:
-        return
-    differing = [k for k in current if k in stored and stored[k] != current[k]]
+    run_dir = Path(run_dir)
+    differing = [k for k in current if stored and k in stored and stored[k] != current[k]]
     if not differing:
+        keep_hydra_record(run_dir)
         return
+    restore_hydra_record(run_dir)  # Hydra rewrote .hydra/ for this refused launch: put the run's back
     shown = "; ".join(f"{k}={stored[k]} there, {current[k]} now" for k in differing[:4])
     more = f" (and {len(differing) - 4} more)" if len(differing) > 4 else ""
     raise RunDirError(f"{run_dir} holds a run with other settings: {shown}{more}. Use the same settings to "
                       f"resume it, add fresh=true to start over there (its results move to previous-<time>/), "
                       f"or use another run dir")
+
+
+def keep_hydra_record(run_dir: Path) -> None:
+    """Hydra writes .hydra/ (config, overrides) before any check can run; keep the accepted one."""
+    if (run_dir / ".hydra").is_dir():
+        shutil.copytree(run_dir / ".hydra", run_dir / HYDRA_KEPT, dirs_exist_ok=True)
+
+
+def restore_hydra_record(run_dir: Path) -> None:
+    if (run_dir / HYDRA_KEPT).is_dir():
+        shutil.copytree(run_dir / HYDRA_KEPT, run_dir / ".hydra", dirs_exist_ok=True)
 
 
 # ----------------------------------------------------------------------------- divergence, signals
