@@ -179,6 +179,22 @@ def test_fresh_applies_once_per_launch_and_a_requeued_job_resumes(tmp_path, monk
     assert len(list(tmp_path.glob("previous-*"))) == 2
 
 
+# ----------------------------------------------------------------------------- 6. resumed numbers
+
+
+def test_the_unfrozen_memory_baseline_does_not_depend_on_blocks_frozen_at_the_time():
+    """A resumed freeze run measured its unfrozen baseline after the resume froze blocks (2.2 MB vs
+    13.3 MB); the resume tests compare whole summaries, this pins the cause."""
+    from spfde.cost import MemoryModel
+    from spfde.models import build_model
+
+    model = build_model(make_cfg(tiny()).model, 10, 3)
+    before = MemoryModel(model, (3, 8, 8), 64).breakdown({}, 0)
+    for p in [*model.blocks[0].parameters(), *model.blocks[1].parameters()]:
+        p.requires_grad_(False)  # as the freezer leaves them
+    assert MemoryModel(model, (3, 8, 8), 64).breakdown({}, 0) == before
+
+
 # ----------------------------------------------------------------------------- 7. safe loading
 
 
