@@ -325,10 +325,14 @@ def precheck_overrides(args: list[str]) -> None:
         check_before_work(compose_checked(overrides))
     elif set(flags) <= {"-m", "--multirun"}:
         jobs = sweep_jobs(overrides)
-        errors = []
+        errors, checked = [], set()
         for job in jobs:
             try:
-                check_before_work(compose_checked(job))
+                cfg = compose_checked(job)
+                same_but_seed = re.sub(r"(?m)^seed: .*$", "", OmegaConf.to_yaml(cfg))
+                if same_but_seed not in checked:  # the plan does not depend on the seed
+                    check_before_work(cfg)
+                    checked.add(same_but_seed)
             except ConfigError as e:
                 errors.append(f"job {' '.join(job)}: {e}")
         if errors:

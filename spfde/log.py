@@ -42,6 +42,10 @@ class RunLogger:
             self.wandb.define_metric("*", step_metric="epoch")
 
     def log_epoch(self, record: dict, total_epochs: int) -> None:
+        # plain Python values only (no numpy/tensor scalars): the checkpoint stores the records and
+        # loads with weights_only=True
+        record = {k: v.item() if hasattr(v, "item") and not isinstance(v, (bool, int, float, str)) else v
+                  for k, v in record.items()}
         self.records.append(record)
         write_metrics(self.run_dir, self.records)  # atomic: never half a line, even on a full disk
         log.info(format_epoch(record, total_epochs))
