@@ -263,7 +263,7 @@ def train(cfg) -> dict:
                     "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                     "fingerprint": fingerprint, "records": logger.records,
                 })
-                start_epoch = epoch + 1
+                start_epoch = epoch + 1  # where a resume would start (for the stop message)
         last = load_last_record(run_dir)
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
