@@ -35,6 +35,7 @@ class DatasetConfig:
     hflip: bool = True
     workers: int = 8
     test_fraction: float = 0.2  # digits: share of the stratified test split
+    on_bad_file: str = "error"  # image folders: an unreadable image stops the run naming it (error) or is skipped
     split_seed: int = 0  # digits: the split, fake: the images; fixed across run seeds
 
 
@@ -254,6 +255,7 @@ def validate(cfg: DictConfig) -> None:
     from spfde.models import MODELS
 
     d, m, o = cfg.dataset, cfg.model, cfg.optim
+    check_finite_numbers(cfg)
     _check(d.name in DATASETS, f"dataset.name={d.name!r} is unknown; choose one of {sorted(DATASETS)}")
     _check(m.name in MODELS, f"model.name={m.name!r} is unknown; choose one of {sorted(MODELS)}")
     _check(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
@@ -293,6 +295,8 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()),
                f"cuda_graphs=on needs a CUDA device (device={cfg.device}); use cuda_graphs=auto or off")
     _check(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
+    _check(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
+    _check(d.on_bad_file in ("error", "skip"), f"dataset.on_bad_file must be error or skip, got {d.on_bad_file!r}")
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)
     validate_freeze(cfg)
@@ -309,25 +313,88 @@ def validate(cfg: DictConfig) -> None:
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def check_finite_numbers(node, prefix: str = "") -> None:
+    """NaN or infinity is never a meaningful setting (optim.lr=inf would train to NaN)."""
+    import math
+
+    for key in node:
+        if OmegaConf.is_missing(node, key) or key == "run_dir":
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            check_finite_numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            _check(math.isfinite(value), f"{prefix}{key} must be a finite number, got {value}")
+
+
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """Compose conf/config.yaml with command-line style overrides (tests, `spfde.plan`, prechecks)."""
     from hydra import compose, initialize_config_dir
 
     register_configs()
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def precheck_overrides(args: list[str]) -> None:
     """Compose and validate the command line before Hydra starts (and creates a run directory), so
     that its multi-line composition errors (unknown group option, wrong type, unknown key) become one
-    line too. Sweeps and Hydra flags are left to Hydra itself."""
+    line too. With -m every job of the sweep is checked before the first one starts or is queued
+    (one line per bad job). Other Hydra flags are left to Hydra itself."""
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [plain_override(a) for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    if not flags:
+        check_before_work(compose_checked(overrides))
+    elif set(flags) <= {"-m", "--multirun"}:
+        jobs = sweep_jobs(overrides)
+        errors, checked = [], set()
+        for job in jobs:
+            try:
+                cfg = compose_checked(job)
+                same_but_seed = re.sub(r"(?m)^seed: .*$", "", OmegaConf.to_yaml(cfg))
+                if same_but_seed not in checked:  # the plan does not depend on the seed
+                    check_before_work(cfg)
+                    checked.add(same_but_seed)
+            except ConfigError as e:
+                errors.append(f"job {' '.join(job)}: {e}")
+        if errors:
+            raise ConfigError(f"{len(errors)} of {len(jobs)} sweep jobs are invalid, none started:\n  " +
+                              "\n  ".join(errors))
+
+
+def plain_override(arg: str) -> str:
+    """`+key=value` adds a key Hydra does not know; the schema has every key, so outside config groups
+    (`+experiment=...`, `+sweep=...`) a `+` only hides a typo (`+sparsity.ration=0.5`): check it as
+    `key=value`, which names an unknown key."""
+    if not arg.startswith("+") or arg.startswith("++"):
+        return arg
+    key = arg[1:].split("=", 1)[0]
+    return arg if (CONF_DIR / key.replace(".", "/")).is_dir() else arg[1:]
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs of `-m overrides` as Hydra's basic sweeper expands them: the command line's sweeps
+    (a=1,2) crossed with the hydra.sweeper.params of the composed config (sweep presets)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        params = compose_config(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
+    except Exception:  # noqa: BLE001 - composition errors are reported per job below
+        params = {}
+    given = {o.key_or_group for o in parsed}
+    extra = [f"{k}={v}" for k, v in params.items() if k not in given]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides([*overrides, *extra]), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
-    if any(a.startswith("-") for a in args):
-        return
-    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
     try:
         cfg = compose_config(overrides)
     except MissingConfigException as e:
@@ -344,6 +411,28 @@ def precheck_overrides(args: list[str]) -> None:
             cause = "(to sweep over values add -m; for a list write key=[a,b])"
         raise ConfigError(f"{first}: {cause}" if cause else first) from None
     validate(cfg)
+    return cfg
+
+
+def check_before_work(cfg: DictConfig) -> None:
+    """Checks that need more than the values but no data and no run directory: that the freezing
+    target can be met (the planner needs only sizes) and that an image folder is usable (listing and
+    file headers, no decoding)."""
+    from spfde.data import FOLDERS, DataError, check_image_folder
+    from spfde.freeze import FreezeError
+
+    if cfg.freeze > 0:
+        from spfde.plan import build_plan
+
+        try:
+            build_plan(cfg)
+        except FreezeError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.dataset.name in FOLDERS:
+        try:
+            check_image_folder(cfg.dataset)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
 
 
 def validate_sparsity(cfg: DictConfig) -> None:

@@ -184,6 +184,8 @@ def layer_outputs(model: nn.Module, input_shape, batch: int) -> list[tuple[int, 
 def measure_activations(model: nn.Module, input_shape, batch: int, frozen_blocks: int,
                         dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     meta = meta_copy(model).to(dtype).train()
+    for p in meta.parameters():  # the live model may have frozen blocks (e.g. after a resume): the
+        p.requires_grad_(True)   # measurement must depend on `frozen_blocks` only
     # storages are told apart by their StorageImpl (`_cdata`): views of one tensor share it, and weights
     # saved as views (a Linear keeps weight.t()) are recognised as parameters, not activations
     param_storages = {p.untyped_storage()._cdata for p in meta.parameters()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from spfde.checkpoint import CHECKPOINT, METRICS, SUMMARY
+from spfde.checkpoint import CHECKPOINT, SUMMARY, write_metrics
 
 log = logging.getLogger("spfde")
 
@@ -21,11 +20,13 @@ def new_run_id() -> str:
 
 
 class RunLogger:
-    """`log_epoch` writes one line of metrics.jsonl, a console line and a wandb step.
+    """`log_epoch` adds one line to metrics.jsonl, a console line and a wandb step. `records` holds every
+    epoch's metrics (the checkpoint stores them, so metrics.jsonl can always be rebuilt).
     wandb is offline unless logger.mode=online and never waits on a network; `finish` always runs."""
 
-    def __init__(self, cfg, run_dir: Path, run_id: str, write: bool = True):
+    def __init__(self, cfg, run_dir: Path, run_id: str, records: list[dict] | None = None, write: bool = True):
         self.run_dir, self.run_id, self.write = Path(run_dir), run_id, write  # write: rank 0 of several
+        self.records = list(records or [])
         self.blocks, self.dataset_size = None, None  # for the epoch line; set by `start`
         self.wandb = None
         lcfg = cfg.logger
@@ -44,10 +45,14 @@ class RunLogger:
             self.log_checkpoints = lcfg.log_checkpoints
 
     def log_epoch(self, record: dict, total_epochs: int) -> None:
+        # plain Python values only (no numpy/tensor scalars): the checkpoint stores the records and
+        # loads with weights_only=True
+        record = {k: v.item() if hasattr(v, "item") and not isinstance(v, (bool, int, float, str)) else v
+                  for k, v in record.items()}
+        self.records.append(record)
         if not self.write:
             return
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        write_metrics(self.run_dir, self.records)  # atomic: never half a line, even on a full disk
         log.info(format_epoch(record, total_epochs, self.blocks, self.dataset_size))
         if self.wandb is not None:
             self.wandb.log(wandb_record(record))

@@ -8,16 +8,37 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from spfde.checkpoint import RunDirError
 from spfde.config import CONF_DIR, ConfigError, precheck_overrides, register_configs, register_resolvers, validate
 from spfde.data import DataError
+from spfde.data.loaders import BadImageError
 from spfde.distributed import DistributedError, shutdown
 from spfde.freeze import FreezeError
+from spfde.rundir import Stopped, TrainingDiverged
 from spfde.sieve import SieveError
 from spfde.sparse import SparsityError
 
 register_configs()
 register_resolvers()
 log = logging.getLogger("spfde")
+USER_ERRORS = (ConfigError, DataError, BadImageError, SparsityError, FreezeError, SieveError, RunDirError,
+               TrainingDiverged, DistributedError)
+
+
+def to_log_files(message: str, exc_info=None) -> None:
+    """Write to the run's log file (run.log) only: the console already shows the message."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, exc_info)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def in_basic_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and "BasicLauncher" in str(hc.launcher.get("_target_", ""))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -27,9 +48,17 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         summary = train(cfg)
-    except (ConfigError, DataError, SparsityError, FreezeError, SieveError, DistributedError) as e:
+    except USER_ERRORS as e:
         print(f"spfde: error: {e}", file=sys.stderr)
+        to_log_files(f"spfde: error: {e}")
+        if in_basic_sweep():
+            return None  # the sweep's other jobs still run (one process runs them all)
         sys.exit(2)
+    except Stopped as stop:  # train() logged "stopped by ... after epoch N"; no traceback
+        sys.exit(128 + stop.signum)
+    except Exception:
+        to_log_files("spfde: unexpected error", exc_info=sys.exc_info())  # Hydra prints it to the console
+        raise
     finally:
         shutdown()  # a torchrun / multi-task SLURM rank leaves its process group
     return summary["final_acc"]

@@ -19,13 +19,12 @@ from spfde.analysis import Analysis
 from spfde.checkpoint import (
     CHECKPOINT,
     SUMMARY,
-    archive_previous,
     finished_summary,
     load_checkpoint,
+    restore_metrics,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    truncate_metrics,
     write_json,
 )
 from spfde.cost import CostMeter, CostModel, epoch_batches, memory_model
@@ -34,6 +33,17 @@ from spfde.distributed import DistributedError, World, setup_world
 from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
+from spfde.rundir import (
+    Stopped,
+    catch_stop_signals,
+    check_fingerprint,
+    check_finite,
+    config_fingerprint,
+    data_fingerprint,
+    lock_run_dir,
+    restore_signals,
+    start_fresh,
+)
 from spfde.sieve import Sieve, check_sieve, sieve_epochs
 from spfde.sparse import SparseMethod, build_sparsity
 from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
@@ -194,38 +204,44 @@ def train(cfg) -> dict:
     """Train one run in cfg.run_dir: resume from its checkpoint if there is one, return the summary."""
     world = setup_world(cfg.device)  # several ranks under torchrun or a multi-task SLURM job
     check_world(cfg, world)
-    if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
-        from spfde.sparse.lth import run_rounds
-
-        return run_rounds(cfg, train, write=world.is_main)  # LTH: one normal run per round, in sub-directories
     if not world.is_main:
         log.setLevel(logging.WARNING)  # one rank reports
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        lock_run_dir(run_dir)  # one job per run dir (its rank 0 holds the lock); a second fails at once
+    if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
+        from spfde.sparse.lth import run_rounds
+
+        return run_rounds(cfg, train, write=world.is_main)  # LTH: one normal run per round, in sub-directories
+    fresh = start_fresh(cfg, run_dir) if world.is_main else cfg.fresh  # archives earlier results, once per launch
+    world.barrier()
+    # the checkpoint first: a damaged or foreign one, or one made with other settings, stops here
+    ckpt_path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    fingerprint = config_fingerprint(cfg)
+    check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     done = finished_summary(run_dir)
-    if done is not None and not cfg.fresh:
+    if done is not None and not fresh:
         log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done['epochs']} epochs. "
                  f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
                  f"(the old results move to {run_dir}/previous-<time>/).")
         return done
     if world.is_main:  # rank 0 alone writes to the run directory
-        if cfg.fresh and (moved := archive_previous(run_dir)):
-            log.info(f"fresh=true: earlier results moved to {moved}")
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    world.barrier()
 
     # --- the parts of a run
     run = build_run(cfg, run_dir, world)
     device, rt, generator, data, sieve, model = run.device, run.rt, run.generator, run.data, run.sieve, run.model
     optimizer, sparsity, cost, freeze_plan, freezer, analysis = (run.optimizer, run.sparsity, run.cost,
                                                                  run.freeze_plan, run.freezer, run.analysis)
+    fingerprint.update(data_fingerprint(data))
+    check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any
-    start_epoch, best_acc, elapsed, run_id = 0, 0.0, 0.0, new_run_id()
-    ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    start_epoch, best_acc, elapsed, run_id, records = 0, 0.0, 0.0, new_run_id(), []
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         sparsity.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
@@ -235,7 +251,9 @@ def train(cfg) -> dict:
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
         if world.is_main:
-            truncate_metrics(run_dir, start_epoch)
+            records = restore_metrics(run_dir, ckpt.get("records"), start_epoch)  # metrics.jsonl = the checkpoint's
+        else:
+            records = list(ckpt.get("records") or [])[:start_epoch]
         log.info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         sparsity.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
@@ -256,8 +274,9 @@ def train(cfg) -> dict:
              f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}"
              f"{' with CUDA graphs' if graphs else ''}{ranks}")
-    logger = RunLogger(cfg, run_dir, run_id, write=world.is_main)
+    logger = RunLogger(cfg, run_dir, run_id, records, write=world.is_main)
     logger.start(cfg, len(model.blocks), freeze_plan, data.train.dataset_size)  # freeze plan, sieve setting
+    stop_handlers = catch_stop_signals()  # SIGTERM/SIGINT: one line, then stop (the checkpoint stays)
     summary = None
     steps = len(data.train)
     show_bar = cfg.progress and sys.stderr.isatty()
@@ -278,6 +297,7 @@ def train(cfg) -> dict:
                 t_train = time.perf_counter() - t0
                 train_peak = train_step.peak_memory()  # the training steps' own peak, then evaluation's
                 test_stats = evaluate(model, data.test, rt, top5, eval_batches, world)
+                check_finite(epoch, {**train_stats, **test_stats}, run_dir, cfg)  # NaN/inf loss: stop, keep last.pt
                 t_epoch = time.perf_counter() - t0
                 elapsed += t_epoch
                 best_acc = max(best_acc, test_stats["test/acc"])
@@ -298,10 +318,10 @@ def train(cfg) -> dict:
                         "sparsity": sparsity.state_dict(), "cost": cost.state_dict(),
                         "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
                         "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
-                        "world_size": world.size,
+                        "fingerprint": fingerprint, "records": logger.records, "world_size": world.size,
                     })
-        world.barrier()  # every metrics line is written
-        records = load_records(run_dir)
+                start_epoch = epoch + 1  # where a resume would start (for the stop message)
+        records = logger.records  # every epoch of the run, resumed ones included
         last = records[-1]
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
@@ -321,13 +341,17 @@ def train(cfg) -> dict:
             summary["cuda_graphs_capture_s"] = train_step.capture_s + eval_batches.capture_s
         if world.is_main:
             write_json(run_dir / SUMMARY, summary)
-        world.barrier()  # the run is finished for every rank once its summary exists
+        world.barrier()  # the run is finished for every rank once its summary exists (and every metrics line)
         if analysis.enabled:
             logger.log_analysis(run_dir, cfg.analysis.debiased)
         share = summary["train_flops"] / summary["dense_train_flops"]
         log.info(f"done: test acc {summary['final_acc']:.4f} (best {best_acc:.4f}) in {elapsed:.1f} s; training "
                  f"FLOPs {summary['train_flops']:.4g} ({100 * share:.1f}% of dense). Results in {run_dir}")
+    except Stopped as stop:
+        log.warning(f"stopped by {stop} after epoch {start_epoch}; resume with the same command")
+        raise
     finally:
+        restore_signals(stop_handlers)
         logger.finish(summary)
     return summary
 
@@ -352,8 +376,3 @@ def sparsity_target(cfg) -> float:
     one ratio can include it)."""
     return 0.0 if cfg.sparsity.name == "dense" else cfg.sparsity.ratio
 
-
-def load_records(run_dir: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -73,6 +73,11 @@ def crash_then_resume(overrides: list[str], run_dir: Path, epoch: int, monkeypat
     return run_training(overrides, run_dir)
 
 
+def summary_core(summary: dict) -> dict:
+    """What a resumed run's summary must share with the straight run's: all but time, directory and id."""
+    return {k: v for k, v in summary.items() if k not in ("train_time_s", "run_dir", "run_id")}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from spfde.config import ConfigError, precheck_overrides
 from spfde.plan import build_plan
 from spfde.sieve import Sieve
-from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training
+from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 from tests.test_data import make_image_folder
 
 
@@ -165,8 +165,9 @@ def test_sieved_runs_draw_from_the_partial_set_and_count_their_flops(method, tmp
 
 def test_sieved_run_resumes_exactly(tmp_path, monkeypatch):
     overrides = quick_overrides("epochs=5", "interval=2", "sieve=0.2")
-    run_training(overrides, tmp_path / "straight")
-    crash_then_resume(overrides, tmp_path / "resumed", 3, monkeypatch)
+    straight = run_training(overrides, tmp_path / "straight")
+    resumed = crash_then_resume(overrides, tmp_path / "resumed", 3, monkeypatch)
+    assert summary_core(straight) == summary_core(resumed)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sieve"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sieve"]
     for key in ("partial", "queue", "forgets", "used"):

@@ -13,7 +13,7 @@ from spfde.models.base import BlockNet
 from spfde.sparse import METHODS, Schedule, SparsityError
 from spfde.sparse.masks import Masks, layer_densities
 from spfde.train import build_optimizer
-from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training
+from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 
 ALL = sorted(METHODS)
 SPARSE = [m for m in ALL if m not in ("dense", "lth")]  # LTH runs whole rounds: tested on its own
@@ -326,8 +326,9 @@ def test_unreachable_ratio_fails_before_training(tmp_path):
 def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch):
     overrides = quick_overrides(f"sparsity={name}", "epochs=3", "interval=1", "sparsity.mest.mode=em",
                                 *SMALL_INTERVALS.get(name, []))
-    run_training(overrides, tmp_path / "straight")
-    crash_then_resume(overrides, tmp_path / "resumed", 2, monkeypatch)
+    straight = run_training(overrides, tmp_path / "straight")
+    resumed = crash_then_resume(overrides, tmp_path / "resumed", 2, monkeypatch)
+    assert summary_core(straight) == summary_core(resumed)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sparsity"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sparsity"]
     masks_a, masks_b = a["masks"]["masks"], b["masks"]["masks"]

@@ -157,8 +157,10 @@ class Analysis:
 def load_snapshots(run_dir) -> list[dict]:
     from pathlib import Path
 
+    from spfde.checkpoint import load_checkpoint
+
     paths = sorted((Path(run_dir) / "analysis").glob("epoch_*.pt"))
-    return [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+    return [load_checkpoint(p) for p in paths]  # weights_only: a crafted snapshot is refused, not run
 
 
 def series(run_dir, debiased: bool = False) -> dict:

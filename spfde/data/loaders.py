@@ -7,11 +7,18 @@ workers for ImageFolder data. Data sieving later only changes `indices`.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+log = logging.getLogger("spfde")
+
+
+class BadImageError(RuntimeError):
+    """An image file that does not decode (dataset.on_bad_file=error)."""
 
 
 def epoch_batches(samples: int, batch_size: int, ranks: int = 1) -> list[int]:
@@ -128,16 +135,29 @@ class InMemoryLoader:
 
 
 class IndexedDataset(Dataset):
-    """Returns (image, label, index) so the training step knows which samples it saw."""
+    """Returns (image, label, index) so the training step knows which samples it saw. A file that
+    does not decode stops the run naming it (on_bad_file=error) or is skipped, logged with its path
+    and counted in `skipped` (shared with the loader's worker processes)."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, on_bad_file: str = "error"):
+        self.dataset, self.on_bad_file = dataset, on_bad_file
+        self.skipped = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        image, label = self.dataset[i]
+        try:
+            image, label = self.dataset[i]
+        except Exception as e:  # noqa: BLE001 - PIL raises several types for damaged files
+            path = self.dataset.samples[i][0] if hasattr(self.dataset, "samples") else f"sample {i}"
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if self.on_bad_file == "error":
+                raise BadImageError(f"{path} does not decode ({reason}): remove or replace it, or set "
+                                    "dataset.on_bad_file=skip") from None
+            self.skipped += 1
+            log.warning(f"skipped unreadable image {path} ({reason})")
+            return None
         return image, label, i
 
 
@@ -145,6 +165,11 @@ def batch_sizes(samples: int, batch_size: int, train: bool, world) -> list[int]:
     if train:
         return epoch_batches(samples, batch_size, world.size if world is not None else 1)
     return [min(batch_size, samples - s) for s in range(0, samples, batch_size)]
+
+
+def collate_present(batch):
+    """Batches without the samples that were skipped."""
+    return default_collate([b for b in batch if b is not None])
 
 
 class IndexBatches(Sampler):
@@ -173,8 +198,8 @@ class IndexBatches(Sampler):
 
 class FolderLoader:
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, generator: torch.Generator,
-                 workers: int, pin_memory: bool, world=None):
-        self.dataset = IndexedDataset(dataset)
+                 workers: int, pin_memory: bool, on_bad_file: str = "error", world=None):
+        self.dataset = IndexedDataset(dataset, on_bad_file)
         self.batch_size, self.train, self.generator, self.world = batch_size, train, generator, world
         self.workers, self.pin_memory = workers, pin_memory
         self.indices = torch.arange(len(dataset))
@@ -201,5 +226,14 @@ class FolderLoader:
         # the DataLoader draws its workers' base seed from the same generator: augmentation is
         # reproducible and resumes exactly with the generator's saved state
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                            pin_memory=self.pin_memory, generator=self.generator, persistent_workers=False)
-        yield from loader
+                            pin_memory=self.pin_memory, generator=self.generator, persistent_workers=False,
+                            collate_fn=collate_present)
+        before = int(self.dataset.skipped)
+        try:
+            yield from loader
+        except BadImageError as e:  # from a worker: the message carries its traceback, keep our line
+            lines = [line for line in str(e).splitlines() if line.startswith("spfde.data.loaders.BadImageError")]
+            raise BadImageError(lines[-1].split(": ", 1)[1] if lines else str(e)) from None
+        if int(self.dataset.skipped) > before:
+            log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
+                        f"({int(self.dataset.skipped)} in all; their paths are logged above)")

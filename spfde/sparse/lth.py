@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from spfde.checkpoint import CHECKPOINT, archive_previous, atomic_write, finished_summary, write_json
+from spfde.checkpoint import CHECKPOINT, atomic_write, finished_summary, load_checkpoint, write_json
 from spfde.sparse.base import SparseMethod
 
 log = logging.getLogger("spfde")
@@ -52,8 +52,7 @@ class LTH(SparseMethod):
     def initialize(self, batches) -> None:
         if self.round == 0:
             return  # dense: every mask stays all-ones
-        previous = torch.load(round_dir(self.workdir, self.round - 1) / CHECKPOINT, map_location="cpu",
-                              weights_only=False)
+        previous = load_checkpoint(round_dir(self.workdir, self.round - 1) / CHECKPOINT)
         old_masks = previous["sparsity"]["masks"]["masks"]
         final = previous["model"]
         scores = {}
@@ -61,7 +60,7 @@ class LTH(SparseMethod):
             weight = final[f"{n}.weight"].to(layer.weight.device).abs()
             scores[n] = weight.masked_fill(~old_masks[n].to(weight.device), float("-inf"))
         self.keep_highest(scores, self.scope)
-        rewind = torch.load(self.workdir / REWIND, map_location="cpu", weights_only=False)
+        rewind = load_checkpoint(self.workdir / REWIND)
         self.model.load_state_dict(rewind)
         self.masks.apply()
 
@@ -73,15 +72,16 @@ class LTH(SparseMethod):
 
 def run_rounds(cfg, train_round, write: bool = True) -> dict:
     """Train every round in its own directory (each resumes or skips on its own) and sum them up."""
+    from spfde.rundir import start_fresh
+
     workdir = Path(cfg.run_dir)
     workdir.mkdir(parents=True, exist_ok=True)
+    fresh = start_fresh(cfg, workdir, extra=("round-*", REWIND))  # once per launch
     done = finished_summary(workdir)
-    if done is not None and not cfg.fresh:
+    if done is not None and not fresh:
         log.info(f"This LTH run already finished ({done['rounds']} rounds): results in {workdir}/summary.json. "
                  "To train it again, add fresh=true.")
         return done
-    if write and cfg.fresh and (moved := archive_previous(workdir, extra=("round-*", REWIND))):
-        log.info(f"fresh=true: earlier results moved to {moved}")
     sparsities = round_sparsities(cfg.sparsity.ratio, cfg.sparsity.lth.prune_rate)
     summaries = []
     for r, sparsity in enumerate(sparsities):

@@ -1,0 +1,356 @@
+"""Faults and bad inputs around a run directory (issue 16): each test injects one and checks that nothing
+is lost or mixed up (error text, exit code, files intact, resumed numbers identical)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import spfde.checkpoint
+import spfde.train
+from spfde.checkpoint import RunDirError, load_checkpoint
+from spfde.config import ConfigError, precheck_overrides
+from spfde.rundir import TrainingDiverged, config_fingerprint
+from tests.conftest import REPO, crash_at_epoch, make_cfg, read_metrics, run_training, summary_core
+
+TINY = ["experiment=quickstart", "model.depth=8", "dataset=fake", "dataset.train_size=128", "dataset.test_size=64",
+        "dataset.image_size=8", "batch_size=32", "epochs=2"]
+
+
+def tiny(*extra: str) -> list[str]:
+    return [*TINY, *extra]
+
+
+def crashed_after_epoch_1(run_dir, monkeypatch, *extra: str) -> None:
+    """A 2-epoch run that died during epoch 2: last.pt holds epoch 1."""
+    with monkeypatch.context() as m:
+        crash_at_epoch(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(tiny(*extra), run_dir)
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- 1. divergence
+
+
+def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = spfde.train.train_one_epoch
+    calls = {"n": 0}
+
+    def diverging(model, *args, **kwargs):
+        stats = real(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2 blows up: weights and running loss non-finite
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+            stats["train/loss"] = float("nan")
+        return stats
+
+    monkeypatch.setattr(spfde.train, "train_one_epoch", diverging)
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2 .*train/loss nan.*last.pt \(epoch 1\) is kept"):
+        run_training(tiny("epochs=3"), tmp_path)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_real_divergence_is_a_non_zero_exit_logged_in_run_log(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "spfde.run", *tiny("optim.lr=1e30", "progress=false"),
+                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "spfde: error: training diverged in epoch 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert "training diverged in epoch 1" in (tmp_path / "run.log").read_text()  # item 14: errors in run.log
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "summary.json").exists()
+
+
+def test_non_finite_values_are_rejected_by_validation():
+    for value in ("inf", "nan"):
+        with pytest.raises(ConfigError, match="optim.lr must be a finite number"):
+            make_cfg(tiny(f"optim.lr={value}"))
+
+
+# ----------------------------------------------------------------------------- 2. config drift
+
+
+def test_resume_with_other_settings_is_refused_naming_the_keys(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch)
+    before = (tmp_path / "last.pt").read_bytes()
+    for override, key in (("sparsity.ratio=0.5", "sparsity.ratio=0.9 there, 0.5 now"),
+                          ("model.width=2", "model.width=1 there, 2 now"),  # item 12: no size-mismatch traceback
+                          ("sparsity=set", "sparsity.name=mest there, set now")):
+        with pytest.raises(RunDirError, match=f"other settings: {key}.*fresh=true.*another run dir"):
+            run_training(tiny(override), tmp_path)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    run_training(tiny("device=cpu", "eval_batch_size=7"), tmp_path)  # keys that do not change results resume
+
+
+def test_a_finished_run_is_not_returned_for_other_settings(tmp_path, monkeypatch):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- epochs=1\n")  # as Hydra writes it
+    run_training(tiny("epochs=1"), tmp_path)
+    monkeypatch.setattr(spfde.train, "build_data", lambda *a: pytest.fail("loaded data"))
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- sparsity=set\n")  # the refused launch's
+    with pytest.raises(RunDirError, match="sparsity.name=mest there, set now"):
+        run_training(tiny("epochs=1", "sparsity=set"), tmp_path)
+    assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- epochs=1\n"  # the run's record is back
+
+
+def test_different_data_roots_never_share_a_run_directory():
+    a = config_fingerprint(make_cfg(["dataset=cifar10", "dataset.root=/data/A"]))
+    b = config_fingerprint(make_cfg(["dataset=cifar10", "dataset.root=/data/B"]))
+    assert a["dataset.root"] == "/data/A" and a != b  # an explicit shared run dir is refused ...
+    from omegaconf import OmegaConf
+
+    exclude = OmegaConf.load(REPO / "conf" / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+    assert "dataset.root" not in exclude  # ... and the default run dirs differ
+
+
+# ----------------------------------------------------------------------------- 3. one process per run dir
+
+
+def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir import lock_run_dir; "
+                               f"lock_run_dir({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.perf_counter()
+        with pytest.raises(RunDirError, match=f"in use by PID {holder.pid} on host {os.uname().nodename}"):
+            run_training(tiny("epochs=1"), tmp_path)
+        assert time.perf_counter() - t0 < 5 and not (tmp_path / "metrics.jsonl").exists()
+    finally:
+        holder.kill()  # the OS releases the lock of a killed process
+        holder.wait()
+    run_training(tiny("epochs=1"), tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+
+
+# ----------------------------------------------------------------------------- 4. damaged side files
+
+
+def test_damaged_metrics_are_rebuilt_from_the_checkpoint(tmp_path, monkeypatch):
+    straight = run_training(tiny(), tmp_path / "straight")
+    run_dir = tmp_path / "resumed"
+    crashed_after_epoch_1(run_dir, monkeypatch)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train/lo')  # half a line, as a full disk during the append left it
+    resumed = run_training(tiny(), run_dir)
+    assert summary_core(resumed) == summary_core(straight)
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
+    assert len(list(run_dir.glob("metrics.jsonl.corrupt-*"))) == 1  # kept for inspection
+
+
+def test_deleted_metrics_are_rebuilt_and_a_damaged_summary_means_not_finished(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch)
+    first = read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").unlink()
+    summary = run_training(tiny(), tmp_path)
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2] and records[0] == first[0]
+    (tmp_path / "summary.json").write_text('{"final_acc": 0.5, "ep')
+    again = run_training(tiny(), tmp_path)  # finishes again from last.pt (epoch 2): same numbers
+    assert again == summary and json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert len(list(tmp_path.glob("summary.json.corrupt-*"))) == 1
+
+
+# ----------------------------------------------------------------------------- 5. fresh=true once per launch
+
+
+def test_fresh_applies_once_per_launch_and_a_requeued_job_resumes(tmp_path, monkeypatch):
+    run_training(tiny("epochs=1"), tmp_path)  # an earlier, finished run
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    crashed_after_epoch_1(tmp_path, monkeypatch, "fresh=true")  # preempted in epoch 2
+    assert len(list(tmp_path.glob("previous-*"))) == 1
+    resumed = run_training(tiny("fresh=true"), tmp_path)  # the requeued job: same launch, resumes
+    assert len(list(tmp_path.glob("previous-*"))) == 1 and resumed["epochs"] == 2
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")  # a new launch with fresh=true starts over once more
+    run_training(tiny("fresh=true"), tmp_path)
+    assert len(list(tmp_path.glob("previous-*"))) == 2
+
+
+# ----------------------------------------------------------------------------- 6. resumed numbers
+
+
+def test_the_unfrozen_memory_baseline_does_not_depend_on_blocks_frozen_at_the_time():
+    """A resumed freeze run measured its unfrozen baseline after the resume froze blocks (2.2 MB vs
+    13.3 MB); the resume tests compare whole summaries, this pins the cause."""
+    from spfde.cost import MemoryModel
+    from spfde.models import build_model
+
+    model = build_model(make_cfg(tiny()).model, 10, 3)
+    before = MemoryModel(model, (3, 8, 8), 64).breakdown({}, 0)
+    for p in [*model.blocks[0].parameters(), *model.blocks[1].parameters()]:
+        p.requires_grad_(False)  # as the freezer leaves them
+    assert MemoryModel(model, (3, 8, 8), 64).breakdown({}, 0) == before
+
+
+# ----------------------------------------------------------------------------- 7. safe loading
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_or_snapshot_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    run_dir = tmp_path / "run"
+    (run_dir / "analysis").mkdir(parents=True)
+    torch.save({"epoch": 1, "model": RunsCode(marker)}, run_dir / "last.pt")
+    with pytest.raises(RunDirError, match=r"last.pt was refused: .*could run code.*system"):
+        run_training(tiny(), run_dir)
+    torch.save({"epoch": 1, "layers": RunsCode(marker)}, run_dir / "analysis" / "epoch_0001.pt")
+    from spfde.analysis import load_snapshots
+
+    with pytest.raises(RunDirError, match="epoch_0001.pt was refused"):
+        load_snapshots(run_dir)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- 8, 9. damaged checkpoint, full disk
+
+
+def test_a_damaged_checkpoint_is_one_line_before_any_work(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch)
+    data = (tmp_path / "last.pt").read_bytes()
+    monkeypatch.setattr(spfde.train, "build_data", lambda *a: pytest.fail("loaded data"))
+    for damaged in (b"", data[: len(data) // 2]):  # empty, truncated
+        (tmp_path / "last.pt").write_bytes(damaged)
+        with pytest.raises(RunDirError) as err:
+            run_training(tiny(), tmp_path)
+        message = str(err.value)
+        assert "\n" not in message and f"{tmp_path / 'last.pt'} is damaged" in message
+        assert "fresh=true" in message and "delete" in message
+
+
+def test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_temp_file(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch)
+    before = (tmp_path / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spfde.checkpoint.torch, "save", disk_full)
+    with pytest.raises(RunDirError, match=f"disk full: could not write {tmp_path / 'last.pt'}.*intact"):
+        run_training(tiny(), tmp_path)
+    monkeypatch.setattr(spfde.checkpoint.torch, "save", real_save)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp*"))
+    assert run_training(tiny(), tmp_path)["epochs"] == 2  # rerun once there is space: resumes
+
+
+# ----------------------------------------------------------------------------- 10, 11. image folders
+
+
+def image_folder(root, classes=("a", "b"), per_class=2):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(root / split / c / f"{i}.jpg")
+    return root
+
+
+FOLDER = ["experiment=quickstart", "model.depth=8", "dataset=imagefolder", "dataset.image_size=8",
+          "dataset.workers=0", "epochs=1", "batch_size=2"]
+
+
+def test_bad_image_folders_are_rejected_before_the_run_dir_exists(tmp_path):
+    root = image_folder(tmp_path / "data")
+    (root / "train" / "empty").mkdir()
+    (root / "val" / "empty").mkdir()
+    cases = [("", "needs dataset.root="), (f"dataset.root={root}", "train/empty holds no images")]
+    for args, expected in cases:
+        with pytest.raises(ConfigError, match=expected) as err:
+            precheck_overrides([*FOLDER, args] if args else FOLDER)
+        assert "cifar" not in str(err.value)
+    (root / "train" / "empty").rmdir()
+    (root / "val" / "empty").rmdir()
+    (root / "train" / "a" / "notes.jpg").write_text("not an image")
+    with pytest.raises(ConfigError, match=r"train/a/notes.jpg is not a JPG file"):
+        precheck_overrides([*FOLDER, f"dataset.root={root}"])
+    one = image_folder(tmp_path / "one", classes=("a",))
+    with pytest.raises(ConfigError, match="1 class folder"):
+        precheck_overrides([*FOLDER, f"dataset.root={one}"])
+    with pytest.raises(ConfigError, match=r"freeze=0.95 cannot be reached"):  # item 11: the planner needs sizes only
+        precheck_overrides(tiny("freeze=0.95"))
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_an_image_that_does_not_decode_is_named_or_skipped(mode, tmp_path, caplog):
+    root = image_folder(tmp_path / "data", per_class=3)
+    bad = root / "train" / "b" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG: a valid header, no image
+    overrides = [*FOLDER, f"dataset.root={root}", f"dataset.on_bad_file={mode}", "sparsity=dense"]
+    if mode == "error":
+        from spfde.data.loaders import BadImageError
+
+        with pytest.raises(BadImageError, match=f"{bad} does not decode.*dataset.on_bad_file=skip"):
+            run_training(overrides, tmp_path / "run")
+    else:
+        summary = run_training(overrides, tmp_path / "run")
+        assert summary["epochs"] == 1 and read_metrics(tmp_path / "run")[0]["samples"] == 5
+        assert f"skipped unreadable image {bad}" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 12, 13. typos, sweeps
+
+
+def test_typos_and_bad_seeds_are_one_line_errors():
+    with pytest.raises(ConfigError, match="Key 'ration' not in 'SparsityConfig'"):
+        precheck_overrides(tiny("+sparsity.ration=0.5"))
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 2\*\*32\), got -1"):
+        precheck_overrides(tiny("seed=-1"))
+
+
+def test_every_sweep_job_is_checked_before_any_starts():
+    with pytest.raises(ConfigError) as err:
+        precheck_overrides(["-m", *tiny("optim.lr=0.1,-1", "seed=0,1")])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "2 of 4 sweep jobs are invalid, none started:"
+    assert all("optim.lr=-1" in line and "optim.lr must be > 0" in line for line in lines[1:]) and len(lines) == 3
+    with pytest.raises(ConfigError, match="freeze=0.95 cannot be reached"):  # sweep presets' params too
+        precheck_overrides(["-m", "+sweep=smoke", "freeze=0.95"])
+    precheck_overrides(["-m", *tiny("seed=0,1")])  # a valid sweep passes
+
+
+# ----------------------------------------------------------------------------- 14. SIGTERM
+
+
+def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
+    args = [sys.executable, "-m", "spfde.run", *tiny("epochs=200", "progress=false"), f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 2/200" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "Traceback" not in output
+    epoch = load_checkpoint(tmp_path / "last.pt")["epoch"]
+    stopped = f"stopped by SIGTERM after epoch {epoch}; resume with the same command"
+    assert stopped in output and stopped in (tmp_path / "run.log").read_text()
+    # metrics are written just before the checkpoint: a line past it is dropped on resume
+    assert [r["epoch"] for r in read_metrics(tmp_path)][:epoch] == list(range(1, epoch + 1))
