@@ -25,7 +25,7 @@ GROUP_KEYS = ("freeze_scheme.name", "sieve_method", "sparsity.name", "sparsity.r
 EPOCH_PANELS = (("test accuracy", ["test/acc"]), ("frozen blocks", ["freeze/frozen_blocks"]),
                 ("partial data-set size (samples)", ["sieve/partial_size"]))
 MEMORY_PANELS = (("training memory, modelled (bytes)", ["memory/total", "memory/min", "memory/avg"]),
-                 ("CUDA peak memory (bytes)", ["memory/cuda_peak"]))
+                 ("CUDA peak memory: training steps, evaluation (bytes)", ["memory/train_peak", "memory/eval_peak"]))
 PER_LAYER_PREFIX = "per_layer"  # spfde.log logs per-layer series under this prefix
 
 

@@ -41,7 +41,7 @@ def test_sweep_dashboard_spec_names_the_panels_and_groupings(name, tmp_path, mon
     assert [c["accessor"] for c in parallel["config"]["columns"]] == [  # a nested key as wandb stores it
         "config:freeze.value", "config:sieve.value", "config:sparsity.value.ratio", "summary:final_acc"]
     lines = {m for s in ("over epochs", "memory") for p in sections[s] for m in p["config"]["metrics"]}
-    assert {"test/acc", "freeze/frozen_blocks", "sieve/partial_size", "memory/total", "memory/cuda_peak"} <= lines
+    assert {"test/acc", "freeze/frozen_blocks", "sieve/partial_size", "memory/total", "memory/train_peak"} <= lines
     assert all(p["config"]["xAxis"] == "epoch" for s in ("over epochs", "memory") for p in sections[s])
     assert sections["per_layer"] == [] and spec["workspace"]["spec"]["section"]["settings"]["xAxis"] == "epoch"
     assert spec["report"]["sections"].keys() == {"trade-off", "over epochs", "memory"}
