@@ -129,7 +129,7 @@ def load_run(run: Path) -> dict:
 
 # keys the paper's table shows by itself (section heading, ratio column, label); others that vary join the label
 SHOWN_KEYS = ("model.name", "model.depth", "model.width", "dataset.name", "sparsity.name", "sparsity.ratio",
-              "freeze", "sieve")
+              "freeze", "sieve", "sieve_method")
 
 
 NAMES = {"mest": "MEST (EM&S)", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "deepr": "DeepR",

@@ -45,12 +45,12 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint(tmp_
     real = spfde.train.train_one_epoch
     calls = {"n": 0}
 
-    def diverging(model, *args, **kwargs):
-        stats = real(model, *args, **kwargs)
+    def diverging(train_step, *args, **kwargs):
+        stats = real(train_step, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:  # epoch 2 blows up: weights and running loss non-finite
             with torch.no_grad():
-                for p in model.parameters():
+                for p in train_step.model.parameters():
                     p.fill_(float("nan"))
             stats["train/loss"] = float("nan")
         return stats

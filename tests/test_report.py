@@ -61,7 +61,7 @@ def test_seeds_and_keys_that_do_not_change_results_share_a_row(tmp_path):
     fake_run(tmp_path, "s1", ["seed=1", "device=auto", "logger=wandb", "logger.project=other", "threads=1"], acc=0.8)
     fake_run(tmp_path, "s2", ["seed=2", "eval_batch_size=100", "freeze_scheme=resume"], acc=0.7)  # freeze is off
     (g,) = groups_of(tmp_path)
-    assert g["seeds"] == 3 and g["acc_mean"] == pytest.approx(0.8) and g["label"] == "MEST"
+    assert g["seeds"] == 3 and g["acc_mean"] == pytest.approx(0.8) and g["label"] == "MEST (EM&S)"
     fake_run(tmp_path, "dense0", ["seed=0", "sparsity=dense", "sparsity.ratio=0.5"])
     fake_run(tmp_path, "dense1", ["seed=1", "sparsity=dense"])  # dense ignores the ratio
     assert sorted(g["seeds"] for g in groups_of(tmp_path)) == [2, 3]

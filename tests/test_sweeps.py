@@ -249,7 +249,9 @@ def fake_row(method: str, freeze: float, sieve: float, seed: int, acc: float, fl
             "method": method, "ratio": 0.9, "freeze": freeze, "freeze_scheme": "single_shot", "sieve": sieve,
             "sieve_method": sieve_method, "epochs": 160, "seed": seed, "final_acc": acc, "train_flops": flops,
             "dense_train_flops": 1e16, "memory_min_bytes": None, "memory_avg_bytes": None,
-            "memory_dst_min_bytes": None, "train_time_s": 1.0}
+            "memory_dst_min_bytes": None, "train_time_s": 1.0,
+            "config": {"sparsity.name": method, "freeze": freeze, "sieve": sieve,
+                       **({"sieve_method": sieve_method} if sieve else {})}}
 
 
 def test_report_labels_the_mest_rows_and_lays_out_spfde_on_other_methods():
