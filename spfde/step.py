@@ -186,7 +186,8 @@ class TrainStep:
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.world.sync_gradients([p for p in self.model.parameters() if p.requires_grad])
+        if self.world.enabled:  # average the trainable gradients over the ranks
+            self.world.sync_gradients([p for p in self.model.parameters() if p.requires_grad])
         if plain:
             self.sparsity.masks.mask_grads()
         else:
