@@ -28,7 +28,9 @@ def run_label(run: Path) -> str:
     if not cfg_path.exists():
         return run.name
     cfg = OmegaConf.load(cfg_path)
-    if cfg.sparsity.name == "dense" or cfg.sparsity.ratio == 0:
+    from spfde.sparse import target_sparsity
+
+    if target_sparsity(cfg.sparsity) == 0:
         return "dense"
     return f"{cfg.sparsity.name} {100 * cfg.sparsity.ratio:g}%"
 

@@ -73,9 +73,8 @@ def compare_methods(methods: list[str], epochs: int, seeds: list[int], ratio: fl
         for method in methods:
             accs, epoch_times, totals = [], [], []
             for seed in seeds:
-                r = 0.0 if method == "dense" else ratio
-                overrides = ["experiment=quickstart", f"sparsity={method}", f"sparsity.ratio={r}", f"epochs={epochs}",
-                             f"seed={seed}", *DIGITS_INTERVALS.get(method, []), *extra]
+                overrides = ["experiment=quickstart", f"sparsity={method}", f"sparsity.ratio={ratio}",
+                             f"epochs={epochs}", f"seed={seed}", *DIGITS_INTERVALS.get(method, []), *extra]
                 summary, records = run_once(overrides, Path(tmp) / f"{method}-{seed}")
                 accs.append(summary["final_acc"])
                 # the first epoch carries one-off costs (allocation, SNIP/GraSP saliency): leave it out

@@ -436,7 +436,7 @@ def check_before_work(cfg: DictConfig) -> None:
 
 
 def validate_sparsity(cfg: DictConfig) -> None:
-    from spfde.sparse import METHODS
+    from spfde.sparse import METHODS, SparsityError
 
     sp = cfg.sparsity
     _check(sp.name in METHODS, f"sparsity.name={sp.name!r} is unknown; choose one of {sorted(METHODS)}")
@@ -444,52 +444,10 @@ def validate_sparsity(cfg: DictConfig) -> None:
     _check(sp.distribution in ("uniform", "erk"),
            f"sparsity.distribution must be uniform or erk, got {sp.distribution!r}")
     _check(cfg.interval >= 1, f"interval must be >= 1 epoch, got {cfg.interval}")
-    if sp.name in ("rigl", "set", "itop"):
-        o = sp[sp.name]
-        where = f"sparsity.{sp.name}"
-        if sp.name == "itop":
-            _check(o.base in ("rigl", "set"), f"sparsity.itop.base must be rigl or set, got {o.base!r}")
-        _check(o.delta_t >= 0, f"{where}.delta_t must be >= 0 (0 = once per epoch), got {o.delta_t}")
-        _check(0 < o.drop_fraction < 1, f"{where}.drop_fraction must be in (0, 1), got {o.drop_fraction}")
-        _check(o.decay in ("cosine", "constant"), f"{where}.decay must be cosine or constant, got {o.decay!r}")
-        _check(0 < o.end_fraction <= 1, f"{where}.end_fraction must be in (0, 1], got {o.end_fraction}")
-    if sp.name in ("snip", "grasp"):
-        o = sp[sp.name]
-        _check(o.scope in ("global", "layer"), f"sparsity.{sp.name}.scope must be global or layer, got {o.scope!r}")
-        count = o.batches if sp.name == "snip" else o.samples_per_class
-        _check(count >= 1, f"sparsity.{sp.name} needs at least one batch/sample, got {count}")
-    if sp.name == "deepr":
-        _check(sp.deepr.l1 >= 0 and sp.deepr.noise >= 0, "sparsity.deepr.l1 and sparsity.deepr.noise must be >= 0")
-    if sp.name == "dsr":
-        o = sp.dsr
-        _check(o.delta_t >= 1, f"sparsity.dsr.delta_t must be >= 1 step, got {o.delta_t}")
-        _check(0 < o.prune_fraction < 1, f"sparsity.dsr.prune_fraction must be in (0, 1), got {o.prune_fraction}")
-        _check(o.threshold > 0 and 0 <= o.tolerance < 1,
-               "sparsity.dsr.threshold must be > 0 and sparsity.dsr.tolerance in [0, 1)")
-        _check(all(0 < f < 1 for f in o.double_period_at),
-               f"sparsity.dsr.double_period_at must hold fractions of training in (0, 1), "
-               f"got {list(o.double_period_at)}")
-    if sp.name == "snfs":
-        _check(0 < sp.snfs.prune_rate < 1, f"sparsity.snfs.prune_rate must be in (0, 1), got {sp.snfs.prune_rate}")
-    if sp.name == "lth":
-        o = sp.lth
-        _check(0 < o.prune_rate < 1, f"sparsity.lth.prune_rate must be in (0, 1), got {o.prune_rate}")
-        _check(0 <= o.rewind_epoch < cfg.epochs,
-               f"sparsity.lth.rewind_epoch must be in [0, epochs={cfg.epochs}), got {o.rewind_epoch}")
-        _check(o.scope in ("global", "layer"), f"sparsity.lth.scope must be global or layer, got {o.scope!r}")
-    if sp.name == "mest":
-        from spfde.sparse.masks import SparsityError
-        from spfde.sparse.mest import check_bounds
-
-        o = sp.mest
-        _check(o.mode in ("em", "ems"), f"sparsity.mest.mode must be em or ems, got {o.mode!r}")
-        _check(o.lambda_grad >= 0, f"sparsity.mest.lambda_grad must be >= 0, got {o.lambda_grad}")
-        bounds = o[o.mode]
-        try:
-            check_bounds(sp.ratio, list(o.decay_at), [sp.ratio + x for x in bounds.prune_to],
-                         [sp.ratio + x for x in bounds.grow_to], o.mode)
-        except SparsityError as e:
-            raise ConfigError(str(e)) from None
+    try:
+        METHODS[sp.name].check(cfg)  # each method checks its own options
+    except SparsityError as e:
+        raise ConfigError(str(e)) from None
 
 
 def validate_freeze(cfg: DictConfig) -> None:
@@ -506,9 +464,10 @@ def validate_freeze(cfg: DictConfig) -> None:
                 and fs.period % cfg.interval),
            f"freeze_scheme.period={fs.period} must be a multiple of interval={cfg.interval} so that freeze events "
            "stay on structure-update epochs (or set freeze_sync=false)")
-    _check(not (cfg.freeze > 0 and cfg.sparsity.name == "lth"),
-           "freeze > 0 with sparsity=lth: each LTH round retrains from a rewind point, freezing is not defined "
-           "for it")
+    from spfde.sparse import METHODS
+
+    reason = METHODS[cfg.sparsity.name].no_freezing
+    _check(not (cfg.freeze > 0 and reason), f"freeze > 0 with sparsity={cfg.sparsity.name}: {reason}")
 
 
 def validate_sieve(cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ from spfde.cost import MEMORY_CONVENTIONS, CostModel, epoch_batches, flops_table
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.models import build_model
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
-from spfde.sparse import SparsityError, build_sparsity
+from spfde.sparse import SparsityError, build_sparsity, target_sparsity
 
 
 def build_plan(cfg) -> dict:
@@ -40,12 +40,8 @@ def build_plan(cfg) -> dict:
     memory = memories_of[cfg.cost.memory]
     notes = []
 
-    if cfg.sparsity.name == "lth":
-        from spfde.sparse.lth import round_sparsities
-
-        rounds = round_sparsities(cfg.sparsity.ratio, cfg.sparsity.lth.prune_rate)
-        notes.append(f"LTH: {len(rounds)} rounds of {cfg.epochs} epochs; per-layer densities of global pruning "
-                     f"are estimated with the '{cfg.sparsity.distribution}' distribution")
+    if method.runs_in_rounds:
+        rounds = type(method).round_ratios(cfg.sparsity)
         densities_of = []
         for sparsity in rounds:
             counts = method.masks.target_counts(sparsity)
@@ -58,12 +54,8 @@ def build_plan(cfg) -> dict:
         table = flops_table(cost, method, batches_per_epoch, candidates)
         unsieved = flops_table(cost, method, [epoch_batches(samples, cfg.batch_size)] * cfg.epochs, 0) \
             if cfg.sieve > 0 else table
-    if cfg.sparsity.name in ("snip", "grasp") and cfg.sparsity[cfg.sparsity.name].scope == "global":
-        notes.append(f"{cfg.sparsity.name} (global scope) picks per-layer densities at run time; estimated here "
-                     f"with the '{cfg.sparsity.distribution}' distribution")
-    if cfg.sparsity.name in ("dsr", "snfs"):
-        notes.append(f"{cfg.sparsity.name} moves weights between layers at run time; estimated here with the "
-                     f"initial '{cfg.sparsity.distribution}' distribution")
+    if type(method).planning_note(cfg):
+        notes.append(type(method).planning_note(cfg))
 
     freeze = None
     if cfg.freeze > 0:  # solved on the back-propagation FLOPs saved (paper Alg. 1), see spfde.freeze
@@ -96,7 +88,7 @@ def build_plan(cfg) -> dict:
     block_flops = cost.block_forward()
     plan = {
         "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
-        "ratio": 0.0 if cfg.sparsity.name == "dense" else cfg.sparsity.ratio,
+        "ratio": target_sparsity(cfg.sparsity),
         "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
         "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
         "dense_train_flops": dense,

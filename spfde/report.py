@@ -81,14 +81,23 @@ def result_config(cfg) -> dict:
     skip = not_result_keys()
     method = flat.get("sparsity.name")
     off = [f"sparsity.{m}." for m in METHODS if m != method]
-    if method == "dense":
-        off.append("sparsity.ratio")  # dense ignores the ratio
+    if method in METHODS and not METHODS[method].uses_ratio:
+        off.append("sparsity.ratio")  # e.g. dense ignores the ratio
     if not flat.get("freeze"):
         off += ["freeze_scheme.", "freeze_fraction"]
     if not flat.get("sieve"):
         off += ["sieve_update", "sieve_method", "sieve_oneshot_at"]
     return {k: v for k, v in flat.items()
             if not any(k == s or k.startswith(s + ".") for s in skip) and not k.startswith(tuple(off))}
+
+
+def run_ratio(cfg) -> float | None:
+    """The run's target sparsity (0 for a method that ignores sparsity.ratio, e.g. dense)."""
+    from spfde.sparse import METHODS, target_sparsity
+
+    if cfg is None:
+        return None
+    return target_sparsity(cfg.sparsity) if cfg.sparsity.name in METHODS else cfg.sparsity.ratio
 
 
 def model_label(name, depth, width) -> str:
@@ -113,7 +122,7 @@ def load_run(run: Path) -> dict:
         "run_dir": str(run), "model": model_label(get("model.name", summary.get("model")), get("model.depth"),
                                                   get("model.width")),
         "dataset": get("dataset.name", summary.get("dataset")), "method": get("sparsity.name"),
-        "ratio": 0.0 if get("sparsity.name") == "dense" else get("sparsity.ratio"),  # dense ignores the ratio
+        "ratio": run_ratio(cfg),
         "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
         "sieve": get("sieve", 0.0), "sieve_method": get("sieve_method"), "epochs": get("epochs"),
         "seed": get("seed", summary.get("seed")),
@@ -132,8 +141,6 @@ SHOWN_KEYS = ("model.name", "model.depth", "model.width", "dataset.name", "spars
               "freeze", "sieve", "sieve_method")
 
 
-NAMES = {"mest": "MEST (EM&S)", "itop": "RigL-ITOP", "lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "deepr": "DeepR",
-         "set": "SET", "dsr": "DSR", "snfs": "SNFS", "rigl": "RigL", "dense": "Dense", "static": "Static"}
 MEST_ONESHOT = 0.24  # the paper's MEST row: MEST's one-shot removal of 12,000 of 50,000 samples (sweeps/row/mest.yaml)
 
 
@@ -147,7 +154,10 @@ def label(row: dict, extra: dict | None = None) -> str:
 
 
 def paper_name(row: dict) -> str:
-    name = NAMES.get(row["method"], str(row["method"]))
+    from spfde.sparse import METHODS
+
+    method = METHODS.get(row["method"])
+    name = method.label if method else str(row["method"])
     if not (row["freeze"] or row["sieve"]):
         return name
     if row["method"] == "mest" and not row["freeze"] and row["sieve_method"] == "oneshot":

@@ -33,6 +33,7 @@ from spfde.distributed import DistributedError, World, setup_world
 from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
 from spfde.models import build_model
+from spfde.rounds import attach_round_files, drives_rounds, run_rounds
 from spfde.rundir import (
     Stopped,
     catch_stop_signals,
@@ -45,7 +46,7 @@ from spfde.rundir import (
     start_fresh,
 )
 from spfde.sieve import Sieve, check_sieve, sieve_epochs
-from spfde.sparse import SparseMethod, build_sparsity
+from spfde.sparse import SparseMethod, build_sparsity, target_sparsity
 from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
 
 log = logging.getLogger("spfde")
@@ -188,6 +189,7 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     sparsity = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(data.train))
+    attach_round_files(cfg, sparsity)
     input_shape = (data.channels, data.image_size, data.image_size)
     cost_model = CostModel(model, input_shape)
     cost = CostMeter(cost_model, memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch), sparsity)
@@ -210,9 +212,7 @@ def train(cfg) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         lock_run_dir(run_dir)  # one job per run dir (its rank 0 holds the lock); a second fails at once
-    if cfg.sparsity.name == "lth" and cfg.sparsity.lth.round < 0:
-        from spfde.sparse.lth import run_rounds
-
+    if drives_rounds(cfg):
         return run_rounds(cfg, train, write=world.is_main)  # LTH: one normal run per round, in sub-directories
     fresh = start_fresh(cfg, run_dir) if world.is_main else cfg.fresh  # archives earlier results, once per launch
     world.barrier()
@@ -271,7 +271,7 @@ def train(cfg) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     ranks = f" | {world.size} ranks, {cfg.batch_size // world.size} images each per step" if world.enabled else ""
     log.info(f"run dir {run_dir} | {cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
-             f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {sparsity_target(cfg):g} | "
+             f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {target_sparsity(cfg.sparsity):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}"
              f"{' with CUDA graphs' if graphs else ''}{ranks}")
     logger = RunLogger(cfg, run_dir, run_id, records, write=world.is_main)
@@ -327,7 +327,7 @@ def train(cfg) -> dict:
                    "final_loss": last["test/loss"], "train_time_s": elapsed, "run_id": run_id,
                    "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
                    "params": n_params, "seed": cfg.seed, "sparsity_method": cfg.sparsity.name,
-                   "sparsity_ratio": sparsity_target(cfg), "final_sparsity": last["sparsity/overall"],
+                   "sparsity_ratio": target_sparsity(cfg.sparsity), "final_sparsity": last["sparsity/overall"],
                    **cost.summary(), "freeze": cfg.freeze, "freeze_scheme": cfg.freeze_scheme.name,
                    "freeze_planned_saving": freeze_plan.saving if freeze_plan else 0.0,
                    "sieve": cfg.sieve, "sieve_method": cfg.sieve_method, "sieve_seen_fraction": sieve.seen_fraction()}
@@ -369,10 +369,4 @@ def check_world(cfg, world: World) -> None:
     if cfg.distributed.sync_bn and not (cfg.device.startswith("cuda") or
                                         (cfg.device == "auto" and torch.cuda.is_available())):
         raise DistributedError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm)")
-
-
-def sparsity_target(cfg) -> float:
-    """The run's target sparsity: dense training ignores sparsity.ratio (so a sweep over methods at
-    one ratio can include it)."""
-    return 0.0 if cfg.sparsity.name == "dense" else cfg.sparsity.ratio
 

@@ -495,7 +495,8 @@ def test_itop_rate_is_monotone_and_the_union_of_masks_seen():
 def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
     from omegaconf import open_dict
 
-    from spfde.sparse.lth import REWIND, round_sparsities
+    from spfde.rounds import REWIND, RoundFiles
+    from spfde.sparse.lth import round_sparsities
 
     assert round_sparsities(0.9, 0.2)[-1] == 0.9 and len(round_sparsities(0.9, 0.2)) == 12
     overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.5", "sparsity.lth.rewind_epoch=1")
@@ -513,6 +514,7 @@ def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
     method, model, _ = make_method("lth", "sparsity.ratio=0.5")
     method = METHODS["lth"](cfg.sparsity, model, build_optimizer(model, cfg.optim),
                             Schedule(2, 23, 5), torch.Generator())
+    method.rounds = RoundFiles(tmp_path, 2)
     method.initialize(None)
     rewind = torch.load(tmp_path / REWIND, weights_only=False)
     previous = torch.load(tmp_path / "round-01" / "last.pt", weights_only=False)

@@ -23,7 +23,12 @@ METHODS: dict[str, type[SparseMethod]] = {
     m.name: m for m in (Dense, Static, LTH, SNIP, GraSP, DeepR, SET, DSR, SNFS, RigL, ITOP, MEST)
 }
 
-__all__ = ["METHODS", "Masks", "Schedule", "SparseMethod", "SparsityError", "build_sparsity"]
+__all__ = ["METHODS", "Masks", "Schedule", "SparseMethod", "SparsityError", "build_sparsity", "target_sparsity"]
+
+
+def target_sparsity(sparsity_cfg) -> float:
+    """The run's target sparsity: sparsity.ratio, or 0 for a method that ignores it (dense)."""
+    return sparsity_cfg.ratio if METHODS[sparsity_cfg.name].uses_ratio else 0.0
 
 
 def build_sparsity(cfg, model, optimizer, steps_per_epoch: int) -> SparseMethod:

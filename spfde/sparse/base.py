@@ -8,6 +8,9 @@ The training loop calls, by name:
   plain_step(step)                True when this step's two hooks only mask gradients and weights:
                                   such steps may be replayed from a CUDA graph (spfde.step)
   epoch_stats()                   realised sparsity + this epoch's prune/grow counts, for the logs
+
+What the rest of the harness needs to know about a method lives on its class: `check(cfg)` validates
+its options (before any work), and a few class attributes say how the run treats it (see SparseMethod).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from spfde.sparse.masks import Masks, SparsityError, top_k_mask
+
+
+def require(ok: bool, message: str) -> None:
+    """For `check(cfg)`: a bad option value, as one line (the config layer shows it as a ConfigError)."""
+    if not ok:
+        raise SparsityError(message)
 
 
 def proportional_split(total: int, shares: list[float], capacity: list[int]) -> list[int]:
@@ -63,8 +72,31 @@ class Schedule:
 
 class SparseMethod:
     name = "base"
+    label = "base"  # how reports and the paper's tables name it
     uses_gradients = False  # needs gradients beyond the normal training step (saliency, dense grads)
     init_passes = 0.0  # dense training-step equivalents per sample spent choosing the initial mask
+    uses_ratio = True  # trains to sparsity.ratio (dense ignores it, so a sweep over methods can include it)
+    runs_in_rounds = False  # one run per round, driven by spfde.rounds (LTH)
+    no_freezing = ""  # why layer freezing is not defined for it ("" = it is)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise SparsityError (one line) if the method's options in the full run config `cfg` are bad."""
+
+    @classmethod
+    def planning_note(cls, cfg) -> str:
+        """Where `spfde.plan` can only estimate this method's cost, a line saying why ("" otherwise)."""
+        return ""
+
+    @classmethod
+    def round_ratios(cls, sparsity_cfg) -> list[float]:
+        """Target sparsity of each round, for a method that `runs_in_rounds`."""
+        return [sparsity_cfg.ratio if cls.uses_ratio else 0.0]
+
+    @classmethod
+    def options_of(cls, cfg):
+        """This method's own options (`sparsity.<name>`) in the sparsity config."""
+        return cfg[cls.name]
 
     def __init__(self, cfg, model: torch.nn.Module, optimizer, schedule: Schedule, generator: torch.Generator):
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule

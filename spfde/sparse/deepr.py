@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from spfde.sparse.base import SparseMethod
+from spfde.sparse.base import SparseMethod, require
 from spfde.sparse.masks import top_k_mask
 
 EPSILON = 1e-12  # DeepR's reconnection value of θ
@@ -19,6 +19,12 @@ EPSILON = 1e-12  # DeepR's reconnection value of θ
 
 class DeepR(SparseMethod):
     name = "deepr"
+    label = "DeepR"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        o = cfg.sparsity.deepr
+        require(o.l1 >= 0 and o.noise >= 0, "sparsity.deepr.l1 and sparsity.deepr.noise must be >= 0")
 
     def __init__(self, cfg, model, optimizer, schedule, generator):
         super().__init__(cfg, model, optimizer, schedule, generator)

@@ -10,6 +10,8 @@ from spfde.sparse.masks import Masks
 
 class Dense(SparseMethod):
     name = "dense"
+    label = "Dense"
+    uses_ratio = False
 
     def __init__(self, cfg, model, optimizer, schedule, generator: torch.Generator):
         super().__init__(cfg, model, optimizer, schedule, generator)

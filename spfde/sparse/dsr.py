@@ -10,11 +10,28 @@ total number of weights stays exact; the per-layer split moves towards where wei
 
 from __future__ import annotations
 
-from spfde.sparse.base import SparseMethod, proportional_split
+from spfde.sparse.base import SparseMethod, proportional_split, require
 
 
 class DSR(SparseMethod):
     name = "dsr"
+    label = "DSR"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        o = cfg.sparsity.dsr
+        require(o.delta_t >= 1, f"sparsity.dsr.delta_t must be >= 1 step, got {o.delta_t}")
+        require(0 < o.prune_fraction < 1, f"sparsity.dsr.prune_fraction must be in (0, 1), got {o.prune_fraction}")
+        require(o.threshold > 0 and 0 <= o.tolerance < 1,
+                "sparsity.dsr.threshold must be > 0 and sparsity.dsr.tolerance in [0, 1)")
+        require(all(0 < f < 1 for f in o.double_period_at),
+                "sparsity.dsr.double_period_at must hold fractions of training in (0, 1), "
+                f"got {list(o.double_period_at)}")
+
+    @classmethod
+    def planning_note(cls, cfg) -> str:
+        return (f"{cls.name} moves weights between layers at run time; estimated here with the initial "
+                f"'{cfg.sparsity.distribution}' distribution")
 
     def __init__(self, cfg, model, optimizer, schedule, generator):
         super().__init__(cfg, model, optimizer, schedule, generator)

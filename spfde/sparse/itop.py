@@ -9,31 +9,30 @@ some point of training (the union of every mask seen). It is logged every epoch.
 
 from __future__ import annotations
 
-import torch
-
+from spfde.sparse.base import require
 from spfde.sparse.rigl import RigL
+from spfde.sparse.set import SET
+
+BASES = {"rigl": RigL, "set": SET}
 
 
 class ITOP(RigL):
     name = "itop"
+    label = "RigL-ITOP"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        base = cfg.sparsity.itop.base
+        require(base in BASES, f"sparsity.itop.base must be {' or '.join(BASES)}, got {base!r}")
+        super().check(cfg)
+
+    @classmethod
+    def grow_rule(cls, cfg) -> str:
+        return BASES[cfg.itop.base].grow  # the base method's grow rule, with ITOP's own options
 
     def __init__(self, cfg, model, optimizer, schedule, generator):
         super().__init__(cfg, model, optimizer, schedule, generator)
-        self.base = cfg.itop.base
-        self.uses_gradients = self.base == "rigl"
         self.ever_active = {n: m.clone() for n, m in self.masks.masks.items()}
-
-    def options(self):
-        return self.cfg.itop
-
-    def after_backward(self, step: int) -> None:
-        if self.base == "rigl":
-            super().after_backward(step)
-        else:
-            self.masks.mask_grads()
-
-    def grow_scores(self, name: str) -> torch.Tensor:
-        return super().grow_scores(name) if self.base == "rigl" else self.random_scores(name)
 
     def track(self) -> None:
         for n, mask in self.masks.masks.items():

@@ -16,24 +16,32 @@ has both offsets 0, so the run ends exactly at the target and stops growing.
 
 from __future__ import annotations
 
-from spfde.sparse.base import SparseMethod
+from spfde.sparse.base import SparseMethod, require
 from spfde.sparse.masks import SparsityError
 
 
 class MEST(SparseMethod):
     name = "mest"
+    label = "MEST (EM&S)"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        sp = cfg.sparsity
+        o = sp.mest
+        require(o.mode in ("em", "ems"), f"sparsity.mest.mode must be em or ems, got {o.mode!r}")
+        require(o.lambda_grad >= 0, f"sparsity.mest.lambda_grad must be >= 0, got {o.lambda_grad}")
+        bounds = o[o.mode]
+        check_bounds(sp.ratio, list(o.decay_at), [sp.ratio + x for x in bounds.prune_to],
+                     [sp.ratio + x for x in bounds.grow_to], o.mode)
 
     def __init__(self, cfg, model, optimizer, schedule, generator):
         super().__init__(cfg, model, optimizer, schedule, generator)
-        opts = cfg.mest
-        if opts.mode not in ("em", "ems"):
-            raise SparsityError(f"sparsity.mest.mode must be em or ems, got {opts.mode!r}")
+        opts = cfg.mest  # checked by MEST.check before the run
         bounds = opts[opts.mode]
         self.lambda_grad = opts.lambda_grad
         self.phase_starts = [int(f * schedule.epochs) for f in opts.decay_at]
         self.prune_to = [cfg.ratio + o for o in bounds.prune_to]
         self.grow_to = [cfg.ratio + o for o in bounds.grow_to]
-        check_bounds(cfg.ratio, list(opts.decay_at), self.prune_to, self.grow_to, opts.mode)
         self.keep_counts = [self.masks.target_counts(s) for s in self.prune_to]
         self.final_counts = [self.masks.target_counts(s) for s in self.grow_to]
         self.uses_gradients = self.lambda_grad > 0

@@ -13,23 +13,39 @@ import math
 
 import torch
 
-from spfde.sparse.base import SparseMethod
+from spfde.sparse.base import SparseMethod, require
 
 
 class RigL(SparseMethod):
+    """Drop by magnitude, grow by a score: `grow = "gradient"` (RigL: the dense gradient's magnitude) or
+    `"random"` (SET). Subclasses change the options they read and the grow rule, nothing else."""
+
     name = "rigl"
+    label = "RigL"
     uses_gradients = True
+    grow = "gradient"  # gradient | random
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        o, where = cls.options_of(cfg.sparsity), f"sparsity.{cls.name}"
+        require(o.delta_t >= 0, f"{where}.delta_t must be >= 0 (0 = once per epoch), got {o.delta_t}")
+        require(0 < o.drop_fraction < 1, f"{where}.drop_fraction must be in (0, 1), got {o.drop_fraction}")
+        require(o.decay in ("cosine", "constant"), f"{where}.decay must be cosine or constant, got {o.decay!r}")
+        require(0 < o.end_fraction <= 1, f"{where}.end_fraction must be in (0, 1], got {o.end_fraction}")
+
+    @classmethod
+    def grow_rule(cls, cfg) -> str:
+        return cls.grow
 
     def __init__(self, cfg, model, optimizer, schedule, generator):
         super().__init__(cfg, model, optimizer, schedule, generator)
-        opts = self.options()
+        self.grow = self.grow_rule(cfg)
+        self.uses_gradients = self.grow == "gradient"
+        opts = self.options_of(cfg)
         self.delta_t = opts.delta_t or schedule.steps_per_epoch  # 0 means once per epoch
         self.drop_fraction, self.decay = opts.drop_fraction, opts.decay
         self.end_step = int(opts.end_fraction * schedule.total_steps)
         self.dense_grads: dict[str, torch.Tensor] = {}
-
-    def options(self):
-        return self.cfg.rigl
 
     def is_update(self, step: int) -> bool:
         done = step + 1  # steps completed after this one
@@ -47,13 +63,13 @@ class RigL(SparseMethod):
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * (step + 1) / self.end_step))
 
     def after_backward(self, step: int) -> None:
-        if self.is_update(step):
+        if self.uses_gradients and self.is_update(step):
             self.dense_grads = {n: self.masks.layers[n].weight.grad.detach().abs().clone()
                                 for n in self.updatable() if self.masks.layers[n].weight.grad is not None}
         self.masks.mask_grads()
 
     def grow_scores(self, name: str) -> torch.Tensor:
-        return self.dense_grads[name]
+        return self.dense_grads[name] if self.grow == "gradient" else self.random_scores(name)
 
     def after_optimizer_step(self, step: int) -> None:
         self.masks.apply()

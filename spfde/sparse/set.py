@@ -8,20 +8,11 @@ The paper updates after every epoch with ζ = 0.3 and no decay (the defaults in 
 
 from __future__ import annotations
 
-import torch
-
 from spfde.sparse.rigl import RigL
 
 
 class SET(RigL):
     name = "set"
+    label = "SET"
     uses_gradients = False
-
-    def options(self):
-        return self.cfg.set
-
-    def after_backward(self, step: int) -> None:
-        self.masks.mask_grads()
-
-    def grow_scores(self, name: str) -> torch.Tensor:
-        return self.random_scores(name)
+    grow = "random"

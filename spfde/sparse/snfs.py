@@ -15,12 +15,23 @@ import math
 
 import torch
 
-from spfde.sparse.base import SparseMethod, proportional_split
+from spfde.sparse.base import SparseMethod, proportional_split, require
 
 
 class SNFS(SparseMethod):
     name = "snfs"
+    label = "SNFS"
     uses_gradients = True
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        rate = cfg.sparsity.snfs.prune_rate
+        require(0 < rate < 1, f"sparsity.snfs.prune_rate must be in (0, 1), got {rate}")
+
+    @classmethod
+    def planning_note(cls, cfg) -> str:
+        return (f"{cls.name} moves weights between layers at run time; estimated here with the initial "
+                f"'{cfg.sparsity.distribution}' distribution")
 
     def __init__(self, cfg, model, optimizer, schedule, generator):
         super().__init__(cfg, model, optimizer, schedule, generator)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spfde.sparse.base import SparseMethod
+from spfde.sparse.base import SparseMethod, require
 
 
 def next_batches(batches, count: int) -> list:
@@ -24,8 +24,22 @@ def next_batches(batches, count: int) -> list:
 
 class SNIP(SparseMethod):
     name = "snip"
+    label = "SNIP"
     uses_gradients = True
     init_passes = 1.0  # one dense forward + backward per sample
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        o = cls.options_of(cfg.sparsity)
+        require(o.scope in ("global", "layer"), f"sparsity.{cls.name}.scope must be global or layer, got {o.scope!r}")
+        require(o.batches >= 1, f"sparsity.{cls.name}.batches must be >= 1, got {o.batches}")
+
+    @classmethod
+    def planning_note(cls, cfg) -> str:
+        if cls.options_of(cfg.sparsity).scope != "global":
+            return ""
+        return (f"{cls.name} (global scope) picks per-layer densities at run time; estimated here with the "
+                f"'{cfg.sparsity.distribution}' distribution")
 
     def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
         return self.cfg.snip.batches * batch_size

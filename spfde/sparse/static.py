@@ -8,3 +8,4 @@ from spfde.sparse.base import SparseMethod
 
 class Static(SparseMethod):
     name = "static"
+    label = "Static"
