@@ -39,7 +39,8 @@ from pathlib import Path
 from omegaconf import open_dict
 
 from spfde.checkpoint import METRICS
-from spfde.config import compose_config, validate
+from spfde.config import compose_config
+from spfde.validation import validate
 
 # Step-based methods default to their papers' intervals (RigL 100, DSR 100, ITOP 4000 steps), longer
 # than a whole digits run (23 steps per epoch): the benchmark scales them down so their structure moves.

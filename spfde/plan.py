@@ -15,12 +15,13 @@ import sys
 
 import torch
 
-from spfde.config import ConfigError, compose_config, validate
+from spfde.config import ConfigError, compose_config
 from spfde.cost import MEMORY_CONVENTIONS, CostModel, epoch_batches, flops_table, memory_model
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.models import build_model
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
 from spfde.sparse import SparsityError, build_sparsity, target_sparsity
+from spfde.validation import validate
 
 
 def build_plan(cfg) -> dict:

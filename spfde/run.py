@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from spfde.checkpoint import RunDirError
-from spfde.config import CONF_DIR, ConfigError, precheck_overrides, register_configs, register_resolvers, validate
+from spfde.config import CONF_DIR, ConfigError, register_configs, register_resolvers
 from spfde.data import DataError
 from spfde.data.loaders import BadImageError
 from spfde.distributed import DistributedError, shutdown
@@ -17,6 +17,7 @@ from spfde.freeze import FreezeError
 from spfde.rundir import Stopped, TrainingDiverged
 from spfde.sieve import SieveError
 from spfde.sparse import SparsityError
+from spfde.validation import precheck_overrides, validate
 
 register_configs()
 register_resolvers()

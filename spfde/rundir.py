@@ -131,6 +131,10 @@ def config_fingerprint(cfg) -> dict:
     out: dict = {}
     # options of the other sparse methods do not change this run
     others = {f"sparsity.{k}" for k, v in cfg.sparsity.items() if isinstance(v, DictConfig) and k != cfg.sparsity.name}
+    from spfde.sparse import METHODS
+
+    if not METHODS[cfg.sparsity.name].uses_ratio:
+        others.add("sparsity.ratio")  # e.g. dense ignores it
     _flatten(cfg, "", out, set(NOT_RESULT_KEYS) | others)
     if cfg.dataset.name in ROOTED_DATASETS and cfg.dataset.root:
         out["dataset.root"] = str(Path(cfg.dataset.root).expanduser().absolute())

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from spfde.config import compose_config, validate
+from spfde.config import compose_config
+from spfde.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"

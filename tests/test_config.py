@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spfde.config import ConfigError, precheck_overrides, run_name
+from spfde.config import ConfigError, run_name
+from spfde.validation import precheck_overrides
 from tests.conftest import experiment_names, group_options, make_cfg, run_cli
 
 
@@ -83,3 +84,110 @@ def test_run_name_is_deterministic_and_safe():
     long = ",".join(f"k{i}=v{i}" for i in range(60))
     assert run_name(long) == run_name(long) and len(run_name(long)) <= 111
     assert run_name(long) != run_name(long + ",x=1")
+
+
+# ----------------------------------------------------------------------------- one home for each default
+
+def _flat(node, prefix=""):
+    from omegaconf import DictConfig
+
+    for key, value in node.items():
+        if isinstance(value, (dict, DictConfig)):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _option_files():
+    """(group, file, is_global) of every config-group option under conf/, sweeps and launchers aside
+    (those set Hydra's own keys and whole table rows)."""
+    from spfde.config import CONF_DIR
+
+    for path in sorted(CONF_DIR.glob("*/*.yaml")):
+        group = path.parent.name
+        if group in ("sweep", "launcher"):
+            continue
+        yield group, path, "@package _global_" in path.read_text().split("\n", 3)[0]
+
+
+def test_no_option_file_repeats_a_schema_default():
+    """A default lives in the schema or in a group's option file, never both: a YAML value equal to the
+    schema's default would silently win over a later change of the schema."""
+    from omegaconf import OmegaConf
+
+    from spfde.config import Config
+
+    schema = OmegaConf.structured(Config)
+    repeats = []
+    for group, path, is_global in _option_files():
+        data = OmegaConf.to_container(OmegaConf.load(path))
+        data.pop("defaults", None)
+        for key, value in _flat(data, "" if is_global else f"{group}."):
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(schema, parent) if parent else schema
+            if node is None or leaf not in node or OmegaConf.is_missing(node, leaf):
+                continue
+            if node[leaf] == value:
+                repeats.append(f"{path.relative_to(path.parent.parent)}: {key}={value}")
+    assert not repeats, "option files repeat schema defaults: " + "; ".join(repeats)
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "optim", "logger", "freeze_scheme", "sparsity"])
+def test_every_option_sets_its_groups_own_keys(group):
+    """The keys the schema leaves to a group (`???`) are set by every option of the group (a method's
+    options only by that method)."""
+    from omegaconf import OmegaConf
+
+    for option in group_options(group):
+        overrides = [f"{group}={option}"] + (["dataset.root=/x"] if option == "imagefolder" else [])
+        cfg = make_cfg(overrides)
+        node = cfg[group]
+        missing = [k for k in node if OmegaConf.is_missing(node, k)]
+        if group == "sparsity":
+            missing += [f"{option}.{k}" for k in node[option] if OmegaConf.is_missing(node[option], k)] \
+                if option in node else []
+        assert not missing, f"{group}={option} leaves {missing} unset"
+
+
+def test_readme_configuration_table_agrees_with_the_defaults():
+    """Every default the README's configuration reference states (`key` (value), `key` value, or a row's
+    own default) is the composed default's value."""
+    import re
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from spfde.config import compose_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    cfg = compose_config([])  # as a user gets it (the tests' make_cfg sets a few keys of its own)
+    literal = r"(-?[0-9][0-9.e+-]*|true|false)"
+
+    def same(key, text):
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        assert value is not None, f"README names `{key}`, which the config does not have"
+        expected = str(value).lower() if isinstance(value, bool) else value
+        stated = text.strip("`").lower() if text.strip("`") in ("true", "false") else type(value)(text.strip("`"))
+        assert stated == expected, f"README says {key} = {text}, the default is {value}"
+
+    checked = 0
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        keys = re.findall(r"`([a-z_.]+)`", cells[0])
+        group = keys[0].split(".")[0]
+        values = [v.strip() for v in cells[1].split(",")]
+        if len(keys) == len(values) and all(re.fullmatch(r"`?" + literal + r"`?|`[a-z_]+`", v) for v in values):
+            for key, value in zip(keys, values):
+                if OmegaConf.select(cfg, key) is not None and not isinstance(OmegaConf.select(cfg, key), dict):
+                    same(key, value)
+                    checked += 1
+        for cell in cells[1:]:
+            for key, value in re.findall(r"`([a-z_.]+)` \(?" + literal + r"\)?(?![\w/])", cell):
+                full = key if "." in key else f"{group}.{key}"
+                if OmegaConf.select(cfg, full, throw_on_missing=False) is not None:
+                    same(full, value)
+                    checked += 1
+    assert checked >= 30, f"only {checked} README defaults found: has the table's format changed?"

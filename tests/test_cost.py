@@ -7,11 +7,12 @@ import json
 import pytest
 from torch import nn
 
-from spfde.config import ConfigError, precheck_overrides
+from spfde.config import ConfigError
 from spfde.cost import CostModel, MemoryModel, measure_activations, memory_model
 from spfde.models import build_model
 from spfde.models.base import BlockNet
 from spfde.plan import build_plan
+from spfde.validation import precheck_overrides
 from tests.conftest import make_cfg, quick_overrides, read_metrics, run_cli, run_training
 
 
@@ -165,7 +166,8 @@ def test_plan_cli_prints_table_and_json(tmp_path):
 
 
 def table2_row_flops(row: str, *extra: str) -> float:
-    from spfde.config import compose_config, validate
+    from spfde.config import compose_config
+    from spfde.validation import validate
 
     cfg = compose_config(["+sweep=table2", f"+sweep/row={row}", *extra])
     validate(cfg)

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import spfde.train
-from spfde.config import ConfigError, precheck_overrides
+from spfde.config import ConfigError
 from spfde.freeze import FreezeError, FreezePlan, Freezer, candidate_blocks, frozen_prefix_forward
 from spfde.models import build_model
 from spfde.plan import build_plan
 from spfde.schedule import lr_at
+from spfde.validation import precheck_overrides
 from tests.conftest import (
     crash_then_resume,
     make_cfg,
