@@ -101,9 +101,9 @@ def freeze_step(steps: int, extra: list[str]) -> str:
     import torch
     import torch.nn.functional as F
 
+    from spfde.build import build_optimizer, resolve_device
     from spfde.freeze import candidate_blocks, frozen_prefix_forward
     from spfde.models import build_model
-    from spfde.train import build_optimizer, resolve_device
 
     cfg = compose_config(["experiment=quickstart", "logger=none", *extra])
     device = resolve_device(cfg.device)
@@ -289,8 +289,8 @@ def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
     import torch
     import torch.nn.functional as F
 
+    from spfde.build import Runtime, build_optimizer, resolve_device
     from spfde.models import build_model
-    from spfde.train import Runtime, build_optimizer, resolve_device
 
     device = resolve_device(cfg.device)
     d = cfg.dataset
@@ -347,10 +347,11 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
 
     import torch
 
+    from spfde.build import build_run
     from spfde.cost import MemoryModel
     from spfde.freeze import candidate_blocks
     from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
-    from spfde.train import build_run, evaluate, train_one_epoch
+    from spfde.train import evaluate, train_one_epoch
 
     cfg = compose_config(["logger=none", "progress=false", *overrides])
     with open_dict(cfg):
@@ -400,7 +401,7 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
     """See the module doc; prints each table as soon as it is measured and returns the whole report."""
     import torch
 
-    from spfde.train import resolve_device
+    from spfde.build import resolve_device
 
     base = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=100", "dataset.test_size=10000",
             f"dataset.train_size={train_size}"]

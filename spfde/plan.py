@@ -13,32 +13,27 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
+from spfde.build import build_core
 from spfde.config import ConfigError, compose_config
-from spfde.cost import MEMORY_CONVENTIONS, CostModel, epoch_batches, flops_table, memory_model
+from spfde.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table, memory_model
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
-from spfde.models import build_model
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
-from spfde.sparse import SparsityError, build_sparsity, target_sparsity
+from spfde.sparse import SparsityError, target_sparsity
 from spfde.validation import validate
 
 
 def build_plan(cfg) -> dict:
     d = cfg.dataset
     input_shape = (d.channels, d.image_size, d.image_size)
-    with torch.device("meta"):
-        model = build_model(cfg.model, d.num_classes, d.channels)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     samples = d.train_size
     check_sieve(cfg, samples)
     samples_per_epoch = sieve_epochs(cfg, samples)
     batches_per_epoch = [epoch_batches(n, cfg.batch_size) for n in samples_per_epoch]
     batches = batches_per_epoch[0]
-    method = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(batches))
-    cost = CostModel(model, input_shape)
-    memories_of = {c: memory_model(c, model, input_shape, cfg.cost.memory_batch) for c in MEMORY_CONVENTIONS}
-    memory = memories_of[cfg.cost.memory]
+    core = build_core(cfg, d.num_classes, d.channels, d.image_size, len(batches), device="meta")
+    model, method, cost, memory = core.model, core.method, core.cost_model, core.memory_model
+    memories_of = {c: memory if c == cfg.cost.memory else memory_model(c, model, input_shape, cfg.cost.memory_batch)
+                   for c in MEMORY_CONVENTIONS}
     notes = []
 
     if method.runs_in_rounds:

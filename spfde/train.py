@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +12,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from spfde.analysis import Analysis
+from spfde.build import Runtime, build_run
 from spfde.checkpoint import (
     CHECKPOINT,
     SUMMARY,
@@ -27,13 +24,9 @@ from spfde.checkpoint import (
     set_rng_state,
     write_json,
 )
-from spfde.cost import CostMeter, CostModel, epoch_batches, memory_model
-from spfde.data import Data, build_data
 from spfde.distributed import DistributedError, World, setup_world
-from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.log import RunLogger, new_run_id
-from spfde.models import build_model
-from spfde.rounds import attach_round_files, drives_rounds, run_rounds
+from spfde.rounds import drives_rounds, run_rounds
 from spfde.rundir import (
     Stopped,
     catch_stop_signals,
@@ -45,59 +38,10 @@ from spfde.rundir import (
     restore_signals,
     start_fresh,
 )
-from spfde.sieve import Sieve, check_sieve, sieve_epochs
-from spfde.sparse import SparseMethod, build_sparsity, target_sparsity
+from spfde.sparse import target_sparsity
 from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
 
 log = logging.getLogger("spfde")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
-    """SGD with one parameter group per block (each block may follow its own learning rate). On CUDA the
-    fused SGD: one kernel per step, and it reads a learning rate kept on the device (CUDA graphs)."""
-    fused = next(model.parameters()).device.type == "cuda" or None
-    return torch.optim.SGD(block_param_groups(model), lr=optim.lr, momentum=optim.momentum,
-                           weight_decay=optim.weight_decay, nesterov=optim.nesterov, fused=fused)
-
-
-@dataclass
-class Runtime:
-    """Where and how tensors are computed."""
-
-    device: torch.device
-    precision: str
-    channels_last: bool
-
-    @property
-    def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
-
-    def autocast(self, cache: bool = True):
-        if not self.bf16:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
-
-    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
 
 
 def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runtime, bar,
@@ -139,67 +83,6 @@ def evaluate(model, loader, rt: Runtime, top5: bool, batches: EvalBatches | None
     if top5:
         stats["test/acc5"] = correct5 / seen
     return stats
-
-
-@dataclass
-class Run:
-    """The parts of a run, built from its config (by `train` and by `spfde.bench gpu`)."""
-
-    device: torch.device
-    rt: Runtime
-    generator: torch.Generator  # data order and augmentation
-    data: Data
-    sieve: Sieve
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    sparsity: SparseMethod
-    cost_model: CostModel
-    cost: CostMeter
-    freeze_plan: FreezePlan | None
-    freezer: Freezer
-    analysis: Analysis
-
-
-def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
-    world = world or World()
-    threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
-    if threads:  # jobs sharing a machine should not each use every core
-        torch.set_num_threads(threads)
-    seed_everything(cfg.seed)  # the same seed on every rank: same initial weights, masks and data order
-    device = resolve_device(cfg.device)
-    if world.enabled and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device.index)  # streams, graphs and memory statistics follow the current device
-    # denormal floats make CPU kernels several times slower (seen with GraSP masks on digits); flushing
-    # them to zero changes nothing measurable in accuracy
-    torch.set_flush_denormal(True)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
-    torch.backends.cudnn.deterministic = cfg.deterministic
-    generator = torch.Generator().manual_seed(cfg.seed)
-    data = build_data(cfg, device, generator, world)
-    check_sieve(cfg, data.train.dataset_size)
-    sieve = Sieve(cfg, data.train.dataset_size, device, torch.Generator().manual_seed(cfg.seed + 2))
-    sieve.start_epoch(0, data.train)  # the loader draws from the partial set only
-    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
-    model = build_model(cfg.model, data.num_classes, data.channels).to(device)
-    if world.enabled and cfg.distributed.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    sparsity = build_sparsity(cfg, model, optimizer, steps_per_epoch=len(data.train))
-    attach_round_files(cfg, sparsity)
-    input_shape = (data.channels, data.image_size, data.image_size)
-    cost_model = CostModel(model, input_shape)
-    cost = CostMeter(cost_model, memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch), sparsity)
-    batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
-    freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
-    freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
-                      scheme_options(cfg))
-    analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device, enabled=world.is_main)
-    return Run(device, rt, generator, data, sieve, model, optimizer, sparsity, cost_model, cost, freeze_plan, freezer,
-               analysis)
 
 
 def train(cfg) -> dict:

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spfde.build import build_optimizer
 from spfde.config import ConfigError
 from spfde.models import build_model
 from spfde.models.base import BlockNet
 from spfde.sparse import METHODS, Schedule, SparsityError
 from spfde.sparse.masks import Masks, layer_densities
-from spfde.train import build_optimizer
 from spfde.validation import precheck_overrides
 from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 

@@ -1,0 +1,155 @@
+"""How a run is assembled from its config: the runtime (device, precision), data, model, optimizer, sparse
+method, cost models, sieve, freeze plan and analysis. `train`, `spfde.plan` and `spfde.bench` all build
+through here (the plan through `build_core`, on the meta device)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spfde.analysis import Analysis
+from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches, memory_model
+from spfde.data import Data, build_data
+from spfde.distributed import World
+from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
+from spfde.models import build_model
+from spfde.rounds import attach_round_files
+from spfde.sieve import Sieve, check_sieve, sieve_epochs
+from spfde.sparse import SparseMethod, build_sparsity
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
+    """SGD with one parameter group per block (each block may follow its own learning rate). On CUDA the
+    fused SGD: one kernel per step, and it reads a learning rate kept on the device (CUDA graphs)."""
+    fused = next(model.parameters()).device.type == "cuda" or None
+    return torch.optim.SGD(block_param_groups(model), lr=optim.lr, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay, nesterov=optim.nesterov, fused=fused)
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
+
+    def autocast(self, cache: bool = True):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+
+@dataclass
+class Core:
+    """The model and what is built on it from the config alone: the same for a run and for its plan."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    method: SparseMethod
+    cost_model: CostModel
+    memory_model: MemoryModel
+
+
+def build_core(cfg, num_classes: int, channels: int, image_size: int, steps_per_epoch: int, device,
+               channels_last: bool = False, sync_bn: bool = False) -> Core:
+    """Model, optimizer, sparse method and cost models. `device="meta"` builds them without memory or data
+    (how `spfde.plan` sizes even ResNet-50 in seconds)."""
+    with torch.device("meta") if str(device) == "meta" else nullcontext():
+        model = build_model(cfg.model, num_classes, channels)
+    if str(device) != "meta":
+        model = model.to(device)
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    method = build_sparsity(cfg, model, optimizer, steps_per_epoch=steps_per_epoch)
+    attach_round_files(cfg, method)
+    input_shape = (channels, image_size, image_size)
+    memory = memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch)
+    return Core(model, optimizer, method, CostModel(model, input_shape), memory)
+
+
+@dataclass
+class Run:
+    """The parts of a run, built from its config (by `train` and by `spfde.bench gpu`)."""
+
+    device: torch.device
+    rt: Runtime
+    generator: torch.Generator  # data order and augmentation
+    data: Data
+    sieve: Sieve
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sparsity: SparseMethod
+    cost_model: CostModel
+    cost: CostMeter
+    freeze_plan: FreezePlan | None
+    freezer: Freezer
+    analysis: Analysis
+
+
+def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
+    world = world or World()
+    threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
+    if threads:  # jobs sharing a machine should not each use every core
+        torch.set_num_threads(threads)
+    seed_everything(cfg.seed)  # the same seed on every rank: same initial weights, masks and data order
+    device = resolve_device(cfg.device)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)  # streams, graphs and memory statistics follow the current device
+    # denormal floats make CPU kernels several times slower (seen with GraSP masks on digits); flushing
+    # them to zero changes nothing measurable in accuracy
+    torch.set_flush_denormal(True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    generator = torch.Generator().manual_seed(cfg.seed)
+    data = build_data(cfg, device, generator, world)
+    check_sieve(cfg, data.train.dataset_size)
+    sieve = Sieve(cfg, data.train.dataset_size, device, torch.Generator().manual_seed(cfg.seed + 2))
+    sieve.start_epoch(0, data.train)  # the loader draws from the partial set only
+    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
+    core = build_core(cfg, data.num_classes, data.channels, data.image_size, len(data.train), device,
+                      channels_last=rt.channels_last, sync_bn=world.enabled and cfg.distributed.sync_bn)
+    model, optimizer, sparsity, cost_model = core.model, core.optimizer, core.method, core.cost_model
+    cost = CostMeter(cost_model, core.memory_model, sparsity)
+    batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
+    freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
+    freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
+                      scheme_options(cfg))
+    analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device, enabled=world.is_main)
+    return Run(device, rt, generator, data, sieve, model, optimizer, sparsity, cost_model, cost, freeze_plan, freezer,
+               analysis)
