@@ -359,15 +359,15 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
     validate(cfg)
     run = build_run(cfg, Path(cfg.run_dir))
     device, model, optimizer = run.device, run.model, run.optimizer
-    run.sparsity.initialize(iter(run.data.train))
+    run.method.initialize(iter(run.data.train))
     candidates = candidate_blocks(model, cfg.freeze_fraction)
     k = {"half": candidates // 2, "all": candidates}.get(frozen, frozen)
     if k:
         run.freezer.set_frozen(range(k), True, optimizer)
         run.freezer.frozen = k
-    run.cost.begin_epoch(0, k)
+    run.meter.begin_epoch(0, k)
     graphs = use_cuda_graphs(cfg.cuda_graphs, device)
-    step = TrainStep(model, optimizer, run.sparsity, run.freezer, run.sieve, run.analysis, run.cost, run.rt,
+    step = TrainStep(model, optimizer, run.method, run.freezer, run.sieve, run.analysis, run.meter, run.rt,
                      cfg.optim.label_smoothing, cfg.batch_size, graphs)
     top5 = run.data.num_classes > 5
     eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
@@ -388,7 +388,7 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
     eval_s = time.perf_counter() - start
     input_shape = (run.data.channels, run.data.image_size, run.data.image_size)
     plan = MemoryModel(model, input_shape, cfg.batch_size,
-                       torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.sparsity.masks.densities(), k)
+                       torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.method.masks.densities(), k)
     return {"img_s": stats["samples"] / train_s, "samples": stats["samples"], "train_s": train_s, "eval_s": eval_s,
             "test_size": run.data.test.num_samples, "frozen": k, "candidates": candidates,
             "measured_above_baseline": None if peak is None else peak - baseline, "measured_peak": peak,

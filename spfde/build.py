@@ -19,7 +19,7 @@ from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_pl
 from spfde.models import build_model
 from spfde.rounds import attach_round_files
 from spfde.sieve import Sieve, check_sieve, sieve_epochs
-from spfde.sparse import SparseMethod, build_sparsity
+from spfde.sparse import SparseMethod, build_method
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,7 +94,7 @@ def build_core(cfg, num_classes: int, channels: int, image_size: int, steps_per_
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    method = build_sparsity(cfg, model, optimizer, steps_per_epoch=steps_per_epoch)
+    method = build_method(cfg, model, optimizer, steps_per_epoch=steps_per_epoch)
     attach_round_files(cfg, method)
     input_shape = (channels, image_size, image_size)
     memory = memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch)
@@ -112,9 +112,9 @@ class Run:
     sieve: Sieve
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    sparsity: SparseMethod
+    method: SparseMethod
     cost_model: CostModel
-    cost: CostMeter
+    meter: CostMeter
     freeze_plan: FreezePlan | None
     freezer: Freezer
     analysis: Analysis
@@ -144,12 +144,12 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
     rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
     core = build_core(cfg, data.num_classes, data.channels, data.image_size, len(data.train), device,
                       channels_last=rt.channels_last, sync_bn=world.enabled and cfg.distributed.sync_bn)
-    model, optimizer, sparsity, cost_model = core.model, core.optimizer, core.method, core.cost_model
-    cost = CostMeter(cost_model, core.memory_model, sparsity)
+    model, optimizer, method, cost_model = core.model, core.optimizer, core.method, core.cost_model
+    meter = CostMeter(cost_model, core.memory_model, method)
     batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
-    freeze_plan = make_freeze_plan(cfg, model, sparsity, cost_model, batches)
-    freezer = Freezer(model, sparsity.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
+    freeze_plan = make_freeze_plan(cfg, model, method, cost_model, batches)
+    freezer = Freezer(model, method.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
                       scheme_options(cfg))
-    analysis = Analysis(cfg, run_dir, model, sparsity.masks, data.test, device, enabled=world.is_main)
-    return Run(device, rt, generator, data, sieve, model, optimizer, sparsity, cost_model, cost, freeze_plan, freezer,
+    analysis = Analysis(cfg, run_dir, model, method.masks, data.test, device, enabled=world.is_main)
+    return Run(device, rt, generator, data, sieve, model, optimizer, method, cost_model, meter, freeze_plan, freezer,
                analysis)

@@ -86,7 +86,7 @@ class CostModel:
         return sum(layer.flops * densities.get(layer.name, 1.0) for layer in self.layers)
 
 
-def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int,
+def flops_table(cost_model: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int,
                 frozen_densities: bool = True) -> list[list[float]]:
     """table[e][k]: planned training FLOPs of epoch e with the first k blocks frozen, at the method's
     planned densities (frozen layers at theirs), with its dense-gradient steps and the epoch's batches
@@ -101,8 +101,8 @@ def flops_table(cost: CostModel, method, batches_per_epoch: list[list[int]], max
         for k in range(max_frozen + 1):
             frozen = frozenset(method.masks.in_blocks(range(k))) if frozen_densities else frozenset()
             densities = method.planned_densities(e, frozen)
-            per_sample = cost.step(densities, k, False)
-            extra = cost.step(densities, k, True) - per_sample if dense_grad_samples else 0.0
+            per_sample = cost_model.step(densities, k, False)
+            extra = cost_model.step(densities, k, True) - per_sample if dense_grad_samples else 0.0
             row.append(sum(batches) * per_sample + dense_grad_samples * extra)
         table.append(row)
     return table
@@ -219,8 +219,8 @@ class CostMeter:
     cost; and the savings taken in order: sparsity (dense -> this run's densities, no freezing, whole
     set), freezing (-> with the frozen prefix), sieving (-> only the samples actually used)."""
 
-    def __init__(self, cost: CostModel, memory: MemoryModel, sparsity):
-        self.cost, self.memory, self.sparsity = cost, memory, sparsity
+    def __init__(self, cost_model: CostModel, memory: MemoryModel, method):
+        self.cost_model, self.memory, self.method = cost_model, memory, method
         self.totals = {"flops": 0.0, "dense": 0.0, "saved_sparsity": 0.0, "saved_freezing": 0.0,
                        "saved_sieving": 0.0, "init": 0.0}
         self.memory_seen: list[int] = []
@@ -233,15 +233,16 @@ class CostMeter:
         self._version = None
 
     def _refresh(self) -> None:
-        densities = self.sparsity.masks.densities()  # reads the masks: only when they changed
-        unfrozen = self.sparsity.densities_without_freezing(densities, self.epoch_index)
-        self._per_sample = {dg: (self.cost.step(densities, self.frozen_blocks, dg), self.cost.step(unfrozen, 0, dg))
+        densities = self.method.masks.densities()  # reads the masks: only when they changed
+        unfrozen = self.method.densities_without_freezing(densities, self.epoch_index)
+        self._per_sample = {dg: (self.cost_model.step(densities, self.frozen_blocks, dg),
+                                 self.cost_model.step(unfrozen, 0, dg))
                             for dg in (False, True)}
         self._densities = densities
-        self._version = self.sparsity.masks.version
+        self._version = self.method.masks.version
 
     def step(self, samples: int, dense_grad: bool) -> None:
-        if self._version != self.sparsity.masks.version:
+        if self._version != self.method.masks.version:
             self._refresh()
         actual, unfrozen = self._per_sample[dense_grad]
         self.epoch["flops"] += samples * actual
@@ -250,17 +251,17 @@ class CostMeter:
 
     def add_init(self, samples: int, dense_passes: float) -> None:
         """One-off dense passes before training (SNIP/GraSP saliency): dense_passes x a dense step."""
-        flops = samples * dense_passes * self.cost.step({}, 0, False)
+        flops = samples * dense_passes * self.cost_model.step({}, 0, False)
         self.totals["init"] += flops
         self.totals["flops"] += flops
 
     # ----------------------------------------------------------------- per epoch
     def end_epoch(self, dataset_size: int) -> dict:
         e = self.epoch
-        if self._version != self.sparsity.masks.version:
+        if self._version != self.method.masks.version:
             self._refresh()
         seen = max(e["samples"], 1)
-        dense = dataset_size * self.cost.step({}, 0, False)
+        dense = dataset_size * self.cost_model.step({}, 0, False)
         after_sparsity = dataset_size * e["unfrozen"] / seen
         after_freezing = dataset_size * e["flops"] / seen
         saved = {"saved_sparsity": dense - after_sparsity, "saved_freezing": after_sparsity - after_freezing,
@@ -282,12 +283,12 @@ class CostMeter:
         return record
 
     def summary(self) -> dict:
-        targets = {n: c / self.sparsity.masks.masks[n].numel() for n, c in self.sparsity.targets.items()}
+        targets = {n: c / self.method.masks.masks[n].numel() for n, c in self.method.targets.items()}
         return {"train_flops": self.totals["flops"], "dense_train_flops": self.totals["dense"],
                 "flops_saved_sparsity": self.totals["saved_sparsity"],
                 "flops_saved_freezing": self.totals["saved_freezing"],
                 "flops_saved_sieving": self.totals["saved_sieving"],
-                "inference_flops": self.cost.inference(self.sparsity.masks.densities()),
+                "inference_flops": self.cost_model.inference(self.method.masks.densities()),
                 "memory_min_bytes": min(self.memory_seen) if self.memory_seen else 0,
                 "memory_avg_bytes": sum(self.memory_seen) / len(self.memory_seen) if self.memory_seen else 0,
                 "memory_dst_min_bytes": self.memory.breakdown(targets, 0)["total"]}

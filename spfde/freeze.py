@@ -152,14 +152,15 @@ def make_plan(scheme, candidates, schedule, value, saving, epochs, opts) -> Free
     return FreezePlan(scheme, candidates, schedule, value, saving, finetune, events)
 
 
-def make_freeze_plan(cfg, model: nn.Module, method, cost, batches_per_epoch: list[list[int]]) -> FreezePlan | None:
+def make_freeze_plan(cfg, model: nn.Module, method, cost_model,
+                     batches_per_epoch: list[list[int]]) -> FreezePlan | None:
     """Alg. 1 for this run: None when freezing is off; FreezeError when the target is out of reach."""
     if cfg.freeze <= 0:
         return None
     from spfde.cost import flops_table
 
     candidates = candidate_blocks(model, cfg.freeze_fraction)
-    table = flops_table(cost, method, batches_per_epoch, candidates, frozen_densities=False)  # BP saved
+    table = flops_table(cost_model, method, batches_per_epoch, candidates, frozen_densities=False)  # BP saved
     return solve(cfg.freeze_scheme.name, cfg.freeze, table, cfg.epochs, cfg.interval, candidates,
                  scheme_options(cfg))
 
@@ -194,19 +195,19 @@ class Freezer:
         return self.plan is not None
 
     # ----------------------------------------------------------------- applying
-    def start_epoch(self, epoch: int, optimizer, sparsity) -> None:
+    def start_epoch(self, epoch: int, optimizer, method) -> None:
         """Freeze or release blocks so that the prefix matches the plan for this epoch."""
         if not self.enabled:
             return
         target = self.plan.frozen[epoch]
         if target > self.frozen:
             newly = range(self.frozen, target)
-            sparsity.on_freeze(self.masks.in_blocks(newly), epoch)  # e.g. MEST prunes a soft-bound block to its target
+            method.on_freeze(self.masks.in_blocks(newly), epoch)  # e.g. MEST prunes a soft-bound block to its target
             self.set_frozen(newly, True, optimizer)
         elif target < self.frozen:
             released = range(target, self.frozen)
             self.set_frozen(released, False, optimizer)
-            sparsity.on_release(self.masks.in_blocks(released), epoch)
+            method.on_release(self.masks.in_blocks(released), epoch)
         self.frozen = target
 
     def set_frozen(self, blocks: range, frozen: bool, optimizer) -> None:

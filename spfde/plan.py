@@ -31,7 +31,7 @@ def build_plan(cfg) -> dict:
     batches_per_epoch = [epoch_batches(n, cfg.batch_size) for n in samples_per_epoch]
     batches = batches_per_epoch[0]
     core = build_core(cfg, d.num_classes, d.channels, d.image_size, len(batches), device="meta")
-    model, method, cost, memory = core.model, core.method, core.cost_model, core.memory_model
+    model, method, cost_model, memory = core.model, core.method, core.cost_model, core.memory_model
     memories_of = {c: memory if c == cfg.cost.memory else memory_model(c, model, input_shape, cfg.cost.memory_batch)
                    for c in MEMORY_CONVENTIONS}
     notes = []
@@ -39,31 +39,32 @@ def build_plan(cfg) -> dict:
     if method.runs_in_rounds:
         rounds = type(method).round_ratios(cfg.sparsity)
         densities_of = []
-        for sparsity in rounds:
-            counts = method.masks.target_counts(sparsity)
+        for ratio in rounds:
+            counts = method.masks.target_counts(ratio)
             densities_of += [{n: c / method.masks.masks[n].numel() for n, c in counts.items()}] * cfg.epochs
-        table = [[samples_per_epoch[e % cfg.epochs] * cost.step(dens, 0, False)] for e, dens in enumerate(densities_of)]
-        unsieved = [[samples * cost.step(dens, 0, False)] for dens in densities_of]
+        table = [[samples_per_epoch[e % cfg.epochs] * cost_model.step(dens, 0, False)]
+                 for e, dens in enumerate(densities_of)]
+        unsieved = [[samples * cost_model.step(dens, 0, False)] for dens in densities_of]
     else:
         densities_of = None
         candidates = candidate_blocks(model, cfg.freeze_fraction) if cfg.freeze > 0 else 0
-        table = flops_table(cost, method, batches_per_epoch, candidates)
-        unsieved = flops_table(cost, method, [epoch_batches(samples, cfg.batch_size)] * cfg.epochs, 0) \
+        table = flops_table(cost_model, method, batches_per_epoch, candidates)
+        unsieved = flops_table(cost_model, method, [epoch_batches(samples, cfg.batch_size)] * cfg.epochs, 0) \
             if cfg.sieve > 0 else table
     if type(method).planning_note(cfg):
         notes.append(type(method).planning_note(cfg))
 
     freeze = None
     if cfg.freeze > 0:  # solved on the back-propagation FLOPs saved (paper Alg. 1), see spfde.freeze
-        bp_table = flops_table(cost, method, batches_per_epoch, candidates, frozen_densities=False)
+        bp_table = flops_table(cost_model, method, batches_per_epoch, candidates, frozen_densities=False)
         freeze = solve(cfg.freeze_scheme.name, cfg.freeze, bp_table, cfg.epochs, cfg.interval, candidates,
                        scheme_options(cfg))
     frozen = freeze.frozen if freeze else [0] * len(table)
-    init = method.init_passes * method.planned_init_samples(cfg.batch_size, d.num_classes) * cost.step({})
+    init = method.init_passes * method.planned_init_samples(cfg.batch_size, d.num_classes) * cost_model.step({})
     train = init + sum(row[k] for row, k in zip(table, frozen))
     no_freeze = init + sum(row[0] for row in table)
     no_freeze_sieve = init + sum(row[0] for row in unsieved)
-    dense = len(table) * samples * cost.step({})
+    dense = len(table) * samples * cost_model.step({})
 
     memories, schedule = [], []
     per_convention = {c: [] for c in memories_of}
@@ -81,14 +82,15 @@ def build_plan(cfg) -> dict:
         schedule.append({"epoch": e, "flops": table[e][k], "frozen_blocks": k, "sparsity": sparsity,
                          "memory": mem["total"]})
     targets = {n: c / method.masks.masks[n].numel() for n, c in method.targets.items()}
-    block_flops = cost.block_forward()
+    block_flops = cost_model.block_forward()
     plan = {
         "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
         "ratio": target_sparsity(cfg.sparsity),
         "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
         "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
         "dense_train_flops": dense,
-        "init_flops": init, "inference_flops": cost.inference(densities), "dense_inference_flops": cost.dense_forward,
+        "init_flops": init, "inference_flops": cost_model.inference(densities),
+        "dense_inference_flops": cost_model.dense_forward,
         "memory_batch": cfg.cost.memory_batch, "memory_convention": cfg.cost.memory,
         "memory_conventions": {c: {"min_bytes": min(v), "avg_bytes": sum(v) / len(v),
                                    "dst_min_bytes": memories_of[c].breakdown(targets, 0)["total"]}
@@ -96,8 +98,8 @@ def build_plan(cfg) -> dict:
         "memory_min_bytes": min(memories), "memory_avg_bytes": sum(memories) / len(memories),
         "memory_dst_min_bytes": memory.breakdown(targets, 0)["total"],
         "memory_breakdown_min": memory.breakdown(targets, max(frozen)),
-        "blocks": [{"block": name, "forward_flops": f, "share": f / cost.dense_forward}
-                   for name, f in zip(cost.block_names, block_flops)],
+        "blocks": [{"block": name, "forward_flops": f, "share": f / cost_model.dense_forward}
+                   for name, f in zip(cost_model.block_names, block_flops)],
         "freeze": None, "sieve": None, "schedule": schedule, "notes": notes,
     }
     if cfg.sieve > 0:
@@ -112,8 +114,8 @@ def build_plan(cfg) -> dict:
                           "planned_flops_saving": (no_freeze - train) / (no_freeze - init), "sync": cfg.freeze_sync,
                           "candidates": freeze.candidates, "parameter": freeze.parameter,
                           "finetune_from": freeze.finetune_from,
-                          "events": [{"epoch": e, "block": cost.block_names[b], "index": b, "action": a,
-                                      "forward_share": block_flops[b] / cost.dense_forward}
+                          "events": [{"epoch": e, "block": cost_model.block_names[b], "index": b, "action": a,
+                                      "forward_share": block_flops[b] / cost_model.dense_forward}
                                      for e, b, a in freeze.events]}
     return plan
 

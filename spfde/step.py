@@ -116,11 +116,11 @@ class Graphs:
 class TrainStep:
     """One training step of the run, graphed when it can be. Owns the running loss/accuracy sums."""
 
-    def __init__(self, model, optimizer, sparsity, freezer, sieve, analysis, cost, rt, label_smoothing: float,
+    def __init__(self, model, optimizer, method, freezer, sieve, analysis, meter, rt, label_smoothing: float,
                  batch_size: int, graphs: bool, world: World | None = None):
         self.world = world or World()  # several ranks: gradients are averaged before masks and SGD see them
-        self.model, self.optimizer, self.sparsity, self.freezer = model, optimizer, sparsity, freezer
-        self.sieve, self.analysis, self.cost, self.rt = sieve, analysis, cost, rt
+        self.model, self.optimizer, self.method, self.freezer = model, optimizer, method, freezer
+        self.sieve, self.analysis, self.meter, self.rt = sieve, analysis, meter, rt
         self.label_smoothing, self.batch_size = label_smoothing, batch_size
         self.loss_sum = torch.zeros((), device=rt.device)
         self.correct = torch.zeros((), device=rt.device, dtype=torch.long)
@@ -160,13 +160,13 @@ class TrainStep:
         if self.graphs is None:
             lr = self.freezer.set_lrs(self.optimizer, t)  # per-block cosine over each block's active epochs
             self.run_step(x, y, idx, step, plain=False)
-            if self.world.enabled and not self.sparsity.plain_step(step):
-                self.world.check_masks(self.sparsity.masks, f"after step {step}")
+            if self.world.enabled and not self.method.plain_step(step):
+                self.world.check_masks(self.method.masks, f"after step {step}")
             return lr
         lrs = self.freezer.block_lrs(self.optimizer, t)
         host = torch.tensor(lrs, dtype=self.lrs.dtype)
         self.lrs.copy_(host.pin_memory() if host.device != self.lrs.device else host, non_blocking=True)
-        plain = self.sparsity.plain_step(step) and not self.analysis.enabled and len(y) == self.batch_size
+        plain = self.method.plain_step(step) and not self.analysis.enabled and len(y) == self.batch_size
         if not plain:
             self.run_step(x, y, idx.to(self.rt.device, non_blocking=True), step, plain=False)
             return lrs[-1]
@@ -177,7 +177,7 @@ class TrainStep:
         self.graphs.run(("train step", f"{self.freezer.frozen} frozen blocks"),
                         lambda: self.run_step(*self.static, step, plain=True),
                         before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
-        self.cost.step(self.samples, dense_grad=False)  # a plain step changes no mask: its cost can follow it
+        self.meter.step(self.samples, dense_grad=False)  # a plain step changes no mask: its cost can follow it
         return lrs[-1]
 
     def run_step(self, x, y, idx, step: int, plain: bool) -> None:
@@ -189,16 +189,16 @@ class TrainStep:
         if self.world.enabled:  # average the trainable gradients over the ranks
             self.world.sync_gradients([p for p in self.model.parameters() if p.requires_grad])
         if plain:
-            self.sparsity.masks.mask_grads()
+            self.method.masks.mask_grads()
         else:
-            self.sparsity.after_backward(step)  # e.g. RigL reads the dense gradient; then masked grads are zeroed
+            self.method.after_backward(step)  # e.g. RigL reads the dense gradient; then masked grads are zeroed
             self.analysis.after_backward()  # per-layer gradient norms (when analysis is on)
         self.optimizer.step()
         if plain:
-            self.sparsity.masks.apply()
+            self.method.masks.apply()
         else:
-            self.cost.step(self.samples, dense_grad=self.sparsity.dense_grad_step(step))  # FLOPs at this step's masks
-            self.sparsity.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
+            self.meter.step(self.samples, dense_grad=self.method.dense_grad_step(step))  # FLOPs at this step's masks
+            self.method.after_optimizer_step(step)  # masked weights back to zero; step-based updates (RigL, SET)
         hits = logits.detach().argmax(1) == y
         self.sieve.observe(idx, hits)  # forgetting events from this step's own predictions
         self.loss_sum += loss.detach().float() * len(y)

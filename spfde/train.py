@@ -116,7 +116,7 @@ def train(cfg) -> dict:
     # --- the parts of a run
     run = build_run(cfg, run_dir, world)
     device, rt, generator, data, sieve, model = run.device, run.rt, run.generator, run.data, run.sieve, run.model
-    optimizer, sparsity, cost, freeze_plan, freezer, analysis = (run.optimizer, run.sparsity, run.cost,
+    optimizer, method, meter, freeze_plan, freezer, analysis = (run.optimizer, run.method, run.meter,
                                                                  run.freeze_plan, run.freezer, run.analysis)
     fingerprint.update(data_fingerprint(data))
     check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
@@ -127,8 +127,8 @@ def train(cfg) -> dict:
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        sparsity.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
-        cost.load_state_dict(ckpt["cost"])
+        method.load_state_dict(ckpt["sparsity"])  # masks bit-exact, never re-randomised
+        meter.load_state_dict(ckpt["cost"])
         freezer.load_state_dict(ckpt["freezer"], optimizer)
         sieve.load_state_dict(ckpt["sieve"])
         set_rng_state(ckpt["rng"], generator)
@@ -139,15 +139,15 @@ def train(cfg) -> dict:
             records = list(ckpt.get("records") or [])[:start_epoch]
         log.info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
-        sparsity.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
-        cost.add_init(sparsity.init_samples * world.size, sparsity.init_passes)
-        world.broadcast_([*model.state_dict().values(), *sparsity.masks.masks.values()])  # rank 0's start
-        sparsity.masks.version += 1
-    world.check_masks(sparsity.masks, "at the start")
+        method.initialize(iter(data.train))  # initial masks: random, or from saliency (SNIP, GraSP)
+        meter.add_init(method.init_samples * world.size, method.init_passes)
+        world.broadcast_([*model.state_dict().values(), *method.masks.masks.values()])  # rank 0's start
+        method.masks.version += 1
+    world.check_masks(method.masks, "at the start")
 
     # the step and evaluation run eagerly, or from CUDA graphs (after resume: graphs read the restored tensors)
     graphs = use_cuda_graphs(cfg.cuda_graphs, device) and not world.enabled
-    train_step = TrainStep(model, optimizer, sparsity, freezer, sieve, analysis, cost, rt, cfg.optim.label_smoothing,
+    train_step = TrainStep(model, optimizer, method, freezer, sieve, analysis, meter, rt, cfg.optim.label_smoothing,
                            cfg.batch_size, graphs, world)
     eval_batches = EvalBatches(model, rt, cfg.eval_batch_size, top5, graphs)
 
@@ -170,10 +170,10 @@ def train(cfg) -> dict:
                 t0 = time.perf_counter()
                 sieve.start_epoch(epoch, data.train)  # every Δτ: easiest samples out, queued ones back in
                 world.check_sieve(sieve, f"at the start of epoch {epoch + 1}")
-                freezer.start_epoch(epoch, optimizer, sparsity)  # freeze / release blocks as planned
-                sparsity.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
-                world.check_masks(sparsity.masks, f"at the start of epoch {epoch + 1}")
-                cost.begin_epoch(epoch, frozen_blocks=freezer.frozen)
+                freezer.start_epoch(epoch, optimizer, method)  # freeze / release blocks as planned
+                method.start_epoch(epoch)  # epoch-based structure updates (MEST, every Δτ epochs)
+                world.check_masks(method.masks, f"at the start of epoch {epoch + 1}")
+                meter.begin_epoch(epoch, frozen_blocks=freezer.frozen)
                 train_stats = train_one_epoch(train_step, data.train, freezer, epoch, rt, bar, world)
                 sieve.end_epoch(world)  # the epoch's forgetting events, combined over the ranks
                 world.average_buffers(model)  # BN statistics
@@ -185,7 +185,7 @@ def train(cfg) -> dict:
                 elapsed += t_epoch
                 best_acc = max(best_acc, test_stats["test/acc"])
                 record = {"epoch": epoch + 1, **train_stats, **test_stats, "test/best_acc": best_acc,
-                          **sparsity.epoch_stats(), **cost.end_epoch(data.train.dataset_size),
+                          **method.epoch_stats(), **meter.end_epoch(data.train.dataset_size),
                           "freeze/frozen_blocks": freezer.frozen, **sieve.epoch_stats(),
                           **analysis.end_epoch(epoch),
                           "time/epoch_s": t_epoch, "time/train_s": t_train, "time/elapsed_s": elapsed,
@@ -198,7 +198,7 @@ def train(cfg) -> dict:
                 if world.is_main:
                     save_checkpoint(ckpt_path, {
                         "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "sparsity": sparsity.state_dict(), "cost": cost.state_dict(),
+                        "sparsity": method.state_dict(), "cost": meter.state_dict(),
                         "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
                         "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                         "fingerprint": fingerprint, "records": logger.records, "world_size": world.size,
@@ -211,7 +211,7 @@ def train(cfg) -> dict:
                    "run_dir": str(run_dir), "model": cfg.model.name, "dataset": cfg.dataset.name,
                    "params": n_params, "seed": cfg.seed, "sparsity_method": cfg.sparsity.name,
                    "sparsity_ratio": target_sparsity(cfg.sparsity), "final_sparsity": last["sparsity/overall"],
-                   **cost.summary(), "freeze": cfg.freeze, "freeze_scheme": cfg.freeze_scheme.name,
+                   **meter.summary(), "freeze": cfg.freeze, "freeze_scheme": cfg.freeze_scheme.name,
                    "freeze_planned_saving": freeze_plan.saving if freeze_plan else 0.0,
                    "sieve": cfg.sieve, "sieve_method": cfg.sieve_method, "sieve_seen_fraction": sieve.seen_fraction()}
         if "test/acc5" in last:

@@ -23,7 +23,7 @@ METHODS: dict[str, type[SparseMethod]] = {
     m.name: m for m in (Dense, Static, LTH, SNIP, GraSP, DeepR, SET, DSR, SNFS, RigL, ITOP, MEST)
 }
 
-__all__ = ["METHODS", "Masks", "Schedule", "SparseMethod", "SparsityError", "build_sparsity", "target_sparsity"]
+__all__ = ["METHODS", "Masks", "Schedule", "SparseMethod", "SparsityError", "build_method", "target_sparsity"]
 
 
 def target_sparsity(sparsity_cfg) -> float:
@@ -31,7 +31,7 @@ def target_sparsity(sparsity_cfg) -> float:
     return sparsity_cfg.ratio if METHODS[sparsity_cfg.name].uses_ratio else 0.0
 
 
-def build_sparsity(cfg, model, optimizer, steps_per_epoch: int) -> SparseMethod:
+def build_method(cfg, model, optimizer, steps_per_epoch: int) -> SparseMethod:
     """The configured method on `model`; raises SparsityError if its target cannot be realised."""
     schedule = Schedule(epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.interval)
     generator = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: masks do not shift data order
