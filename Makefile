@@ -26,7 +26,7 @@ install: $(VENV)/.installed  ## create .venv with torch and the package (editabl
 run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via ARGS="..."
 	$(PY) -m spfde.run experiment=quickstart $(ARGS)
 
-test: install  ## run the whole test suite (slow tests included; starts a local SLURM cluster when it can)
+test: install lint  ## lint, then the whole test suite (slow tests included; starts a local SLURM cluster when it can)
 	@bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
 	$(PY) -m pytest
 

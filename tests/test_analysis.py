@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spfde.analysis import gram, linear_cka, load_snapshots, pack, series, structural_similarity, unpack
-from tests.conftest import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training
+from tests.helpers import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training
 
 
 @pytest.mark.parametrize("debiased", [False, True])

@@ -6,7 +6,7 @@ import pytest
 
 from spfde.config import ConfigError, run_name
 from spfde.validation import precheck_overrides
-from tests.conftest import experiment_names, group_options, make_cfg, run_cli
+from tests.helpers import experiment_names, group_options, make_cfg, run_cli
 
 
 @pytest.mark.parametrize("name", experiment_names())

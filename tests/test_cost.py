@@ -13,7 +13,7 @@ from spfde.models import build_model
 from spfde.models.base import BlockNet
 from spfde.plan import build_plan
 from spfde.validation import precheck_overrides
-from tests.conftest import make_cfg, quick_overrides, read_metrics, run_cli, run_training
+from tests.helpers import make_cfg, quick_overrides, read_metrics, run_cli, run_training
 
 
 def plan_for(*overrides):

@@ -9,7 +9,7 @@ import pytest
 
 from spfde.dashboard import main, sweep_info
 from spfde.log import run_tags, wandb_config, wandb_record
-from tests.conftest import make_cfg, quick_overrides
+from tests.helpers import make_cfg, quick_overrides
 
 
 def dashboard(name: str, cwd, monkeypatch) -> dict:
@@ -80,7 +80,7 @@ def test_wandb_runs_get_a_clean_config_tags_and_collapsed_per_layer_series():
 
 def test_the_readme_spec_of_the_smoke_sweep_is_current(tmp_path, monkeypatch):
     """docs/smoke/dashboard.json (shown in the README) is what spfde.dashboard builds today."""
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     def without_ids(node):
         if isinstance(node, dict):

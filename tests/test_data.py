@@ -11,7 +11,7 @@ from PIL import Image
 
 from spfde.data import DataError, build_data
 from spfde.data.loaders import augmentation_draws, random_crop_flip
-from tests.conftest import make_cfg
+from tests.helpers import make_cfg
 
 
 def data_for(overrides, tmp_path=None):

@@ -18,7 +18,7 @@ from spfde.data import build_data
 from spfde.data.loaders import epoch_batches
 from spfde.distributed import World
 from spfde.plan import build_plan
-from tests.conftest import REPO, make_cfg, quick_overrides, read_metrics
+from tests.helpers import REPO, make_cfg, quick_overrides, read_metrics
 from tests.test_sweeps import SLURM_TEST_LAUNCHER, slurm_cluster  # noqa: F401 - the fixture
 
 DDP_RUN = quick_overrides("epochs=4", "interval=1", "freeze=0.15", "sieve=0.2", "threads=1")

@@ -20,7 +20,7 @@ from spfde.checkpoint import RunDirError, load_checkpoint
 from spfde.config import ConfigError
 from spfde.rundir import TrainingDiverged, config_fingerprint
 from spfde.validation import precheck_overrides
-from tests.conftest import REPO, crash_at_epoch, make_cfg, read_metrics, run_training, summary_core
+from tests.helpers import REPO, crash_at_epoch, make_cfg, read_metrics, run_training, summary_core
 
 TINY = ["experiment=quickstart", "model.depth=8", "dataset=fake", "dataset.train_size=128", "dataset.test_size=64",
         "dataset.image_size=8", "batch_size=32", "epochs=2"]

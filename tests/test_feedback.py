@@ -16,7 +16,7 @@ from spfde.log import RunLogger, format_epoch
 from spfde.plan import build_plan
 from spfde.plan import main as plan_main
 from spfde.run import adhoc_sweep_dir
-from tests.conftest import make_cfg, quick_overrides, read_metrics, run_cli
+from tests.helpers import make_cfg, quick_overrides, read_metrics, run_cli
 
 RECORD = {"epoch": 3, "train/loss": 1.0, "train/acc": 0.5, "test/loss": 1.1, "test/acc": 0.4, "test/best_acc": 0.45,
           "sparsity/overall": 0.9, "flops/epoch": 1e9, "lr": 0.01, "time/epoch_s": 10.0, "time/samples_per_s": 100.0,

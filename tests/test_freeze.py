@@ -15,7 +15,7 @@ from spfde.models import build_model
 from spfde.plan import build_plan
 from spfde.schedule import lr_at
 from spfde.validation import precheck_overrides
-from tests.conftest import (
+from tests.helpers import (
     crash_then_resume,
     make_cfg,
     quick_overrides,

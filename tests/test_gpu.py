@@ -10,7 +10,7 @@ import torch
 
 from spfde.plan import build_plan
 from spfde.sparse.base import SparseMethod
-from tests.conftest import make_cfg, quick_overrides, read_metrics, run_training
+from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

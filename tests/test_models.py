@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from spfde.data import build_data
 from spfde.models import MODELS, build_model
-from tests.conftest import make_cfg
+from tests.helpers import make_cfg
 
 
 def test_paper_resnet32_is_2x_wide_with_projection_shortcuts():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 TOP_LEVEL_SKIP = {".git", ".venv", "outputs", "data", "wandb", "build", "dist", ".pytest_cache", ".ruff_cache"}
 

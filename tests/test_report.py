@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from spfde.report import ReportError, find_runs, group, load_run, main
-from tests.conftest import make_cfg, quick_overrides
+from tests.helpers import make_cfg, quick_overrides
 
 
 def fake_run(root: Path, name: str, overrides: list[str], acc: float = 0.9) -> Path:

@@ -10,7 +10,7 @@ from spfde.config import ConfigError
 from spfde.plan import build_plan
 from spfde.sieve import Sieve
 from spfde.validation import precheck_overrides
-from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
+from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 from tests.test_data import make_image_folder
 
 

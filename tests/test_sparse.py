@@ -14,7 +14,7 @@ from spfde.models.base import BlockNet
 from spfde.sparse import METHODS, Schedule, SparsityError
 from spfde.sparse.masks import Masks, layer_densities
 from spfde.validation import precheck_overrides
-from tests.conftest import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
+from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 
 ALL = sorted(METHODS)
 SPARSE = [m for m in ALL if m not in ("dense", "lth")]  # LTH runs whole rounds: tested on its own

@@ -9,7 +9,7 @@ import torch
 
 import spfde.train
 from spfde.checkpoint import load_checkpoint
-from tests.conftest import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training, summary_core
+from tests.helpers import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training, summary_core
 
 TIME_KEYS = ("time/",)
 
