@@ -13,29 +13,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from spfde.sparse.base import SparseMethod, require
-from spfde.sparse.snip import next_batches
+from spfde.sparse.snip import SaliencyAtInit, next_batches
 
 
-class GraSP(SparseMethod):
+class GraSP(SaliencyAtInit):
     name = "grasp"
     label = "GraSP"
-    uses_gradients = True
     init_passes = 3.0  # gradient pass + Hessian-gradient pass (about two more): our estimate
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        o = cls.options_of(cfg.sparsity)
-        require(o.scope in ("global", "layer"), f"sparsity.{cls.name}.scope must be global or layer, got {o.scope!r}")
-        require(o.samples_per_class >= 1,
-                f"sparsity.{cls.name}.samples_per_class must be >= 1, got {o.samples_per_class}")
-
-    @classmethod
-    def planning_note(cls, cfg) -> str:
-        if cls.options_of(cfg.sparsity).scope != "global":
-            return ""
-        return (f"{cls.name} (global scope) picks per-layer densities at run time; estimated here with the "
-                f"'{cfg.sparsity.distribution}' distribution")
+    count_key = "samples_per_class"
 
     def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
         return max(1, math.ceil(self.cfg.grasp.samples_per_class * num_classes / batch_size)) * batch_size

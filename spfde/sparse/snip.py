@@ -22,17 +22,19 @@ def next_batches(batches, count: int) -> list:
     return out
 
 
-class SNIP(SparseMethod):
-    name = "snip"
-    label = "SNIP"
+class SaliencyAtInit(SparseMethod):
+    """A mask chosen once at initialisation from saliency scores of `count_key` batches/samples, kept
+    per layer or globally (`scope`); shared by SNIP and GraSP."""
+
     uses_gradients = True
-    init_passes = 1.0  # one dense forward + backward per sample
+    count_key = "batches"
 
     @classmethod
     def check(cls, cfg) -> None:
         o = cls.options_of(cfg.sparsity)
         require(o.scope in ("global", "layer"), f"sparsity.{cls.name}.scope must be global or layer, got {o.scope!r}")
-        require(o.batches >= 1, f"sparsity.{cls.name}.batches must be >= 1, got {o.batches}")
+        count = o[cls.count_key]
+        require(count >= 1, f"sparsity.{cls.name}.{cls.count_key} must be >= 1, got {count}")
 
     @classmethod
     def planning_note(cls, cfg) -> str:
@@ -40,6 +42,12 @@ class SNIP(SparseMethod):
             return ""
         return (f"{cls.name} (global scope) picks per-layer densities at run time; estimated here with the "
                 f"'{cfg.sparsity.distribution}' distribution")
+
+
+class SNIP(SaliencyAtInit):
+    name = "snip"
+    label = "SNIP"
+    init_passes = 1.0  # one dense forward + backward per sample
 
     def planned_init_samples(self, batch_size: int, num_classes: int) -> int:
         return self.cfg.snip.batches * batch_size
