@@ -95,7 +95,6 @@ def build_core(cfg, num_classes: int, channels: int, image_size: int, steps_per_
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     method = build_method(cfg, model, optimizer, steps_per_epoch=steps_per_epoch)
-    attach_round_files(cfg, method)
     input_shape = (channels, image_size, image_size)
     memory = memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch)
     return Core(model, optimizer, method, CostModel(model, input_shape), memory)
@@ -146,6 +145,7 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
                       channels_last=rt.channels_last, sync_bn=world.enabled and cfg.distributed.sync_bn)
     model, optimizer, method, cost_model = core.model, core.optimizer, core.method, core.cost_model
     meter = CostMeter(cost_model, core.memory_model, method)
+    attach_round_files(cfg, method, write=world.is_main)
     batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
     freeze_plan = make_freeze_plan(cfg, model, method, cost_model, batches)
     freezer = Freezer(model, method.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,

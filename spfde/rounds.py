@@ -25,8 +25,8 @@ def round_dir(workdir: Path, r: int) -> Path:
 class RoundFiles:
     """What round `r` of a run in `workdir` reads and writes besides its own run directory."""
 
-    def __init__(self, workdir: str | Path, r: int):
-        self.workdir, self.round = Path(workdir), r
+    def __init__(self, workdir: str | Path, r: int, write: bool = True):
+        self.workdir, self.round, self.write = Path(workdir), r, write  # with several ranks, rank 0 writes
 
     def previous(self) -> tuple[dict, dict]:
         """Masks and final weights of the previous round."""
@@ -37,7 +37,8 @@ class RoundFiles:
         return load_checkpoint(self.workdir / REWIND)
 
     def save_rewind(self, state: dict) -> None:
-        atomic_write(self.workdir / REWIND, lambda tmp: torch.save(state, tmp))
+        if self.write:
+            atomic_write(self.workdir / REWIND, lambda tmp: torch.save(state, tmp))
 
 
 def drives_rounds(cfg) -> bool:
@@ -45,10 +46,10 @@ def drives_rounds(cfg) -> bool:
     return METHODS[cfg.sparsity.name].runs_in_rounds and cfg.sparsity.lth.round < 0
 
 
-def attach_round_files(cfg, method) -> None:
+def attach_round_files(cfg, method, write: bool = True) -> None:
     """Give a round-based method its round files (the run layer's part of `build_run`)."""
     if method.runs_in_rounds:
-        method.rounds = RoundFiles(cfg.sparsity.lth.workdir, cfg.sparsity.lth.round)
+        method.rounds = RoundFiles(cfg.sparsity.lth.workdir, cfg.sparsity.lth.round, write)
 
 
 def run_rounds(cfg, train_round, write: bool = True) -> dict:

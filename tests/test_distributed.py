@@ -182,3 +182,17 @@ def test_torchrun_with_one_process_is_a_plain_run(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     once, plain = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("torchrun", "plain"))
     assert "world_size" not in once and comparable(once) == comparable(plain)
+
+
+@pytest.mark.slow
+def test_lth_rounds_under_two_ranks(tmp_path):
+    """Each round is a 2-rank run; rank 0 alone writes the rewind point, which every rank of the next round
+    reads (the masks are checked equal on both ranks at every epoch)."""
+    run_dir = tmp_path / "lth"
+    out = finish(torchrun(quick_overrides("epochs=2", "model.depth=8", "sparsity=lth", "sparsity.ratio=0.36",
+                                          "sparsity.lth.rewind_epoch=1", "threads=1"), run_dir))
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
+    assert summary is not None, out[-3000:]
+    assert summary["rounds"] == 3 and summary["world_size"] == 2
+    assert [r["final_sparsity"] for r in summary["round_summaries"]] == pytest.approx([0, 0.2, 0.36], abs=1e-3)
+    assert (run_dir / "rewind.pt").exists() and not list(run_dir.glob(".rewind.pt.tmp*"))
