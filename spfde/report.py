@@ -153,19 +153,27 @@ def label(row: dict, extra: dict | None = None) -> str:
     return paper_name(row)
 
 
-def paper_name(row: dict) -> str:
+def method_of(name):
     from spfde.sparse import METHODS
 
-    method = METHODS.get(row["method"])
+    return METHODS.get(name)
+
+
+def is_spfde_base(name) -> bool:
+    return bool(method_of(name) and method_of(name).spfde_base)
+
+
+def paper_name(row: dict) -> str:
+    method = method_of(row["method"])
     name = method.label if method else str(row["method"])
     if not (row["freeze"] or row["sieve"]):
         return name
-    if row["method"] == "mest" and not row["freeze"] and row["sieve_method"] == "oneshot":
+    if is_spfde_base(row["method"]) and not row["freeze"] and row["sieve_method"] == "oneshot":
         return "MEST" if row["sieve"] == MEST_ONESHOT else f"MEST one-shot {100 * row['sieve']:g}%"
     spfde = f"SpFDE {100 * row['freeze']:g}%+{100 * row['sieve']:g}%"
     if row["sieve"] and row["sieve_method"] != "circular":
         spfde += f" ({row['sieve_method']} sieve)"
-    return spfde if row["method"] == "mest" else f"{name} + {spfde}"
+    return spfde if is_spfde_base(row["method"]) else f"{name} + {spfde}"
 
 
 def _value_text(v) -> str:
@@ -281,7 +289,7 @@ def compat_markdown(groups: list[dict]) -> list[str]:
         for g in members:
             if alone and (g["freeze"] or g["sieve"]) and g["sieve_method"] == "circular":
                 pairs.append((key, alone[0], g))
-    if not any(key[3] != "mest" for key, _, _ in pairs):
+    if all(is_spfde_base(key[3]) for key, _, _ in pairs):
         return []
     lines = ["### SpFDE on other sparse-training methods", "",
              "| method | model | dataset | sparsity | alone: FLOPs | alone: acc (%) | with | FLOPs | acc (%) | "

@@ -77,6 +77,7 @@ class SparseMethod:
     init_passes = 0.0  # dense training-step equivalents per sample spent choosing the initial mask
     uses_ratio = True  # trains to sparsity.ratio (dense ignores it, so a sweep over methods can include it)
     runs_in_rounds = False  # one run per round, driven by spfde.rounds (LTH)
+    spfde_base = False  # SpFDE's own sparse method: with freezing/sieving the paper calls its rows "SpFDE x%+y%"
     no_freezing = ""  # why layer freezing is not defined for it ("" = it is)
 
     @classmethod

@@ -23,6 +23,7 @@ from spfde.sparse.masks import SparsityError
 class MEST(SparseMethod):
     name = "mest"
     label = "MEST (EM&S)"
+    spfde_base = True  # the paper's SpFDE is MEST+EM&S with layer freezing and data sieving
 
     @classmethod
     def check(cls, cfg) -> None:
