@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import spfde.build
 import spfde.checkpoint
 import spfde.train
 from spfde.checkpoint import RunDirError, load_checkpoint
@@ -99,7 +100,7 @@ def test_a_finished_run_is_not_returned_for_other_settings(tmp_path, monkeypatch
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- epochs=1\n")  # as Hydra writes it
     run_training(tiny("epochs=1"), tmp_path)
-    monkeypatch.setattr(spfde.train, "build_data", lambda *a: pytest.fail("loaded data"))
+    monkeypatch.setattr(spfde.build, "build_data", lambda *a: pytest.fail("loaded data"))
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- sparsity=set\n")  # the refused launch's
     with pytest.raises(RunDirError, match="sparsity.name=mest there, set now"):
         run_training(tiny("epochs=1", "sparsity=set"), tmp_path)
@@ -228,7 +229,7 @@ def test_a_crafted_checkpoint_or_snapshot_is_refused_and_runs_nothing(tmp_path):
 def test_a_damaged_checkpoint_is_one_line_before_any_work(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     data = (tmp_path / "last.pt").read_bytes()
-    monkeypatch.setattr(spfde.train, "build_data", lambda *a: pytest.fail("loaded data"))
+    monkeypatch.setattr(spfde.build, "build_data", lambda *a: pytest.fail("loaded data"))
     for damaged in (b"", data[: len(data) // 2]):  # empty, truncated
         (tmp_path / "last.pt").write_bytes(damaged)
         with pytest.raises(RunDirError) as err:
