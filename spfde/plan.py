@@ -24,8 +24,11 @@ from spfde.sparse import SparsityError, build_sparsity
 
 
 def build_plan(cfg) -> dict:
+    from spfde.data.folders import planned_image_size
+
     d = cfg.dataset
-    input_shape = (d.channels, d.image_size, d.image_size)
+    size = planned_image_size(d)  # image folders: dataset.image_size 0 = read from the images
+    input_shape = (d.channels, size, size)
     with torch.device("meta"):
         model = build_model(cfg.model, d.num_classes, d.channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
