@@ -186,3 +186,16 @@ def test_gpu_decode_on_cuda_matches_the_cpu_indices(tmp_path):
         out[device] = [b[2].tolist() for b in batches]
         assert all(b[0].device.type == device for b in batches)
     assert out["cpu"] == out["cuda"]
+
+
+@pytest.mark.slow
+def test_bench_data_cpu_rehearsal(tmp_path):
+    proc = run_cli(["data", "--generate", "40", "--batch-size", "8", "--steps", "2", "model=resnet32", "model.width=1",
+                    "model.depth=8", "dataset.image_size=32", "dataset.workers=0", "device=cpu"], cwd=tmp_path,
+                   module="spfde.bench", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "| bare model, random batch on the device |" in out and "1.00x" in out
+    assert re.search(r"\| harness, dataset.loader=pil \(40 images, epoch 2\) \| [\d,]+ \| \d+\.\d\dx \|", out)
+    assert re.search(r"fastest loader: pil; epoch time with 0 frozen blocks .* speed-up \d+\.\d\dx", out)
+    assert (tmp_path / "outputs" / "bench-data" / "jpeg-40" / ".complete").exists()
