@@ -7,6 +7,7 @@
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 30]
     python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
     python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 25600] [overrides ...]
+    python -m spfde.bench data [--generate 6400] [--batch-size 256] [--steps 50] [overrides ...]
 
 methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
 test accuracy and training time per epoch relative to dense training.
@@ -26,6 +27,13 @@ to the anchor; measured training memory next to the plan's; evaluation time agai
 and a short MEST vs SpFDE 0.2+0.2 run: wall-clock saving against FLOPs saving. Made for a GPU; runs (slowly,
 without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes 16 --train-size 64 device=cpu
 model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
+data: the input pipeline of image folders. Writes an ImageNet-like JPEG folder (N train + N/10 val images of
+~400x350 px in 10 classes, cached in outputs/bench-data/) unless dataset.root is given, then in one process:
+the bare model's img/s on a random device batch, the harness's training img/s with each folder loader this
+device has (pil; gpu and dali on CUDA) as ratios to it, and the epoch time with 0 and all candidate blocks
+frozen for the fastest loader. Default ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64
+--batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8 dataset.image_size=32 dataset.workers=2
+device=cpu`.
 """
 
 from __future__ import annotations
@@ -480,6 +488,85 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
     return "\n".join(out)
 
 
+def generate_folder(root: Path, n: int, seed: int = 0) -> Path:
+    """An ImageNet-like JPEG folder: n train and n // 10 val images (at least one per class) of ~400x350 px in
+    10 class folders, smooth random content (upsampled noise plus fine noise) so the files have realistic sizes.
+    Reused when complete."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    if (root / ".complete").exists():
+        return root
+    g = torch.Generator().manual_seed(seed)
+    for split, count in (("train", n), ("val", max(10, n // 10))):
+        for i in range(count):
+            folder = root / split / f"class{i % 10}"
+            folder.mkdir(parents=True, exist_ok=True)
+            h, w = 350 + int(torch.randint(-30, 31, (1,), generator=g)), 400 + int(torch.randint(-40, 41, (1,),
+                                                                                                 generator=g))
+            coarse = torch.rand(1, 3, 12, 14, generator=g) * 255
+            image = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0]
+            image = (image + torch.randn(3, h, w, generator=g) * 12).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy())).save(folder / f"{i:06d}.jpg",
+                                                                                        quality=90)
+    (root / ".complete").touch()
+    return root
+
+
+def data_bench(generate: int, batch_size: int, steps: int, extra: list[str]) -> str:
+    """See the module doc; prints each line as soon as it is measured and returns the whole report."""
+    import time
+
+    import torch
+
+    from spfde.build import resolve_device
+    from spfde.data.folders import dali_installed, planned_image_size
+
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra if "=" in o}
+    if given.get("dataset.root"):
+        root = Path(given["dataset.root"])
+    else:
+        start = time.perf_counter()
+        root = generate_folder(Path("outputs/bench-data") / f"jpeg-{generate}", generate)
+        print(f"(folder {root}: ready in {time.perf_counter() - start:.1f} s)", flush=True)
+    base = ["model=resnet50", "dataset=imagefolder", f"dataset.root={root.absolute()}", "epochs=2",
+            f"batch_size={batch_size}", "dataset.in_memory=false",
+            f"dataset.num_classes={len([p for p in (root / 'train').iterdir() if p.is_dir()])}"]
+    base = [o for o in base if o.split("=", 1)[0] not in given] + extra
+    cfg = compose_config(["logger=none", *base])
+    with open_dict(cfg):
+        cfg.dataset.image_size = planned_image_size(cfg.dataset)
+    base.append(f"dataset.image_size={cfg.dataset.image_size}")
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    out = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        out.append(text)
+
+    emit(f"# spfde.bench data on {card}, torch {torch.__version__}: {cfg.model.name}, batch {batch_size}, "
+         f"{cfg.dataset.image_size}px, {cfg.dataset.workers} workers, folder {root}, overrides {extra}")
+    bare = bare_model_img_s(cfg, batch_size, steps, graphed=False)
+    emit(f"| what | img/s | vs bare model |\n|---|---|---|\n| bare model, random batch on the device | {bare:,.0f} | "
+         "1.00x |")
+    loaders = ["pil"] + (["gpu"] + (["dali"] if dali_installed() else []) if device.type == "cuda" else [])
+    runs = {}
+    for loader in loaders:
+        r = runs[loader] = harness_epochs([*base, f"dataset.loader={loader}"])
+        emit(f"| harness, dataset.loader={loader} ({r['samples']} images, epoch 2) | {r['img_s']:,.0f} | "
+             f"{r['img_s'] / bare:.2f}x |")
+    best = max(runs, key=lambda k: runs[k]["img_s"])
+    frozen = harness_epochs([*base, f"dataset.loader={best}"], "all")
+    emit(f"\nfastest loader: {best}; epoch time with 0 frozen blocks {runs[best]['train_s']:.2f} s, with all "
+         f"{frozen['candidates']} candidate blocks frozen {frozen['train_s']:.2f} s "
+         f"(speed-up {runs[best]['train_s'] / frozen['train_s']:.2f}x)")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     from spfde.sparse import METHODS
 
@@ -512,6 +599,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-size", type=int, default=10000, help="FakeData images of the MEST vs SpFDE runs")
     p.add_argument("--run-epochs", type=int, default=12)
     p.add_argument("overrides", nargs="*", help="e.g. model.width=2 precision=bf16 cuda_graphs=off")
+    p = sub.add_parser("data", help="folder input pipeline: bare model vs harness img/s per loader, and freezing")
+    p.add_argument("--generate", type=int, default=6400, help="train images of the generated JPEG folder")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=50, help="timed steps of the bare model")
+    p.add_argument("overrides", nargs="*", help="e.g. dataset.root=/path dataset.workers=15 precision=bf16")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bench == "methods":
@@ -529,6 +621,8 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_sieve(args.seeds, args.epochs, args.overrides))
     elif args.bench == "gpu":
         gpu(args.batch_sizes, args.train_size, args.steps, args.run_size, args.run_epochs, args.overrides)
+    elif args.bench == "data":
+        data_bench(args.generate, args.batch_size, args.steps, args.overrides)
 
 
 if __name__ == "__main__":

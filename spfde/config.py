@@ -40,6 +40,19 @@ class DatasetConfig:  # the data set's own keys come from conf/dataset/<name>.ya
     workers: int = 8  # folder data: DataLoader worker processes
     test_fraction: float = 0.2  # digits: share of the stratified test split
     on_bad_file: str = "error"  # image folders: an unreadable image stops the run naming it (error) or is skipped
+    # Image folders only (imagenet, imagefolder). image_size 0 = from the images: their native size when
+    # the sampled images are small (<= 64 px on the longer side), else 224.
+    # loader: how folder images are decoded. auto = on CUDA, DALI if installed else gpu; on other devices, and
+    # for folders holding non-JPEG files, pil | gpu = torchvision.io.decode_jpeg on the training device
+    # (workers only read file bytes) | dali = NVIDIA DALI (pip install -e '.[dali]') | pil = PIL in workers
+    loader: str = "auto"
+    # augment: training augmentation. auto = cifar for small images (<= 64 px), imagenet otherwise |
+    # imagenet = RandomResizedCrop(scale 0.08-1) | cifar = pad image_size // 8 and random crop |
+    # none = no random crop. Flips follow hflip with every choice but none.
+    augment: str = "auto"
+    # in_memory: decode the folder once into a uint8 tensor on the device and serve it like CIFAR (no workers).
+    # auto = when the images are small (<= 64 px) and train + val at image_size take at most 2 GiB | true | false
+    in_memory: str = "auto"
     split_seed: int = 0  # digits: the split, fake: the images; fixed across run seeds
 
 

@@ -23,14 +23,17 @@ from spfde.validation import validate
 
 
 def build_plan(cfg) -> dict:
+    from spfde.data.folders import planned_image_size
+
     d = cfg.dataset
-    input_shape = (d.channels, d.image_size, d.image_size)
+    size = planned_image_size(d)  # image folders: dataset.image_size 0 = read from the images
+    input_shape = (d.channels, size, size)
     samples = d.train_size
     check_sieve(cfg, samples)
     samples_per_epoch = sieve_epochs(cfg, samples)
     batches_per_epoch = [epoch_batches(n, cfg.batch_size) for n in samples_per_epoch]
     batches = batches_per_epoch[0]
-    core = build_core(cfg, d.num_classes, d.channels, d.image_size, len(batches), device="meta")
+    core = build_core(cfg, d.num_classes, d.channels, size, len(batches), device="meta")
     model, method, cost_model, memory = core.model, core.method, core.cost_model, core.memory_model
     memories_of = {c: memory if c == cfg.cost.memory else memory_model(c, model, input_shape, cfg.cost.memory_batch)
                    for c in MEMORY_CONVENTIONS}

@@ -42,7 +42,10 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}")
     _check(d.num_classes >= 2, f"dataset.num_classes must be >= 2, got {d.num_classes}")
     _check(d.channels >= 1, f"dataset.channels must be >= 1, got {d.channels}")
-    _check(d.image_size >= 8, f"dataset.image_size must be >= 8, got {d.image_size}")
+    folder = d.name in ("imagenet", "imagefolder")
+    _check(d.image_size >= 8 or (folder and d.image_size == 0),
+           "dataset.image_size must be >= 8" + (" (or 0: from the images)" if folder else "")
+           + f", got {d.image_size}")
     _check(d.train_size >= 1 and d.test_size >= 1, "dataset.train_size and dataset.test_size must be >= 1")
     _check(d.crop_padding >= 0, f"dataset.crop_padding must be >= 0, got {d.crop_padding}")
     _check(d.workers >= 0, f"dataset.workers must be >= 0, got {d.workers}")
@@ -67,6 +70,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
     _check(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
     _check(d.on_bad_file in ("error", "skip"), f"dataset.on_bad_file must be error or skip, got {d.on_bad_file!r}")
+    validate_loader(cfg)
     _check(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     validate_sparsity(cfg)
     validate_freeze(cfg)
@@ -191,6 +195,36 @@ def check_before_work(cfg: DictConfig) -> None:
             check_image_folder(cfg.dataset)
         except DataError as e:
             raise ConfigError(str(e)) from None
+
+
+LOADERS = ("auto", "gpu", "dali", "pil")
+AUGMENTS = ("auto", "imagenet", "cifar", "none")
+
+
+def validate_loader(cfg: DictConfig) -> None:
+    """The folder-loader keys: known values, and a GPU loader only where there is a GPU to decode on."""
+    d = cfg.dataset
+    _check(d.loader in LOADERS, f"dataset.loader must be one of {', '.join(LOADERS)}, got {d.loader!r}")
+    _check(d.augment in AUGMENTS, f"dataset.augment must be one of {', '.join(AUGMENTS)}, got {d.augment!r}")
+    _check(str(d.in_memory).lower() in ("auto", "true", "false"),
+           f"dataset.in_memory must be auto, true or false, got {d.in_memory!r}")
+    _check(not (str(d.in_memory).lower() == "true" and d.augment == "imagenet"),
+           "dataset.in_memory=true serves images at image_size, which RandomResizedCrop cannot use: set "
+           "dataset.augment=cifar or none, or dataset.in_memory=false")
+    if d.name in ("imagenet", "imagefolder"):
+        _check(d.channels in (1, 3), f"dataset.channels must be 1 (grayscale) or 3 for image folders, got {d.channels}")
+    if d.loader in ("gpu", "dali"):
+        import torch
+
+        cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        _check(cuda, f"dataset.loader={d.loader} decodes images on a CUDA device, but device={cfg.device}"
+               + ("" if torch.cuda.is_available() else " and CUDA is not available here")
+               + "; use dataset.loader=auto or pil")
+    if d.loader == "dali":
+        from spfde.data.folders import dali_installed
+
+        _check(dali_installed(), "dataset.loader=dali needs NVIDIA DALI, which is not installed: "
+               "pip install -e '.[dali]' (or use dataset.loader=auto, gpu or pil)")
 
 
 def validate_sparsity(cfg: DictConfig) -> None:

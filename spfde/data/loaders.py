@@ -151,14 +151,26 @@ class IndexedDataset(Dataset):
             image, label = self.dataset[i]
         except Exception as e:  # noqa: BLE001 - PIL raises several types for damaged files
             path = self.dataset.samples[i][0] if hasattr(self.dataset, "samples") else f"sample {i}"
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if self.on_bad_file == "error":
-                raise BadImageError(f"{path} does not decode ({reason}): remove or replace it, or set "
-                                    "dataset.on_bad_file=skip") from None
+            bad_image(path, e, self.on_bad_file)
             self.skipped += 1
-            log.warning(f"skipped unreadable image {path} ({reason})")
             return None
         return image, label, i
+
+
+def bad_image(path, error: Exception, on_bad_file: str) -> None:
+    """An image that does not decode: raise BadImageError naming it (on_bad_file=error), or log that it is
+    skipped (the caller drops and counts it). Every folder loader reports bad files through this."""
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if on_bad_file == "error":
+        raise BadImageError(f"{path} does not decode ({reason}): remove or replace it, or set "
+                            "dataset.on_bad_file=skip") from None
+    log.warning(f"skipped unreadable image {path} ({reason})")
+
+
+def worker_error(e: BadImageError) -> BadImageError:
+    """A BadImageError raised in a DataLoader worker carries the worker's traceback: keep our one line."""
+    lines = [line for line in str(e).splitlines() if line.startswith("spfde.data.loaders.BadImageError")]
+    return BadImageError(lines[-1].split(": ", 1)[1] if lines else str(e))
 
 
 def batch_sizes(samples: int, batch_size: int, train: bool, world) -> list[int]:
@@ -232,8 +244,7 @@ class FolderLoader:
         try:
             yield from loader
         except BadImageError as e:  # from a worker: the message carries its traceback, keep our line
-            lines = [line for line in str(e).splitlines() if line.startswith("spfde.data.loaders.BadImageError")]
-            raise BadImageError(lines[-1].split(": ", 1)[1] if lines else str(e)) from None
+            raise worker_error(e) from None
         if int(self.dataset.skipped) > before:
             log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
                         f"({int(self.dataset.skipped)} in all; their paths are logged above)")

@@ -1,0 +1,199 @@
+"""Folder loader that decodes JPEGs on the training device (torchvision.io.decode_jpeg on batches).
+
+DataLoader workers only read file bytes; the main process decodes each batch on the device, then crops,
+resizes, flips and normalises there. The random crop boxes and flips are drawn on the CPU from a generator
+seeded, once per pass, by one draw from the run generator: the same draws the PIL `FolderLoader` makes
+from it (its sample order, then its DataLoader's worker seed). So every loader consumes the run generator
+identically, walks the same `IndexBatches` order, and a run resumes exactly from the generator's state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from spfde.data.loaders import (
+    BadImageError,
+    FolderLoader,
+    IndexBatches,
+    augmentation_draws,
+    bad_image,
+    log,
+    random_crop_flip,
+    worker_error,
+)
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+# ITU-R 601 luma, what PIL's convert("L") uses: grayscale from decoded RGB, identically on every device
+LUMA = (0.299, 0.587, 0.114)
+
+
+class FileBytes(Dataset):
+    """(JPEG bytes or, for other formats, the image decoded on the CPU, label, index)."""
+
+    def __init__(self, samples: list[tuple[str, int]], channels: int, on_bad_file: str):
+        self.samples, self.channels, self.on_bad_file = samples, channels, on_bad_file
+        self.skipped = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        path, label = self.samples[i]
+        try:
+            data = read_file(path)
+            if bytes(data[:3].tolist()) != JPEG_MAGIC:  # PNG & co: decoded here, on the CPU
+                mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
+                return decode_image(data, mode=mode), label, i
+        except Exception as e:  # noqa: BLE001 - unreadable or undecodable file
+            bad_image(path, e, self.on_bad_file)
+            self.skipped += 1
+            return None
+        return data, label, i
+
+
+def keep_present(batch):
+    return [b for b in batch if b is not None]
+
+
+def resized_crop_params(height: int, width: int, generator: torch.Generator, scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (top, left, h, w), drawn from `generator` (10 tries, then the
+    central crop at the nearest allowed aspect ratio)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of one [C, H, W] image to float [C, *size] (values stay 0-255)."""
+    if tuple(image.shape[-2:]) == size:
+        return image.float()
+    return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def eval_view(image: torch.Tensor, size: int, small: bool) -> torch.Tensor:
+    """Evaluation (and augment=none) view: small images stretched to size x size; others resized so the shorter
+    side is round(size * 256 / 224), then centre-cropped (torchvision's Resize + CenterCrop)."""
+    if small:
+        return resize(image, (size, size))
+    h, w = image.shape[-2:]
+    short = int(round(size * 256 / 224))
+    new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    image = resize(image, new)
+    top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    return image[:, top:top + size, left:left + size]
+
+
+class GpuDecodeLoader(FolderLoader):
+    """Same interface as `FolderLoader` (indices, set_indices, batch sizes, world sharding). `device` is where
+    JPEGs are decoded and augmented: a CUDA device in runs (dataset.loader=gpu), the CPU in tests."""
+
+    def __init__(self, samples: list[tuple[str, int]], batch_size: int, *, train: bool, generator: torch.Generator,
+                 device: torch.device, image_size: int, augment: str = "imagenet", small: bool = False,
+                 hflip: bool = True, channels: int = 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 workers: int = 0, on_bad_file: str = "error", world=None, seed: int = 0):
+        self.dataset = FileBytes(samples, channels, on_bad_file)
+        self.batch_size, self.train, self.generator, self.world = batch_size, train, generator, world
+        self.workers, self.pin_memory = workers, False
+        self.indices = torch.arange(len(samples))
+        self.device, self.size, self.augment, self.small = torch.device(device), image_size, augment, small
+        self.hflip, self.channels, self.on_bad_file = hflip and augment != "none", channels, on_bad_file
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
+
+    def __iter__(self):
+        batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world))
+        # the draw the PIL loader's DataLoader makes for its worker seed: seeds this pass's crops and flips
+        seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
+        draws = torch.Generator().manual_seed(seed)
+        # workers need no randomness: a private generator keeps the run's and the global one untouched
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=keep_present,
+                            generator=torch.Generator().manual_seed(0), persistent_workers=False,
+                            prefetch_factor=4 if self.workers else None)
+        before = int(self.dataset.skipped)
+        try:
+            for items in loader:
+                images, labels, index = self.decode(items)
+                if not images:
+                    continue
+                yield self.transform(images, draws), labels.to(self.device, non_blocking=True), index
+        except BadImageError as e:
+            raise worker_error(e) from None
+        if int(self.dataset.skipped) > before:
+            log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
+                        f"({int(self.dataset.skipped)} in all; their paths are logged above)")
+
+    def decode(self, items):
+        """Decode the batch's JPEGs in one batched call on the device; a failure is traced to its file(s)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        jpegs = [k for k, (data, _, _) in enumerate(items) if data.dim() == 1]
+        decoded = {k: items[k][0].to(self.device) for k in range(len(items)) if k not in jpegs}
+        if jpegs:
+            data = [items[k][0] for k in jpegs]
+            try:
+                out = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # find the bad file(s): decode one by one
+                out = []
+                for k, d in zip(jpegs, data):
+                    try:
+                        out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
+                    except RuntimeError as e:
+                        bad_image(self.dataset.samples[items[k][2]][0], e, self.on_bad_file)
+                        self.dataset.skipped += 1
+                        out.append(None)
+            for k, image in zip(jpegs, out):
+                if image is not None:
+                    decoded[k] = self.gray(image) if self.channels == 1 else image
+        keep = sorted(decoded)
+        labels = torch.tensor([items[k][1] for k in keep], dtype=torch.int64)
+        index = torch.tensor([items[k][2] for k in keep], dtype=torch.int64)
+        return [decoded[k] for k in keep], labels, index
+
+    @staticmethod
+    def gray(image: torch.Tensor) -> torch.Tensor:
+        weights = torch.tensor(LUMA, device=image.device).view(3, 1, 1)
+        return (image.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+    def transform(self, images: list[torch.Tensor], draws: torch.Generator) -> torch.Tensor:
+        """Crop/resize each image to size x size, flip, normalise: float [B, C, S, S] on the device."""
+        size, n = self.size, len(images)
+        if not self.train or self.augment == "none":
+            batch = torch.stack([eval_view(im, size, self.small) for im in images])
+        elif self.augment == "imagenet":
+            views = []
+            for im in images:
+                top, left, h, w = resized_crop_params(im.shape[-2], im.shape[-1], draws)
+                views.append(resize(im[:, top:top + h, left:left + w], (size, size)))
+            batch = torch.stack(views)
+        else:  # cifar: stretch to size x size, pad size // 8, random crop (the in-memory loader's augmentation)
+            batch = torch.stack([resize(im, (size, size)) for im in images])
+            padding = size // 8
+            dy, dx, _ = augmentation_draws([n], padding, False, draws, self.device)
+            batch = random_crop_flip(batch, padding, dy, dx, None)
+        if self.train and self.hflip:
+            flip = (torch.rand(n, generator=draws) < 0.5).to(self.device)
+            batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+        return (batch - self.mean) / self.std

@@ -1,0 +1,107 @@
+"""Data sources that fit in memory (digits, fake, CIFAR): each returns uint8 image tensors and labels."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """Data that cannot be found or fetched; the message says what is missing and how to fix it."""
+
+
+@dataclass
+class Arrays:
+    train_images: torch.Tensor  # uint8 [N, C, H, W]
+    train_labels: torch.Tensor  # int64 [N]
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def train_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 training images (for CIFAR these are the usual constants)."""
+    pixels = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return pixels.mean(1), pixels.std(1).clamp_min(1e-3)
+
+
+def _to_uint8_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 batch to size x size (bilinear) if needed."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return resized.round().clamp_(0, 255).to(torch.uint8)
+
+
+def load_digits(cfg) -> Arrays:
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = sk_digits(return_X_y=True)
+    images = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8).mul(255 / 16).round().to(torch.uint8)
+    images = _to_uint8_size(images, cfg.image_size).repeat(1, cfg.channels, 1, 1)
+    labels = torch.tensor(y, dtype=torch.int64)
+    train_idx, test_idx = train_test_split(range(len(labels)), test_size=cfg.test_fraction,
+                                           stratify=y, random_state=cfg.split_seed)
+    train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
+    return Arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
+
+
+def load_fake(cfg) -> Arrays:
+    """Random uint8 images and labels, one seeded tensor draw (torchvision's FakeData draws each image
+    through PIL, which took over a minute for 60k CIFAR-sized images). Fixed across run seeds, like a
+    real data set; `split_seed` picks another one."""
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+
+    def make(size: int):
+        images = torch.randint(0, 256, (size, cfg.channels, cfg.image_size, cfg.image_size), dtype=torch.uint8,
+                               generator=generator)
+        return images, torch.randint(0, cfg.num_classes, (size,), generator=generator)
+
+    return Arrays(*make(cfg.train_size), *make(cfg.test_size))
+
+
+CIFAR_FILES = {
+    "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-python.tar.gz"),
+    "cifar100": ("CIFAR100", "CIFAR-100", "cifar-100-python.tar.gz"),
+}
+
+
+def load_cifar(cfg) -> Arrays:
+    import torchvision.datasets as tvd
+
+    class_name, title, archive = CIFAR_FILES[cfg.name]
+    cls = getattr(tvd, class_name)
+    root = os.path.abspath(cfg.root)
+    try:
+        splits = [cls(root, train=t, download=False) for t in (True, False)]
+    except RuntimeError:
+        if not cfg.download:
+            raise DataError(f"{title} not found in {root} and dataset.download=false: put {archive} "
+                            f"(https://www.cs.toronto.edu/~kriz/{archive}) there, or set dataset.root") from None
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(15)  # offline machines must fail in seconds, not hang
+        try:
+            splits = [cls(root, train=t, download=True) for t in (True, False)]
+        except Exception as e:  # noqa: BLE001 - any network/IO failure means the same thing here
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{title} not found in {root} and the download failed ({reason}). Put {archive} "
+                            f"(https://www.cs.toronto.edu/~kriz/{archive}) or its extracted folder in {root}, "
+                            f"or point dataset.root at a folder that has it") from None
+        finally:
+            socket.setdefaulttimeout(previous)
+
+    def arrays(ds):
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW uint8
+        return _to_uint8_size(images, cfg.image_size), torch.tensor(ds.targets, dtype=torch.int64)
+
+    return Arrays(*arrays(splits[0]), *arrays(splits[1]))
+
+
+IN_MEMORY = {"cifar10": load_cifar, "cifar100": load_cifar, "digits": load_digits, "fake": load_fake}

@@ -1,0 +1,202 @@
+"""Image-folder loaders (issue 13): PIL, torchvision decode (tested on the CPU) and DALI share the sample
+order; small folders load into memory with CIFAR-style augmentation; grayscale and hflip are honoured."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from spfde.config import ConfigError
+from spfde.data import build_data
+from spfde.data.folders import FolderChoice, dali_installed, pil_transforms
+from spfde.data.gpu_decode import GpuDecodeLoader
+from spfde.data.loaders import FolderLoader
+from spfde.validation import precheck_overrides
+from tests.helpers import make_cfg, run_cli
+
+
+def write_folder(root, size=(40, 30), classes=3, per_class=6, mode="RGB", suffix="jpg"):
+    g = torch.Generator().manual_seed(0)
+    channels = 1 if mode == "L" else 3
+    for split, n in (("train", per_class), ("val", max(2, per_class // 3))):
+        for c in range(classes):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (size[1], size[0], channels), generator=g, dtype=torch.uint8)
+                Image.fromarray(pixels.squeeze(-1).numpy(), mode=mode).save(root / split / f"c{c}" / f"{i}.{suffix}")
+    return root
+
+
+def loaders(root, indices=None, batch_size=4):
+    """The PIL loader and the torchvision-decode loader over the same folder, each with its own generator."""
+    from torchvision import datasets
+
+    train_set = datasets.ImageFolder(str(root / "train"))
+    choice = FolderChoice(image_size=16, small=False, augment="imagenet", loader="pil", hflip=True)
+    train_set.transform = pil_transforms(choice, 3, train=True)
+    pil = FolderLoader(train_set, batch_size, train=True, generator=torch.Generator().manual_seed(7), workers=0,
+                       pin_memory=False)
+    gpu = GpuDecodeLoader(train_set.samples, batch_size, train=True, generator=torch.Generator().manual_seed(7),
+                          device=torch.device("cpu"), image_size=16)
+    out = [pil, gpu]
+    if dali_installed():
+        from spfde.data.dali import DaliLoader
+
+        out.append(DaliLoader(train_set.samples, batch_size, train=True, generator=torch.Generator().manual_seed(7),
+                              device=torch.device("cpu"), image_size=16, workers=1))
+    for loader in out:
+        if indices is not None:
+            loader.set_indices(indices)
+    return out
+
+
+def epoch_indices(loader) -> list[list[int]]:
+    return [b[2].tolist() for b in loader]
+
+
+@pytest.mark.parametrize("sieved", [False, True])
+def test_loaders_walk_the_same_indices_per_epoch_and_resume(tmp_path, sieved):
+    root = write_folder(tmp_path / "f")
+    indices = torch.tensor([0, 2, 3, 5, 7, 8, 11, 13, 14, 17]) if sieved else None
+    all_loaders = loaders(root, indices)
+    runs = []
+    for loader in all_loaders:
+        first = epoch_indices(loader)
+        state = loader.generator.get_state()
+        second = epoch_indices(loader)
+        loader.generator.set_state(state)  # a resumed run: the generator's saved state replays epoch 2
+        assert epoch_indices(loader) == second
+        runs.append((first, second))
+    assert all(r == runs[0] for r in runs[1:])
+    first, second = runs[0]
+    expected = sorted(indices.tolist()) if sieved else list(range(18))
+    assert sorted(sum(first, [])) == expected and sorted(sum(second, [])) == expected
+    assert first != second  # reshuffled each epoch
+
+
+def test_gpu_decode_loader_output_flips_and_deterministic_validation(tmp_path):
+    root = write_folder(tmp_path / "f")
+    from torchvision import datasets
+
+    samples = datasets.ImageFolder(str(root / "train")).samples
+    make = dict(generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), image_size=16)
+    train = GpuDecodeLoader(samples, 5, train=True, **make)
+    x, y, idx = next(iter(train))
+    assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64 and len(idx) == 5
+    assert -3 < x.mean() < 3 and 0.3 < x.std() < 3  # normalised with ImageNet's mean and std
+    val = GpuDecodeLoader(samples, 5, train=False, **make)
+    first, again = [torch.cat([b[0] for b in val]) for _ in range(2)]
+    assert torch.equal(first, again) and first.shape == (18, 3, 16, 16)
+    # flips only where hflip: with the crop switched off, each image is its evaluation view or its mirror
+    images, _, _ = val.decode([val.dataset[i] for i in range(18)])
+    reference = val.transform(images, torch.Generator())
+    for hflip in (False, True):
+        loader = GpuDecodeLoader(samples, 18, train=True, augment="none", **make)
+        loader.hflip = hflip  # augment=none turns flips off; force them to test the flip step alone
+        out = loader.transform(images, torch.Generator().manual_seed(1))
+        flipped = [not torch.equal(a, b) for a, b in zip(out, reference)]
+        assert all(torch.equal(a, b.flip(2)) for a, b, f in zip(out, reference, flipped) if f)
+        assert any(flipped) == hflip
+
+
+def test_grayscale_gpu_decode_keeps_one_channel(tmp_path):
+    root = write_folder(tmp_path / "g", size=(28, 28), mode="L")
+    from torchvision import datasets
+
+    samples = datasets.ImageFolder(str(root / "train")).samples
+    loader = GpuDecodeLoader(samples, 4, train=True, generator=torch.Generator(), device=torch.device("cpu"),
+                             image_size=28, augment="cifar", small=True, hflip=False, channels=1, mean=(0.45,),
+                             std=(0.23,))
+    assert next(iter(loader))[0].shape == (4, 1, 28, 28)
+
+
+def folder_run(root, tmp_path, *extra):
+    return run_cli(["experiment=quickstart", "model.depth=8", "dataset=imagefolder", f"dataset.root={root}",
+                    "dataset.workers=0", "epochs=1", "batch_size=8", "logger=none", "progress=false", "device=cpu",
+                    f"hydra.run.dir={tmp_path / 'run'}", *extra], cwd=tmp_path, timeout=300)
+
+
+def test_small_rgb_folder_trains_in_memory_with_cifar_augmentation(tmp_path):
+    root = write_folder(tmp_path / "f", size=(32, 32), suffix="png")
+    data = build_data(make_cfg(["dataset=imagefolder", f"dataset.root={root}"]), torch.device("cpu"),
+                      torch.Generator())
+    assert data.image_size == 32 and data.channels == 3 and data.train.images.shape == (18, 3, 32, 32)
+    assert data.train.crop_padding == 4 and data.train.hflip
+    proc = folder_run(root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "at 32x32x3, in memory, augment cifar, hflip True, loader in-memory" in proc.stdout + proc.stderr
+
+
+def test_grayscale_folder_keeps_one_channel_and_no_flip(tmp_path):
+    root = write_folder(tmp_path / "g", size=(28, 28), mode="L", suffix="png")
+    cfg = make_cfg(["dataset=imagefolder", f"dataset.root={root}", "dataset.channels=1", "dataset.hflip=false"])
+    data = build_data(cfg, torch.device("cpu"), torch.Generator())
+    assert data.channels == 1 and data.image_size == 28 and data.train.images.shape[1] == 1
+    assert not data.train.hflip and data.train.crop_padding == 28 // 8
+    proc = folder_run(root, tmp_path, "dataset.channels=1", "dataset.hflip=false")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "at 28x28x1, in memory, augment cifar, hflip False" in proc.stdout + proc.stderr
+
+
+def test_large_folder_streams_with_pil_on_cpu_and_plan_sees_the_size(tmp_path):
+    root = write_folder(tmp_path / "f", size=(80, 70))
+    cfg = make_cfg(["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=0", "batch_size=4"])
+    data = build_data(cfg, torch.device("cpu"), torch.Generator())
+    assert isinstance(data.train, FolderLoader) and data.image_size == 224
+    from spfde.plan import build_plan
+
+    assert build_plan(cfg)["train_flops"] > 0
+
+
+def test_bad_loader_values_are_one_line_errors_before_training(tmp_path):
+    root = write_folder(tmp_path / "f", per_class=2)
+    base = ["experiment=quickstart", "dataset=imagefolder", f"dataset.root={root}", "device=cpu"]
+    cases = [("dataset.loader=gpu", "dataset.loader=gpu decodes images on a CUDA device"),
+             ("dataset.augment=bogus", "dataset.augment must be one of auto, imagenet, cifar, none, got 'bogus'"),
+             ("dataset.loader=fast", "dataset.loader must be one of auto, gpu, dali, pil"),
+             ("dataset.in_memory=maybe", "dataset.in_memory must be auto, true or false"),
+             ("dataset.image_size=-1", "dataset.image_size must be >= 8 (or 0: from the images), got -1")]
+    for override, expected in cases:
+        with pytest.raises(ConfigError, match=re.escape(expected)) as err:
+            precheck_overrides([*base, override])
+        assert "\n" not in str(err.value)
+    if not dali_installed():
+        with pytest.raises(ConfigError) as err:
+            precheck_overrides([*base, "dataset.loader=dali"])
+        assert "CUDA" in str(err.value) or "pip install -e '.[dali]'" in str(err.value)
+    proc = folder_run(root, tmp_path, "dataset.augment=bogus")
+    assert proc.returncode == 2 and "dataset.augment must be one of" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_decode_on_cuda_matches_the_cpu_indices(tmp_path):
+    root = write_folder(tmp_path / "f")
+    from torchvision import datasets
+
+    samples = datasets.ImageFolder(str(root / "train")).samples
+    out = {}
+    for device in ("cpu", "cuda"):
+        loader = GpuDecodeLoader(samples, 4, train=True, generator=torch.Generator().manual_seed(3),
+                                 device=torch.device(device), image_size=16)
+        batches = list(loader)
+        out[device] = [b[2].tolist() for b in batches]
+        assert all(b[0].device.type == device for b in batches)
+    assert out["cpu"] == out["cuda"]
+
+
+@pytest.mark.slow
+def test_bench_data_cpu_rehearsal(tmp_path):
+    proc = run_cli(["data", "--generate", "40", "--batch-size", "8", "--steps", "2", "model=resnet32", "model.width=1",
+                    "model.depth=8", "dataset.image_size=32", "dataset.workers=0", "device=cpu"], cwd=tmp_path,
+                   module="spfde.bench", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "| bare model, random batch on the device |" in out and "1.00x" in out
+    assert re.search(r"\| harness, dataset.loader=pil \(40 images, epoch 2\) \| [\d,]+ \| \d+\.\d\dx \|", out)
+    assert re.search(r"fastest loader: pil; epoch time with 0 frozen blocks .*speed-up \d+\.\d\dx", out)
+    assert (tmp_path / "outputs" / "bench-data" / "jpeg-40" / ".complete").exists()
