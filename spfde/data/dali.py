@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spfde.data.loaders import BadImageError, FolderLoader, IndexBatches, bad_image, log
+from spfde.data.loaders import BadImageError, FolderLoader, IndexBatches, bad_image, log, pass_draws, to_device
 
 
 class DaliLoader(FolderLoader):
@@ -103,8 +103,7 @@ class DaliLoader(FolderLoader):
 
     def __iter__(self):
         batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world))
-        seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()  # as GpuDecodeLoader
-        draws = torch.Generator().manual_seed(seed)
+        draws = pass_draws(self.generator)
         before = self.skipped
         for batch in batches:
             flip = dict(zip(batch, (torch.rand(len(batch), generator=draws) < 0.5).tolist() if self.hflip
@@ -119,7 +118,7 @@ class DaliLoader(FolderLoader):
                     continue
                 x = self.run(arrays, flips)
             labels = torch.tensor([self.samples[i][1] for i in kept], dtype=torch.int64)
-            yield x, labels.to(self.device, non_blocking=True), torch.tensor(kept, dtype=torch.int64)
+            yield x, to_device(labels, self.device), torch.tensor(kept, dtype=torch.int64)
         if self.skipped > before:
             log.warning(f"{self.skipped - before} unreadable images skipped in this pass ({self.skipped} in all; "
                         "their paths are logged above)")

@@ -22,7 +22,9 @@ from spfde.data.loaders import (
     augmentation_draws,
     bad_image,
     log,
+    pass_draws,
     random_crop_flip,
+    to_device,
     worker_error,
 )
 
@@ -122,12 +124,11 @@ class GpuDecodeLoader(FolderLoader):
         self.hflip, self.channels, self.on_bad_file = hflip and augment != "none", channels, on_bad_file
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
+        self.luma = torch.tensor(LUMA, device=self.device).view(3, 1, 1)  # made once: not a copy per image
 
     def __iter__(self):
         batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world))
-        # the draw the PIL loader's DataLoader makes for its worker seed: seeds this pass's crops and flips
-        seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
-        draws = torch.Generator().manual_seed(seed)
+        draws = pass_draws(self.generator)
         # workers need no randomness: a private generator keeps the run's and the global one untouched
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=keep_present,
                             generator=torch.Generator().manual_seed(0), persistent_workers=False,
@@ -138,7 +139,7 @@ class GpuDecodeLoader(FolderLoader):
                 images, labels, index = self.decode(items)
                 if not images:
                     continue
-                yield self.transform(images, draws), labels.to(self.device, non_blocking=True), index
+                yield self.transform(images, draws), to_device(labels, self.device), index
         except BadImageError as e:
             raise worker_error(e) from None
         if int(self.dataset.skipped) > before:
@@ -172,10 +173,8 @@ class GpuDecodeLoader(FolderLoader):
         index = torch.tensor([items[k][2] for k in keep], dtype=torch.int64)
         return [decoded[k] for k in keep], labels, index
 
-    @staticmethod
-    def gray(image: torch.Tensor) -> torch.Tensor:
-        weights = torch.tensor(LUMA, device=image.device).view(3, 1, 1)
-        return (image.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    def gray(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() * self.luma).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
     def transform(self, images: list[torch.Tensor], draws: torch.Generator) -> torch.Tensor:
         """Crop/resize each image to size x size, flip, normalise: float [B, C, S, S] on the device."""
@@ -194,6 +193,6 @@ class GpuDecodeLoader(FolderLoader):
             dy, dx, _ = augmentation_draws([n], padding, False, draws, self.device)
             batch = random_crop_flip(batch, padding, dy, dx, None)
         if self.train and self.hflip:
-            flip = (torch.rand(n, generator=draws) < 0.5).to(self.device)
+            flip = to_device(torch.rand(n, generator=draws) < 0.5, self.device)
             batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
         return (batch - self.mean) / self.std

@@ -52,13 +52,23 @@ def augmentation_draws(batches: list[int], padding: int, hflip: bool, generator:
         if hflip:
             flips.append(torch.rand(b, generator=generator) < 0.5)
 
-    def to_device(parts):
-        if not parts:
-            return None
-        joined = torch.cat(parts)
-        return joined.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else joined.to(device)
+    def joined(parts):
+        return to_device(torch.cat(parts), device) if parts else None
 
-    return to_device(dys), to_device(dxs), to_device(flips)
+    return joined(dys), joined(dxs), joined(flips)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory, so the host does not wait for the GPU."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
+
+
+def pass_draws(generator: torch.Generator) -> torch.Generator:
+    """The generator of one pass's crops and flips in the streaming GPU loaders, seeded by one draw from the run
+    generator: the draw the PIL loader's DataLoader makes for its worker seed, so every folder loader consumes
+    the run generator identically (same sample order, exact resume)."""
+    seed = torch.empty((), dtype=torch.int64).random_(generator=generator).item()
+    return torch.Generator().manual_seed(seed)
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor | None, dx: torch.Tensor | None,
