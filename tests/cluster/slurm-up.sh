@@ -71,8 +71,18 @@ node=$(slurmd -C | head -n 1)
 cpus=$(echo "$node" | grep -o 'CPUs=[0-9]*' | cut -d= -f2)
 mem=$(echo "$node" | grep -o 'RealMemory=[0-9]*' | cut -d= -f2)
 mem=$(( mem > 1024 ? mem - 512 : mem ))
+# Job ids restart at FirstJobId whenever slurmctld starts without saved state (below), but the accounting
+# database keeps every earlier job: sacct -j N then sees an old job N too, and around a requeue submitit can
+# read that job's COMPLETED state as the new one's and give up on it. So start past every id on record.
+if scontrol ping 2>/dev/null | grep -q UP; then
+  first_job_id=$(scontrol show config | awk '$1 == "FirstJobId" {print $3}')
+else
+  last_job_id=$(mysql -N -e "SELECT COALESCE(MAX(id_job), 0) FROM slurm_acct_db.spfde_job_table" 2>/dev/null)
+  first_job_id=$(( ${last_job_id:-0} + 1 ))
+fi
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=spfde
+FirstJobId=${first_job_id:-1}
 SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
