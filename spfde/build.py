@@ -14,6 +14,7 @@ import torch
 from spfde.analysis import Analysis
 from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches, memory_model
 from spfde.data import Data, build_data
+from spfde.data.loaders import to_device
 from spfde.distributed import World
 from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.models import build_model
@@ -68,6 +69,11 @@ class Runtime:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+    def indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """A batch's sample indices on the device (the sieve's flags live there), before the step: inside it a
+        host-to-device copy would make the host wait, and cannot be captured in a CUDA graph."""
+        return to_device(idx, self.device) if self.device.type == "cuda" and not idx.is_cuda else idx
 
 
 @dataclass

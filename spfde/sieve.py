@@ -85,12 +85,20 @@ class Sieve:
 
     # ----------------------------------------------------------------- per step (on device, no syncs)
     def observe(self, indices: torch.Tensor, correct: torch.Tensor) -> None:
-        """Record the step's predictions: correct[i] for sample indices[i]."""
+        """Record the step's predictions: correct[i] for sample indices[i] (on the sieve's device already).
+        In-place index ops with no Python value turned into a tensor: on a GPU, `flags[indices] = True` would
+        copy a host tensor (a sync per step, and an error inside a CUDA-graph capture)."""
         if not self.enabled:
             return
-        indices = indices.to(self.device)
-        self.seen_now[indices] = True
-        self.correct_now[indices] = correct
+        if indices.device != self.seen_now.device:
+            raise ValueError(f"sieve.observe: indices on {indices.device}, the sieve on {self.seen_now.device} "
+                             "(move them with the batch, outside the step)")
+        self.seen_now.index_fill_(0, indices, True)
+        self.correct_now.index_copy_(0, indices, correct)
+
+    def step_tensors(self) -> list[torch.Tensor]:
+        """The tensors `observe` writes (a failed CUDA-graph capture restores them)."""
+        return [self.seen_now, self.correct_now]
 
     def end_epoch(self, world=None) -> None:
         """Fold the epoch's observations into the window's forgetting statistics: a sample correct at its

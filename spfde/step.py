@@ -17,6 +17,12 @@ Steps that stay eager with graphs on: steps that are not plain (RigL/SET/ITOP/DS
 SNFS and DeepR step, MEST with λ > 0), every step while `analysis.every` is on, the epoch's last partial
 batch, and the first `WARMUP_STEPS` plain steps at each depth (warm-up before capture, as PyTorch's
 CUDA-graph recipe asks).
+
+Nothing inside a step may make the host wait for the GPU (no `.item()`, no `nonzero`, no boolean-mask
+indexing, no host tensor such as `flags[i] = True` turns into): inside a capture that is an error, and
+eagerly a stall per step. `tests/test_capture_safety.py` runs every plain step under a dispatch mode
+that fails on any such op. With `cuda_graphs=auto` a capture that fails anyway costs nothing but speed:
+the step's state is restored and the run goes on eagerly (`Graphs`); `summary.json` says so.
 """
 
 from __future__ import annotations
@@ -40,6 +46,20 @@ def use_cuda_graphs(setting: str, device: torch.device) -> bool:
     return device.type == "cuda" and setting in ("auto", "on")
 
 
+def device_lr_dtype(device: torch.device, graphs: bool) -> torch.dtype | None:
+    """Where graphs may run, and on every CUDA run, each block's learning rate lives in a device vector that
+    the SGD step reads, eager or replayed: one code path on CUDA, so graphs on and off compute the same (the
+    fused kernel given Python floats would compute in double). fp32 for the CUDA kernel; fp64 on the CPU,
+    where the graph path's rehearsal must equal the Python floats of the plain CPU path. None: Python floats."""
+    if device.type == "cuda":
+        return torch.float32
+    return torch.float64 if graphs else None
+
+
+class GraphCaptureError(RuntimeError):
+    """cuda_graphs=on and a capture (or its first replay) failed: the run stops (auto falls back instead)."""
+
+
 def ensure_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
     """Give every parameter a momentum buffer (zeros) before capture, so none is allocated inside a graph.
     A zero buffer gives the same first step as SGD's lazily created one (0·m + g = g)."""
@@ -52,22 +72,43 @@ def ensure_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def first_line(error: BaseException) -> str:
+    """The error a failed capture started with (CUDA adds its own at capture end), as one short line."""
+    while error.__context__ is not None and error.__cause__ is None:
+        error = error.__context__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
 class Graphs:
     """CUDA graphs by key, sharing one memory pool; each captured after `warmup` eager calls of its key.
 
+    A capture, or the first replay of a new graph, that raises costs the run nothing when `fallback` is on
+    (cuda_graphs=auto): the tensors `state()` names (everything a step writes) are restored from a copy taken
+    just before the capture, one warning says why, and from then on every call runs eagerly (`failed` holds
+    the reason). With `fallback` off (cuda_graphs=on) it raises GraphCaptureError.
+
     Memory: a replay allocates nothing, so the allocator's peak does not see it. Each graph's peak during
     its capture (the same buffers a replay reuses) is kept, and `peak()` reports the larger of the
-    allocator's peak since `begin()` and the capture peaks of the graphs run since then."""
+    allocator's peak since `begin()` and the capture peaks of the graphs run since then.
 
-    def __init__(self, warmup: int = WARMUP_STEPS):
-        self.warmup = warmup
+    The CUDA calls live in `setup`, `warm`, `capture`, `synchronize`, `begin` and `peak`, so a test can stand
+    in for them on the CPU."""
+
+    def __init__(self, warmup: int = WARMUP_STEPS, fallback: bool = True, state=None):
+        self.warmup, self.fallback, self.state = warmup, fallback, state or (lambda: [])
         self.graphs: dict = {}
         self.calls: dict = {}
-        self.pool = torch.cuda.graph_pool_handle()
-        self.side = torch.cuda.Stream()
+        self.failed: str | None = None
         self.capture_s = 0.0
         self.capture_peak: dict = {}
+        self.setup()
         self.begin()
+
+    # ----------------------------------------------------------------- the CUDA side
+    def setup(self) -> None:
+        self.pool = torch.cuda.graph_pool_handle()
+        self.side = torch.cuda.Stream()
 
     def begin(self) -> None:
         """Start a new memory window (an epoch's training, or one evaluation)."""
@@ -79,9 +120,38 @@ class Graphs:
         return max([torch.cuda.max_memory_allocated(), self.peak_before_capture,
                     *(self.capture_peak[k] for k in self.used if k in self.capture_peak)])
 
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def warm(self, fn) -> None:
+        """An eager warm-up call on a side stream (PyTorch's recipe before a capture)."""
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            fn()
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def capture(self, key, fn):
+        """Record `fn` into a new graph (nothing runs); returns the graph and records its capture peak."""
+        self.peak_before_capture = max(self.peak_before_capture, torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        graph = torch.cuda.CUDAGraph()
+        # the outer stream context puts the current stream back even when a failed capture's end raises
+        # (torch.cuda.graph's exit then skips its own); thread_local: DataLoader's pin-memory thread may call
+        # CUDA while this thread captures
+        with torch.cuda.stream(torch.cuda.current_stream()):
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                fn()
+        torch.cuda.synchronize()
+        self.capture_peak[key] = torch.cuda.max_memory_allocated()
+        return graph
+
+    # ----------------------------------------------------------------- the logic
     def run(self, key, fn, before_capture=None) -> None:
-        """Replay the graph of `key`, or run `fn` eagerly on a side stream while warming up, or capture it
-        (then replay, since capturing does not execute)."""
+        """Replay the graph of `key`, or run `fn` eagerly (on a side stream while warming up, on the current
+        one after a failed capture), or capture it and replay it (capturing does not execute)."""
+        if self.failed is not None:
+            fn()
+            return
         self.used.add(key)
         graph = self.graphs.get(key)
         if graph is not None:
@@ -89,56 +159,78 @@ class Graphs:
             return
         self.calls[key] = self.calls.get(key, 0) + 1
         if self.calls[key] <= self.warmup:
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                fn()
-            torch.cuda.current_stream().wait_stream(self.side)
+            self.warm(fn)
             return
-        torch.cuda.synchronize()
+        self.synchronize()
+        saved = [t.clone() for t in self.state()]  # what a failed capture or replay must leave as it was
         start = time.perf_counter()
-        if before_capture is not None:
-            before_capture()
-        self.peak_before_capture = max(self.peak_before_capture, torch.cuda.max_memory_allocated())
-        torch.cuda.reset_peak_memory_stats()
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: DataLoader's pin-memory thread may call CUDA while this thread captures
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            fn()
-        torch.cuda.synchronize()
-        self.capture_peak[key] = torch.cuda.max_memory_allocated()
-        took = time.perf_counter() - start
+        try:
+            if before_capture is not None:
+                before_capture()
+            graph = self.capture(key, fn)
+            took = time.perf_counter() - start
+            graph.replay()  # the step itself: a capture only records it
+            self.synchronize()  # a replay that fails says so here, not at some later step
+        except Exception as e:  # noqa: BLE001 - any failure of capture or first replay: fall back or stop
+            self.give_up(key, e, saved)
+            fn()  # this step, eagerly, from the restored state
+            return
         self.capture_s += took
         self.graphs[key] = graph
         log.info(f"CUDA graph captured: {key} in {took:.2f} s")
-        graph.replay()
+
+    def give_up(self, key, error: Exception, saved: list[torch.Tensor]) -> None:
+        reason = first_line(error)
+        if not self.fallback:
+            raise GraphCaptureError(f"CUDA graph capture of {key} failed ({reason}); with cuda_graphs=auto the run "
+                                    "would continue eagerly") from error
+        self.synchronize()
+        with torch.no_grad():
+            for tensor, copy in zip(self.state(), saved):
+                tensor.copy_(copy)
+        self.failed = reason
+        self.graphs.clear()  # one eager path from here on: the same numbers as a run without graphs
+        log.warning(f"CUDA graph capture of {key} failed ({reason}); the run continues with eager steps "
+                    "(cuda_graphs=off skips the attempt)")
 
 
 class TrainStep:
     """One training step of the run, graphed when it can be. Owns the running loss/accuracy sums."""
 
     def __init__(self, model, optimizer, method, freezer, sieve, analysis, meter, rt, label_smoothing: float,
-                 batch_size: int, graphs: bool, world: World | None = None):
+                 batch_size: int, graphs: bool, world: World | None = None, fallback: bool = True):
         self.world = world or World()  # several ranks: gradients are averaged before masks and SGD see them
         self.model, self.optimizer, self.method, self.freezer = model, optimizer, method, freezer
         self.sieve, self.analysis, self.meter, self.rt = sieve, analysis, meter, rt
         self.label_smoothing, self.batch_size = label_smoothing, batch_size
         self.loss_sum = torch.zeros((), device=rt.device)
         self.correct = torch.zeros((), device=rt.device, dtype=torch.long)
-        self.graphs = Graphs() if graphs else None
+        self.graphs = Graphs(fallback=fallback, state=self.written_tensors) if graphs else None
         if rt.device.type == "cuda":
             ensure_momentum_buffers(optimizer)  # the fused SGD wants all buffers or none
-        if self.graphs is not None:
-            # the learning rate of each block lives on the device; the fused SGD reads it from there (fp32
-            # for its kernel; fp64 off CUDA, where these values must equal the eager path's Python floats)
-            dtype = torch.float32 if rt.device.type == "cuda" else torch.float64
+        self.lrs = None
+        dtype = device_lr_dtype(rt.device, graphs)
+        if dtype is not None:
             self.lrs = torch.zeros(len(optimizer.param_groups), device=rt.device, dtype=dtype)
             for i, group in enumerate(optimizer.param_groups):
                 group["lr"] = self.lrs[i]
-            self.static: tuple[torch.Tensor, ...] | None = None
+        self.static: tuple[torch.Tensor, ...] | None = None
 
     @property
     def capture_s(self) -> float:
         return self.graphs.capture_s if self.graphs is not None else 0.0
+
+    @property
+    def graphed(self) -> bool:
+        """Are plain steps replayed from CUDA graphs (graphs on, and no capture has failed)?"""
+        return self.graphs is not None and self.graphs.failed is None
+
+    def written_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a step writes in place: what a failed capture must leave as it was."""
+        optimizer_state = [v for state in self.optimizer.state.values() for v in state.values()
+                           if isinstance(v, torch.Tensor)]
+        return [*self.model.parameters(), *self.model.buffers(), *optimizer_state,
+                *self.method.masks.masks.values(), *self.sieve.step_tensors(), self.loss_sum, self.correct]
 
     def begin_epoch(self) -> None:
         self.loss_sum.zero_()
@@ -152,33 +244,38 @@ class TrainStep:
         """Peak bytes allocated on the GPU since begin_epoch() (None off CUDA)."""
         return peak_memory(self.graphs, self.rt.device)
 
+    def set_lrs(self, t: float) -> float:
+        """Each block's learning rate at fractional epoch t (per-block cosine over each block's active epochs);
+        returns the head's."""
+        if self.lrs is None:
+            return self.freezer.set_lrs(self.optimizer, t)
+        lrs = self.freezer.block_lrs(self.optimizer, t)
+        host = torch.tensor(lrs, dtype=self.lrs.dtype)
+        self.lrs.copy_(host.pin_memory() if self.lrs.is_cuda else host, non_blocking=True)
+        return lrs[-1]
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int, t: float,
                  samples: int | None = None) -> float:
-        """Train on one batch at global step `step` and fractional epoch `t`; returns the head's LR.
-        `samples`: the global batch size (all ranks), which the cost meter counts; default len(y)."""
+        """Train on one batch (x, y, idx all on the training device) at global step `step` and fractional
+        epoch `t`; returns the head's LR. `samples`: the global batch size (all ranks), which the cost meter
+        counts; default len(y)."""
         self.samples = len(y) if samples is None else samples
-        if self.graphs is None:
-            lr = self.freezer.set_lrs(self.optimizer, t)  # per-block cosine over each block's active epochs
+        lr = self.set_lrs(t)
+        plain = self.method.plain_step(step) and not self.analysis.enabled and len(y) == self.batch_size
+        if not (self.graphed and plain):
             self.run_step(x, y, idx, step, plain=False)
             if self.world.enabled and not self.method.plain_step(step):
                 self.world.check_masks(self.method.masks, f"after step {step}")
             return lr
-        lrs = self.freezer.block_lrs(self.optimizer, t)
-        host = torch.tensor(lrs, dtype=self.lrs.dtype)
-        self.lrs.copy_(host.pin_memory() if host.device != self.lrs.device else host, non_blocking=True)
-        plain = self.method.plain_step(step) and not self.analysis.enabled and len(y) == self.batch_size
-        if not plain:
-            self.run_step(x, y, idx.to(self.rt.device, non_blocking=True), step, plain=False)
-            return lrs[-1]
         if self.static is None:
-            self.static = (torch.empty_like(x), torch.empty_like(y), torch.empty_like(idx, device=self.rt.device))
+            self.static = (torch.empty_like(x), torch.empty_like(y), torch.empty_like(idx))
         for buffer, value in zip(self.static, (x, y, idx)):
             buffer.copy_(value, non_blocking=True)
         self.graphs.run(("train step", f"{self.freezer.frozen} frozen blocks"),
                         lambda: self.run_step(*self.static, step, plain=True),
                         before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
         self.meter.step(self.samples, dense_grad=False)  # a plain step changes no mask: its cost can follow it
-        return lrs[-1]
+        return lr
 
     def run_step(self, x, y, idx, step: int, plain: bool) -> None:
         with self.rt.autocast(cache=self.graphs is None):  # a graph must not keep autocast's weight cache
@@ -208,9 +305,9 @@ class TrainStep:
 class EvalBatches:
     """Evaluation batches: full ones replayed from one CUDA graph when graphs are on."""
 
-    def __init__(self, model, rt, batch_size: int, top5: bool, graphs: bool):
+    def __init__(self, model, rt, batch_size: int, top5: bool, graphs: bool, fallback: bool = True):
         self.model, self.rt, self.batch_size, self.top5 = model, rt, batch_size, top5
-        self.graphs = Graphs(warmup=1) if graphs else None
+        self.graphs = Graphs(warmup=1, fallback=fallback, state=lambda: list(self.sums)) if graphs else None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -236,7 +333,7 @@ class EvalBatches:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self.graphs is None or len(y) != self.batch_size:
+        if self.graphs is None or self.graphs.failed is not None or len(y) != self.batch_size:
             self.run_batch(x, y)
             return
         if self.static is None:
@@ -254,6 +351,13 @@ class EvalBatches:
         correct1 += (top[:, 0] == y).sum()
         if self.top5:
             correct5 += (top == y[:, None]).any(1).sum()
+
+
+def graphs_status(*parts) -> str:
+    """For the summary: "off", "on", or "fallback: <the error>" when a capture failed and the run went eager."""
+    graphs = [p.graphs for p in parts if p.graphs is not None]
+    failed = [g.failed for g in graphs if g.failed is not None]
+    return f"fallback: {failed[0]}" if failed else ("on" if graphs else "off")
 
 
 def peak_memory(graphs: Graphs | None, device: torch.device) -> int | None:

@@ -39,7 +39,7 @@ from spfde.rundir import (
     start_fresh,
 )
 from spfde.sparse import target_sparsity
-from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
+from spfde.step import EvalBatches, TrainStep, graphs_status, use_cuda_graphs
 
 log = logging.getLogger("spfde")
 
@@ -57,6 +57,7 @@ def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runt
     seen = 0
     for i, (x, y, idx) in enumerate(loader):
         x, y = rt.batch(x, y)
+        idx = rt.indices(idx)
         lr = train_step(x, y, idx, step=epoch * steps + i, t=epoch + i / steps, samples=sizes[i])
         seen += len(y)
         bar.update(1)
@@ -124,6 +125,7 @@ def train(cfg) -> dict:
 
     # --- resume from the run directory's checkpoint, if any
     start_epoch, best_acc, elapsed, run_id, records = 0, 0.0, 0.0, new_run_id(), []
+    graphs_note = None  # a CUDA-graph fallback before a resume stays in the summary
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -133,6 +135,8 @@ def train(cfg) -> dict:
         sieve.load_state_dict(ckpt["sieve"])
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
+        if str(ckpt.get("cuda_graphs", "")).startswith("fallback"):
+            graphs_note = ckpt["cuda_graphs"]
         if world.is_main:
             records = restore_metrics(run_dir, ckpt.get("records"), start_epoch)  # metrics.jsonl = the checkpoint's
         else:
@@ -146,10 +150,12 @@ def train(cfg) -> dict:
     world.check_masks(method.masks, "at the start")
 
     # the step and evaluation run eagerly, or from CUDA graphs (after resume: graphs read the restored tensors)
+    # (cuda_graphs=auto: a failed capture falls back to eager steps; on: it stops the run)
     graphs = use_cuda_graphs(cfg.cuda_graphs, device) and not world.enabled
+    fallback = cfg.cuda_graphs != "on"
     train_step = TrainStep(model, optimizer, method, freezer, sieve, analysis, meter, rt, cfg.optim.label_smoothing,
-                           cfg.batch_size, graphs, world)
-    eval_batches = EvalBatches(model, rt, cfg.eval_batch_size, top5, graphs)
+                           cfg.batch_size, graphs, world, fallback=fallback)
+    eval_batches = EvalBatches(model, rt, cfg.eval_batch_size, top5, graphs, fallback=fallback)
 
     n_params = sum(p.numel() for p in model.parameters())
     ranks = f" | {world.size} ranks, {cfg.batch_size // world.size} images each per step" if world.enabled else ""
@@ -202,6 +208,7 @@ def train(cfg) -> dict:
                         "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
                         "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                         "fingerprint": fingerprint, "records": logger.records, "world_size": world.size,
+                        "cuda_graphs": graphs_note or graphs_status(train_step, eval_batches),
                     })
                 start_epoch = epoch + 1  # where a resume would start (for the stop message)
         records = logger.records  # every epoch of the run, resumed ones included
@@ -218,6 +225,7 @@ def train(cfg) -> dict:
             summary["final_acc5"] = last["test/acc5"]
         if world.enabled:
             summary["world_size"] = world.size
+        summary["cuda_graphs"] = graphs_note or graphs_status(train_step, eval_batches)
         if device.type == "cuda":  # measured GPU memory (of rank 0), the largest epoch of the run
             summary["memory_train_peak_bytes"] = max(r.get("memory/train_peak", 0) for r in records)
             summary["memory_eval_peak_bytes"] = max(r.get("memory/eval_peak", 0) for r in records)

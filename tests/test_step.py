@@ -4,6 +4,8 @@ with capture replaced by direct calls. Real capture is tested in test_gpu.py."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,49 +58,152 @@ def test_a_plain_step_only_masks_gradients_and_weights(name):
         assert all(kinds)
 
 
-class DirectGraphs:
-    """Stands in for spfde.step.Graphs on the CPU: every call runs the step directly, keys are recorded."""
+class CpuGraphs(spfde.step.Graphs):
+    """spfde.step.Graphs with its CUDA calls replaced, so its logic runs on the CPU: a warm-up call runs the step,
+    a "capture" records it without running it, a replay runs it; every call's key is kept in `keys`.
+    `fail` = {key: "capture" | "replay"} makes that key's capture or first replay raise *after* running the
+    step, the worst case: state changed that the fallback must restore."""
 
-    runs: list = []
+    keys: list = []
+    fail: dict = {}
 
-    def __init__(self, warmup: int = 0):
-        self.capture_s = 0.0
+    def setup(self) -> None:
+        pass
 
     def begin(self) -> None:
-        pass
+        self.used, self.peak_before_capture = set(), 0
 
     def peak(self) -> int:
         return 0
 
-    def run(self, key, fn, before_capture=None) -> None:
-        DirectGraphs.runs.append(key)
+    def synchronize(self) -> None:
+        pass
+
+    def warm(self, fn) -> None:
         fn()
+
+    def capture(self, key, fn):
+        if CpuGraphs.fail.get(key) == "capture":
+            fn()
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return Replay(key, fn)
+
+
+class Replay:
+    def __init__(self, key, fn):
+        self.key, self.fn, self.replays = key, fn, 0
+
+    def replay(self) -> None:
+        self.fn()
+        self.replays += 1
+        CpuGraphs.keys.append(self.key)
+        if self.replays == 1 and CpuGraphs.fail.get(self.key) == "replay":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def graphed_run(monkeypatch, overrides, run_dir, fail=None):
+    """A run whose graph path runs on the CPU through CpuGraphs."""
+    CpuGraphs.keys, CpuGraphs.fail = [], fail or {}
+    with monkeypatch.context() as m:
+        m.setattr(spfde.train, "use_cuda_graphs", lambda setting, device: True)
+        m.setattr(spfde.step, "Graphs", CpuGraphs)
+        return run_training(overrides, run_dir)
+
+
+def assert_same_run(a, b) -> None:
+    """Same metrics (times aside), same final weights."""
+    def strip(records):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+    wa = torch.load(a / "last.pt", weights_only=False)["model"]
+    wb = torch.load(b / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+GRAPH_RUN = ("epochs=4", "interval=1", "freeze=0.15", "sieve=0.2")
 
 
 @pytest.mark.parametrize("method", ["mest", "rigl"])
 def test_the_graph_path_trains_exactly_like_the_eager_path(tmp_path, monkeypatch, method):
     """Static buffers, device-side per-block learning rates, eager non-plain and partial batches, cost
     counted after plain steps: with capture replaced by direct calls, every metric and weight matches."""
-    overrides = quick_overrides("epochs=4", "interval=1", "freeze=0.15", "sieve=0.2", f"sparsity={method}",
-                                *SMALL_INTERVALS.get(method, []))
+    overrides = quick_overrides(*GRAPH_RUN, f"sparsity={method}", *SMALL_INTERVALS.get(method, []))
     eager = run_training(overrides, tmp_path / "eager")
-    DirectGraphs.runs = []
-    monkeypatch.setattr(spfde.train, "use_cuda_graphs", lambda setting, device: True)
-    monkeypatch.setattr(spfde.step, "Graphs", DirectGraphs)
-    graphed = run_training(overrides, tmp_path / "graphed")
-
-    def strip(records):
-        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
-
-    assert strip(read_metrics(tmp_path / "eager")) == strip(read_metrics(tmp_path / "graphed"))
+    graphed = graphed_run(monkeypatch, overrides, tmp_path / "graphed")
+    assert_same_run(tmp_path / "eager", tmp_path / "graphed")
     assert eager["train_flops"] == graphed["train_flops"]
-    a = torch.load(tmp_path / "eager" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "graphed" / "last.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    depths = {key[1] for key in DirectGraphs.runs if key[0] == "train step"}
+    assert eager["cuda_graphs"] == "off" and graphed["cuda_graphs"] == "on"
+    depths = {key[1] for key in CpuGraphs.keys if key[0] == "train step"}
     frozen = {r["freeze/frozen_blocks"] for r in read_metrics(tmp_path / "graphed")}
     assert depths == {f"{k} frozen blocks" for k in frozen} and len(depths) > 1  # one graph per depth used
-    assert "evaluation batch" not in DirectGraphs.runs  # digits' test set is one partial batch: eager
+    assert "evaluation batch" not in CpuGraphs.keys  # digits' test set is one partial batch: eager
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["capture", "replay"])
+def test_a_failed_capture_falls_back_to_eager_steps_from_the_same_state(tmp_path, monkeypatch, caplog, where):
+    """cuda_graphs=auto: a capture (or first replay) that fails, at the first depth or at a deeper one after
+    freezing, leaves no trace: the run ends with the same metrics, weights and FLOPs as an eager run, one
+    warning names the error, and summary.json records the fallback."""
+    overrides = quick_overrides(*GRAPH_RUN)
+    eager = run_training(overrides, tmp_path / "eager")
+    deepest = max(r["freeze/frozen_blocks"] for r in read_metrics(tmp_path / "eager"))
+    assert deepest > 0
+    for depth in (0, deepest):
+        key = ("train step", f"{depth} frozen blocks")
+        caplog.clear()
+        run_dir = tmp_path / f"fail-{depth}"
+        summary = graphed_run(monkeypatch, overrides, run_dir, fail={key: where})
+        assert_same_run(tmp_path / "eager", run_dir)
+        assert summary["train_flops"] == eager["train_flops"]
+        assert summary["cuda_graphs"].startswith("fallback: RuntimeError: CUDA error")
+        warnings = [r.getMessage() for r in caplog.records if "CUDA graph capture" in r.getMessage()]
+        assert len(warnings) == 1 and "continues with eager steps" in warnings[0]
+        if depth:  # graphs replayed before the failure; none after it
+            assert CpuGraphs.keys and all(k != key for k in CpuGraphs.keys[:-1])
+
+
+def test_cuda_graphs_on_fails_loudly_when_a_capture_fails():
+    calls = []
+    graphs = CpuGraphs(warmup=0, fallback=False)
+    CpuGraphs.fail = {"k": "capture"}
+    with pytest.raises(spfde.step.GraphCaptureError, match="capture of k failed .*RuntimeError: CUDA error"):
+        graphs.run("k", lambda: calls.append(1))
+    CpuGraphs.fail = {}
+
+
+def test_learning_rates_reach_sgd_one_way_on_cuda_and_bit_identically_on_the_cpu():
+    """On CUDA the per-block learning rates always live in an fp32 device vector (eager or graphed: one code path
+    for the fused kernel). On the CPU a tensor learning rate trains bit-identically to Python floats: the fp64
+    vector of the graph path's rehearsal with the for-loop and foreach SGD, an fp32 one with the fused SGD."""
+    assert spfde.step.device_lr_dtype(torch.device("cuda"), graphs=False) == torch.float32
+    assert spfde.step.device_lr_dtype(torch.device("cuda"), graphs=True) == torch.float32
+    assert spfde.step.device_lr_dtype(torch.device("cpu"), graphs=True) == torch.float64
+    assert spfde.step.device_lr_dtype(torch.device("cpu"), graphs=False) is None
+
+    def train(kind, **sgd):
+        torch.manual_seed(0)
+        model = build_model(make_cfg(quick_overrides()).model, 10, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, **sgd)
+        lrs = torch.zeros(1, dtype=kind) if kind is not None else None
+        for i in range(6):
+            lr = 0.05 * (1 + math.cos(math.pi * i / 6))
+            if lrs is None:
+                optimizer.param_groups[0]["lr"] = lr
+            else:
+                lrs.copy_(torch.tensor([lr], dtype=kind))
+                optimizer.param_groups[0]["lr"] = lrs[0]
+            x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return model.state_dict()
+
+    for kind, sgd in ((torch.float64, dict(foreach=False)), (torch.float64, dict(foreach=True)),
+                      (torch.float32, dict(fused=True))):
+        a, b = train(None, **sgd), train(kind, **sgd)
+        assert all(torch.equal(a[k], b[k]) for k in a), (kind, sgd)
 
 
 def test_cuda_graphs_setting_is_validated():
