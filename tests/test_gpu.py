@@ -62,6 +62,7 @@ def test_cuda_graphs_on_and_off_give_the_same_masks(tmp_path, monkeypatch, extra
     on, s_on = mask_history(monkeypatch, [*overrides, "cuda_graphs=on"], tmp_path / "on")
     assert len(off) >= 3 and on == off
     assert s_on["cuda_graphs_capture_s"] > 0 and s_off["cuda_graphs_capture_s"] == 0
+    assert s_on["cuda_graphs"] == "on" and s_off["cuda_graphs"] == "off"  # "fallback: ..." if a capture failed
     assert abs(s_on["final_acc"] - s_off["final_acc"]) < 0.05
     assert s_on["train_flops"] == s_off["train_flops"]
 
