@@ -29,6 +29,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+MACHINE_THREADS = torch.get_num_threads()  # torch's default for this machine, before any run sets its own
+
+
+def resolve_threads(cfg) -> int:
+    """CPU threads of a run: `threads`, else SLURM's CPUs per task (jobs sharing a node should not each use every
+    core), else the machine's default. Set on every run, so runs sharing one process (a basic-launcher sweep)
+    do not inherit each other's."""
+    return cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or MACHINE_THREADS
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -127,9 +137,7 @@ class Run:
 
 def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
     world = world or World()
-    threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
-    if threads:  # jobs sharing a machine should not each use every core
-        torch.set_num_threads(threads)
+    torch.set_num_threads(resolve_threads(cfg))
     seed_everything(cfg.seed)  # the same seed on every rank: same initial weights, masks and data order
     device = resolve_device(cfg.device)
     if world.enabled and device.type == "cuda":

@@ -3,12 +3,14 @@
 Every write goes through a temporary file that is fsynced and renamed over the old one (then the
 directory is fsynced): a crash, a kill or a full disk leaves either the old file or the new one, never
 half of one. Checkpoints load with `weights_only=True`: a file holding other Python objects is refused
-instead of run (run directories are shared between people).
+instead of run (run directories are shared between people), and carry a checksum of their contents: a file
+changed after it was written (a flipped bit, overwritten bytes) is refused, naming it, instead of resumed.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -54,19 +56,71 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunDirError(f"disk full: could not write {path} ({e.strerror}; "
-                              f"{shutil.disk_usage(path.parent).free} bytes free on that disk). The previous "
-                              f"{path.name} is intact; free some space and rerun the same command") from None
-        if isinstance(e, RuntimeError) and "No space left" in str(e):  # torch.save's writer wraps ENOSPC
-            raise RunDirError(f"disk full: could not write {path}. The previous {path.name} is intact; "
-                              "free some space and rerun the same command") from None
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and is_writer_error(e)):
+            raise RunDirError(write_failure(path, e)) from None
         raise
     fsync_dir(path.parent)
 
 
+def is_writer_error(error: RuntimeError) -> bool:
+    """torch.save's file writer reports a full disk or a failed write as a RuntimeError (e.g. "basic_ios::clear:
+    iostream error", "PytorchStreamWriter failed writing file ...")."""
+    text = str(error)
+    return any(m in text for m in ("iostream", "No space left", "StreamWriter", "file write failed"))
+
+
+def write_failure(path: Path, error: Exception) -> str:
+    """One line for a file that could not be written: why (a full disk named as such), what is kept, what to do."""
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in reason \
+        or (free is not None and free < 64 * 2**20)
+    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+    if full:
+        return (f"disk full: could not write {path}: {reason} ({free} bytes free on that disk); {kept}. Free some "
+                "space and rerun the same command")
+    return f"could not write {path}: {reason}; {kept}. Fix the cause and rerun the same command"
+
+
+CHECKSUM = "checksum"
+
+
+def contents_digest(value) -> str:
+    """A digest of everything a checkpoint holds: every tensor's dtype, shape and bytes, every plain value,
+    in order. Stored in the file, it tells a file whose contents changed after writing (torch.load checks no
+    checksum of its own: a flipped bit in a weight loads and trains on)."""
+    h = hashlib.blake2b(digest_size=20)
+
+    def feed(v) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k, x in v.items():
+                feed(k)
+                feed(x)
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[" if isinstance(v, list) else b"(")
+            for x in v:
+                feed(x)
+            h.update(b"]")
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    feed(value)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """The state plus its checksum, written atomically (last.pt, the LTH rewind point, analysis snapshots)."""
+    atomic_write(path, lambda tmp: torch.save({**state, CHECKSUM: contents_digest(state)}, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -76,7 +130,7 @@ def load_checkpoint(path: Path) -> dict:
     ways_out = (f"add fresh=true to start over (earlier results move to {path.parent}/previous-<time>/), "
                 f"or delete {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as e:
@@ -89,6 +143,13 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - truncated zip, empty file, garbage: all mean "damaged"
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else "empty or truncated"
         raise RunDirError(f"{path} is damaged ({type(e).__name__}: {detail}); {ways_out}") from None
+    if not isinstance(state, dict):
+        raise RunDirError(f"{path} is damaged (not a checkpoint: it holds a {type(state).__name__}); {ways_out}")
+    stored = state.pop(CHECKSUM, None)  # files of versions before checksums have none: loaded as they are
+    if stored is not None and stored != contents_digest(state):
+        raise RunDirError(f"{path} is damaged: its contents no longer match the checksum written with it (a changed "
+                          f"bit or byte, e.g. a disk or copy error); {ways_out}")
+    return state
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -118,47 +179,120 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["data"])
 
 
+# what a finished run's summary.json must hold (and, where present, of which type) to count as one
+SUMMARY_REQUIRED = {"final_acc": (int, float), "train_flops": (int, float)}
+SUMMARY_TYPED = {"epochs": (int,), "best_acc": (int, float), "rounds": (int,)}
+
+
+def summary_problem(summary) -> str | None:
+    """Why a parsed summary.json is not a finished run's summary (None if it is)."""
+    if not isinstance(summary, dict):
+        return f"not an object but a {type(summary).__name__}"
+    for key, types in {**SUMMARY_REQUIRED, **SUMMARY_TYPED}.items():
+        value = summary.get(key)
+        if value is None:
+            if key in SUMMARY_REQUIRED:
+                return f"no {key}"
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{key} is {value!r}, not a {'whole ' if types == (int,) else ''}number"
+    return None
+
+
+def read_summary(path: Path) -> tuple[dict | None, str | None]:
+    """(summary, None) for a finished run's summary.json, (None, why) for a damaged one."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not JSON ({type(e).__name__})"
+    problem = summary_problem(summary)
+    return (None, problem) if problem else (summary, None)
+
+
 def finished_summary(run_dir: Path) -> dict | None:
-    """The summary of a finished run, or None. A damaged summary means "not finished": it is moved
-    aside and the run finishes again from its checkpoint."""
+    """The summary of a finished run, or None. A damaged summary (not JSON, or JSON of the wrong shape) means
+    "not finished": it is moved aside and the run finishes again from its checkpoint."""
     path = Path(run_dir) / SUMMARY
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    summary, problem = read_summary(path)
+    if problem:
         kept = set_aside(path)
-        log.warning(f"{path} was damaged (kept as {kept.name}): the run is treated as not finished")
-        return None
+        log.warning(f"{path} was damaged ({problem}; kept as {kept.name}): the run is treated as not finished")
+    return summary
+
+
+def unique_name(path: Path, make) -> Path:
+    """`make(candidate)` on <path>, then <path>-2, -3, ... until it creates one that did not exist (exclusively:
+    nothing is ever overwritten, even when the clock steps back or two processes race)."""
+    n = 1
+    while True:
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
 
 
 def set_aside(path: Path) -> Path:
-    """Rename a damaged file to <name>.corrupt-<time> (kept for inspection, out of the way)."""
-    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, dest)
+    """Rename a damaged file to <name>.corrupt-<time> (kept for inspection, out of the way, never over an
+    earlier kept copy)."""
+    def claim(candidate: Path) -> None:
+        os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+
+    dest = unique_name(path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"), claim)
+    os.replace(path, dest)  # over the empty placeholder this process created
     return dest
+
+
+ARCHIVING = ".archiving"  # an archive in progress: the folder it goes to, then the extra patterns
+# Everything a run writes, in the order `fresh` moves it: the summary first (the old run stops counting as
+# finished), the checkpoint last. An archive that a kill interrupts is finished by the next launch.
+RESULTS = (SUMMARY, METRICS, "analysis", "wandb", "config.yaml", ".hydra-accepted", f"{METRICS}.corrupt-*",
+           f"{SUMMARY}.corrupt-*", f"{CHECKPOINT}.corrupt-*", ".*.tmp[0-9]*")
 
 
 def archive_previous(run_dir: Path, extra: tuple[str, ...] = ()) -> Path | None:
-    """Move earlier results of this directory aside (for fresh=true): nothing is deleted. `extra`
-    names more entries (glob patterns) that belong to the results."""
+    """Move everything an earlier run of this directory wrote into previous-<time>/ (fresh=true): nothing is
+    deleted. `extra` names more entries (glob patterns) that belong to the results (LTH's rounds). The folder
+    is written to `.archiving` first: a launch that finds it finishes the move before anything else."""
+    run_dir = Path(run_dir)
+    if not results_in(run_dir, extra):
+        return None
+    dest = unique_name(run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}", lambda d: d.mkdir())
+    atomic_write(run_dir / ARCHIVING, lambda tmp: tmp.write_text("\n".join([dest.name, *extra]) + "\n"))
+    return finish_archive(run_dir)
+
+
+def finish_archive(run_dir: Path) -> Path | None:
+    """Complete an archive started by archive_previous (perhaps by a process that was killed mid-way); returns
+    its folder, or None when none was under way."""
+    marker = Path(run_dir) / ARCHIVING
+    if not marker.exists():
+        return None
+    name, *extra = [line for line in marker.read_text().splitlines() if line]
+    dest = Path(run_dir) / name
+    dest.mkdir(exist_ok=True)
+    for p in results_in(run_dir, tuple(extra)):
+        shutil.move(str(p), dest / p.name)
+    marker.unlink()
+    fsync_dir(Path(run_dir))
+    return dest
+
+
+def results_in(run_dir: Path, extra: tuple[str, ...] = ()) -> list[Path]:
+    """The entries of run_dir an earlier run wrote, in archiving order (checkpoint last)."""
     from fnmatch import fnmatch
 
-    run_dir = Path(run_dir)
-    names = (CHECKPOINT, SUMMARY, METRICS, "wandb", *extra)
-    old = [p for p in run_dir.iterdir() if any(fnmatch(p.name, pattern) for pattern in names)]
-    if not old:
-        return None
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    dest = run_dir / f"previous-{stamp}"
-    n = 1
-    while dest.exists():  # two archives within one second
-        n += 1
-        dest = run_dir / f"previous-{stamp}-{n}"
-    dest.mkdir()
-    for p in old:
-        shutil.move(str(p), dest / p.name)
-    return dest
+    patterns = (*RESULTS, *extra, CHECKPOINT)
+    entries = [p for p in Path(run_dir).iterdir() if p.name != ARCHIVING]
+    order = {}
+    for p in entries:
+        rank = next((i for i, pattern in enumerate(patterns) if fnmatch(p.name, pattern)), None)
+        if rank is not None:
+            order[p] = rank
+    return sorted(order, key=lambda p: (order[p], p.name))
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:

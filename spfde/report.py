@@ -27,6 +27,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from spfde.checkpoint import read_summary
+
 # the columns of the grouped table; the grouping itself uses the whole resolved config (see config_key)
 KEYS = ("model", "dataset", "method", "ratio", "freeze", "freeze_scheme", "sieve", "sieve_method", "epochs")
 # keys that do not change a run's results besides those left out of run directory names (conf/config.yaml):
@@ -109,10 +111,41 @@ def model_label(name, depth, width) -> str:
     return str(name)
 
 
-def load_run(run: Path) -> dict:
+def find_unfinished(paths: list[Path], finished: list[Path]) -> list[Path]:
+    """Run directories (a config.yaml or a checkpoint) without a finished summary: left out of the report."""
+    seen = set(finished)
+    out = set()
+    for path in paths:
+        for marker in [*Path(path).rglob("config.yaml"), *Path(path).rglob("last.pt")]:
+            run = marker.parent
+            parts = run.relative_to(path).parts
+            if run in seen or any(part.startswith(("round-", "previous-", ".")) or part == "report" for part in parts):
+                continue
+            out.add(run)
+    return sorted(out)
+
+
+def read_metrics(run: Path) -> tuple[list[dict], int]:
+    """metrics.jsonl's records and the number of lines that do not parse (a damaged file)."""
+    records, bad = [], 0
+    path = run / "metrics.jsonl"
+    for line in (path.read_text(errors="replace").splitlines() if path.exists() else []):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += bool(line.strip())
+            continue
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
+def load_run(run: Path, summary: dict | None = None) -> dict:
     from omegaconf import OmegaConf
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = summary if summary is not None else json.loads((run / "summary.json").read_text())
     cfg = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else None
 
     def get(key, default=None):
@@ -246,7 +279,9 @@ def flops_scale(values) -> tuple[float, str]:
 
 
 def acc_text(g: dict) -> str:
-    return f"{100 * g['acc_mean']:.2f} ± {100 * g['acc_std']:.2f}" if g["seeds"] > 1 else f"{100 * g['acc_mean']:.2f}"
+    """Mean accuracy (%), ± std where there are several seeds, and n."""
+    spread = f" ± {100 * g['acc_std']:.2f}" if g["seeds"] > 1 else ""
+    return f"{100 * g['acc_mean']:.2f}{spread} (n={g['seeds']})"
 
 
 def markdown(groups: list[dict]) -> str:
@@ -431,7 +466,7 @@ def plot_timeline(run: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records, _ = read_metrics(run)
     epochs = [r["epoch"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.step(epochs, [r.get("freeze/frozen_blocks", 0) for r in records], where="post", label="frozen blocks")
@@ -492,13 +527,27 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         print(f"spfde: error: no such directory: {missing[0]}", file=sys.stderr)
         sys.exit(2)
-    runs = find_runs(args.paths)
+    found = find_runs(args.paths)
+    runs, rows, left_out = [], [], []
+    for run in found:  # a damaged summary leaves its run out, named, and the report goes on
+        summary, problem = read_summary(run / "summary.json")
+        if problem:
+            left_out.append(f"damaged: {run / 'summary.json'} ({problem}); relaunch the run to rewrite it")
+            continue
+        runs.append(run)
+        rows.append(load_run(run, summary))
+        if bad := read_metrics(run)[1]:
+            left_out.append(f"damaged: {run / 'metrics.jsonl'} ({bad} lines unreadable; its timeline shows the rest); "
+                            "relaunch the run to rebuild it")
+    left_out += [f"unfinished: {run} (no summary.json yet)" for run in find_unfinished(args.paths, found)]
+    for line in left_out:
+        print(line)
     if not runs:
         print(f"spfde: error: no finished runs (summary.json) under {', '.join(map(str, args.paths))}", file=sys.stderr)
         sys.exit(2)
     out = args.out or args.paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = [load_run(r) for r in runs]
+    (out / "left_out.txt").write_text("".join(line + "\n" for line in left_out))
     try:
         groups = group(rows)
     except ReportError as e:
@@ -515,7 +564,8 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs:
             plot_timeline(run, out / "timelines" / f"{run.name[:100]}.png")
     print(markdown(groups))
-    print(f"{len(runs)} runs in {len(groups)} groups -> {out}")
+    print(f"{len(runs)} runs in {len(groups)} groups -> {out}" + (f" ({len(left_out)} left out or damaged, listed in "
+                                                               f"left_out.txt)" if left_out else ""))
     if args.wandb:
         where = log_to_wandb(groups, images, args.paths[0].name, out, runs[0])
         print(f"wandb (offline unless WANDB_MODE=online): {where}")

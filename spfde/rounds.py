@@ -8,10 +8,9 @@ import copy
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import open_dict
 
-from spfde.checkpoint import CHECKPOINT, atomic_write, finished_summary, load_checkpoint, write_json
+from spfde.checkpoint import CHECKPOINT, finished_summary, load_checkpoint, save_checkpoint, write_json
 from spfde.sparse import METHODS
 
 log = logging.getLogger("spfde")
@@ -38,7 +37,7 @@ class RoundFiles:
 
     def save_rewind(self, state: dict) -> None:
         if self.write:
-            atomic_write(self.workdir / REWIND, lambda tmp: torch.save(state, tmp))
+            save_checkpoint(self.workdir / REWIND, state)
 
 
 def drives_rounds(cfg) -> bool:
@@ -61,7 +60,7 @@ def run_rounds(cfg, train_round, write: bool = True) -> dict:
     fresh = start_fresh(cfg, workdir, extra=("round-*", REWIND))  # once per launch
     done = finished_summary(workdir)
     if done is not None and not fresh:
-        log.info(f"This LTH run already finished ({done['rounds']} rounds): results in {workdir}/summary.json. "
+        log.info(f"This LTH run already finished ({done.get('rounds')} rounds): results in {workdir}/summary.json. "
                  "To train it again, add fresh=true.")
         return done
     sparsities = METHODS[cfg.sparsity.name].round_ratios(cfg.sparsity)

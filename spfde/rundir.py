@@ -12,11 +12,12 @@ import shutil
 import signal
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from spfde.checkpoint import RunDirError, archive_previous
+from spfde.checkpoint import RunDirError, archive_previous, finish_archive
 
 log = logging.getLogger("spfde")
 
@@ -46,37 +47,64 @@ class Stopped(KeyboardInterrupt):
 
 # ----------------------------------------------------------------------------- lock
 
-_held: dict[Path, object] = {}  # run dirs this process has locked (the OS releases them when it dies)
+_held: dict[Path, int] = {}  # run dirs this process has locked: their open descriptors (the OS releases them
+# when the process dies)
 
 
 def lock_run_dir(run_dir: Path) -> None:
-    """Take an exclusive lock on the run directory for the rest of this process (fcntl.flock on
-    <run_dir>/.lock, released by the OS when the process ends, however it ends). A second process
-    fails at once with the holder's PID and host."""
+    """Take an exclusive lock on the run directory itself for the rest of this process (fcntl.flock on the
+    directory: nothing a user deletes by accident, and released by the OS when the process ends, however it
+    ends). `.lock` only tells who holds it. A second process fails at once with the holder's PID and host,
+    and leaves the holder's `.hydra/` as it was (Hydra rewrote it before this check could run)."""
     run_dir = Path(run_dir).resolve()
     if run_dir in _held:
         return
-    f = open(run_dir / LOCK, "a+")
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
+        busy = not try_flock(fd)
+    except OSError:  # NFS emulates flock with a write lock, which a directory cannot take: lock the file
+        os.close(fd)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        busy = not try_flock(fd)
+    if busy:
+        os.close(fd)
+        try:
+            holder = (run_dir / LOCK).read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        restore_hydra_record(run_dir)
         raise RunDirError(f"{run_dir} is in use by {holder}: two processes must not train one run. Wait for it "
                           "to finish or stop it (a killed sweep launcher leaves its jobs running), or use "
-                          "another run dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"PID {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    f.flush()
-    _held[run_dir] = f
+                          "another run dir")
+    _held[run_dir] = fd
+    try:
+        (run_dir / LOCK).write_text(f"PID {os.getpid()} on host {socket.gethostname()} "
+                                    f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    except OSError:
+        pass  # informative only (a read-only run dir is reported where something must be written)
+
+
+def try_flock(fd: int) -> bool:
+    """An exclusive flock without waiting: False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def release_run_dir(run_dir: Path) -> None:
-    f = _held.pop(Path(run_dir).resolve(), None)
-    if f is not None:
-        f.close()  # closing the file releases the lock
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Remove the temporary files of writes that a kill interrupted (`.<name>.tmp<PID>`): whoever wrote them is
+    gone, since this process holds the run directory's lock."""
+    for tmp in [*run_dir.glob(".*.tmp[0-9]*"), *run_dir.glob("analysis/.*.tmp[0-9]*")]:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- fresh=true, once per launch
@@ -96,6 +124,8 @@ def launch_id() -> str | None:
 def start_fresh(cfg, run_dir: Path, extra: tuple[str, ...] = ()) -> bool:
     """Apply fresh=true: archive earlier results, once per launch. A requeued or restarted job of the
     launch that already archived them resumes its own work instead of starting over again."""
+    if finished := finish_archive(run_dir):  # an archive that a kill interrupted comes first, fresh or not
+        log.info(f"finished moving earlier results to {finished} (a launch was stopped while doing so)")
     if not cfg.fresh:
         return False
     launch, marker = launch_id(), Path(run_dir) / LAUNCH
@@ -203,8 +233,28 @@ def catch_stop_signals() -> dict:
     return previous
 
 
+_deferred = {"depth": 0, "signal": None}  # inside stops_deferred(): a stop waits until the block has ended
+
+
 def _raise_stopped(signum, frame):
+    if _deferred["depth"]:
+        _deferred["signal"] = signum
+        return
     raise Stopped(signum)
+
+
+@contextmanager
+def stops_deferred():
+    """A SIGTERM/SIGINT arriving inside the block stops the run right after it: e.g. between writing last.pt and
+    noting which epoch it holds, so the stop message names the epoch on disk."""
+    _deferred["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferred["depth"] -= 1
+    if not _deferred["depth"] and _deferred["signal"] is not None:
+        signum, _deferred["signal"] = _deferred["signal"], None
+        raise Stopped(signum)
 
 
 def restore_signals(previous: dict) -> None:

@@ -35,8 +35,10 @@ from spfde.rundir import (
     config_fingerprint,
     data_fingerprint,
     lock_run_dir,
+    remove_stale_temp_files,
     restore_signals,
     start_fresh,
+    stops_deferred,
 )
 from spfde.sparse import target_sparsity
 from spfde.step import EvalBatches, TrainStep, graphs_status, use_cuda_graphs
@@ -96,6 +98,7 @@ def train(cfg) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         lock_run_dir(run_dir)  # one job per run dir (its rank 0 holds the lock); a second fails at once
+        remove_stale_temp_files(run_dir)  # left by writes that a kill interrupted
     if drives_rounds(cfg):
         return run_rounds(cfg, train, write=world.is_main)  # LTH: one normal run per round, in sub-directories
     fresh = start_fresh(cfg, run_dir) if world.is_main else cfg.fresh  # archives earlier results, once per launch
@@ -107,7 +110,9 @@ def train(cfg) -> dict:
     check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     done = finished_summary(run_dir)
     if done is not None and not fresh:
-        log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done['epochs']} epochs. "
+        if ckpt is not None and world.is_main:  # a finished run heals: metrics.jsonl is the checkpoint's records
+            restore_metrics(run_dir, ckpt.get("records"), ckpt["epoch"])
+        log.info(f"This run already finished: test acc {done['final_acc']:.4f} after {done.get('epochs')} epochs. "
                  f"Results: {run_dir / SUMMARY} and metrics.jsonl. To train it again, add fresh=true "
                  f"(the old results move to {run_dir}/previous-<time>/).")
         return done
@@ -120,6 +125,8 @@ def train(cfg) -> dict:
     optimizer, method, meter, freeze_plan, freezer, analysis = (run.optimizer, run.method, run.meter,
                                                                  run.freeze_plan, run.freezer, run.analysis)
     fingerprint.update(data_fingerprint(data))
+    if device.type == "cpu":  # CPU kernels split their sums by thread: the thread count changes the numbers
+        fingerprint["threads"] = torch.get_num_threads()
     check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     top5 = data.num_classes > 5
 
@@ -201,16 +208,17 @@ def train(cfg) -> dict:
                     record["memory/eval_peak"] = eval_batches.peak_memory()
                 bar.set_postfix(acc=f"{test_stats['test/acc']:.3f}")
                 logger.log_epoch(record, cfg.epochs)  # metrics first: a resume drops lines past the checkpoint
-                if world.is_main:
-                    save_checkpoint(ckpt_path, {
-                        "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "sparsity": method.state_dict(), "cost": meter.state_dict(),
-                        "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
-                        "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
-                        "fingerprint": fingerprint, "records": logger.records, "world_size": world.size,
-                        "cuda_graphs": graphs_note or graphs_status(train_step, eval_batches),
-                    })
-                start_epoch = epoch + 1  # where a resume would start (for the stop message)
+                with stops_deferred():  # a stop lands after the checkpoint and the epoch it holds are both known
+                    if world.is_main:
+                        save_checkpoint(ckpt_path, {
+                            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "sparsity": method.state_dict(), "cost": meter.state_dict(),
+                            "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
+                            "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
+                            "fingerprint": fingerprint, "records": logger.records, "world_size": world.size,
+                            "cuda_graphs": graphs_note or graphs_status(train_step, eval_batches),
+                        })
+                    start_epoch = epoch + 1  # where a resume would start (for the stop message)
         records = logger.records  # every epoch of the run, resumed ones included
         last = records[-1]
         summary = {"final_acc": last["test/acc"], "best_acc": best_acc, "epochs": cfg.epochs,

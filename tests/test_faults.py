@@ -16,6 +16,7 @@ import torch
 
 import spfde.build
 import spfde.checkpoint
+import spfde.rundir
 import spfde.train
 from spfde.checkpoint import RunDirError, load_checkpoint
 from spfde.config import ConfigError
@@ -250,7 +251,7 @@ def test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_temp_file(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spfde.checkpoint.torch, "save", disk_full)
-    with pytest.raises(RunDirError, match=f"disk full: could not write {tmp_path / 'last.pt'}.*intact"):
+    with pytest.raises(RunDirError, match=f"disk full: could not write {tmp_path / 'last.pt'}.*previous last.pt is k"):
         run_training(tiny(), tmp_path)
     monkeypatch.setattr(spfde.checkpoint.torch, "save", real_save)
     assert (tmp_path / "last.pt").read_bytes() == before
@@ -361,3 +362,187 @@ def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
     assert stopped in output and stopped in (tmp_path / "run.log").read_text()
     # metrics are written just before the checkpoint: a line past it is dropped on resume
     assert [r["epoch"] for r in read_metrics(tmp_path)][:epoch] == list(range(1, epoch + 1))
+
+
+# ----------------------------------------------------------------------------- issue 23: mixed or damaged results
+
+
+def test_fresh_archives_everything_a_run_wrote_and_an_interrupted_archive_is_finished(tmp_path, monkeypatch):
+    run_training(tiny("analysis.every=1", "epochs=3"), tmp_path)
+    (tmp_path / ".last.pt.tmp999999").write_bytes(b"a write a kill interrupted")
+    run_training(tiny("analysis.every=1", "epochs=2", "fresh=true"), tmp_path)
+    (old,) = tmp_path.glob("previous-*")
+    assert sorted(p.name for p in (tmp_path / "analysis").glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert len(list((old / "analysis").glob("epoch_*.pt"))) == 3
+    assert {"summary.json", "metrics.jsonl", "last.pt", "config.yaml"} <= {p.name for p in old.iterdir()}
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+    # a kill in the middle of the next archive: its first move happened, the rest did not
+    real_move, moved = spfde.checkpoint.shutil.move, []
+
+    def killed_after_one(src, dst):
+        if moved:
+            raise KeyboardInterrupt("kill -9")
+        moved.append(src)
+        return real_move(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(spfde.checkpoint.shutil, "move", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(tiny("analysis.every=1", "epochs=2", "fresh=true"), tmp_path)
+    assert moved == [str(tmp_path / "summary.json")]  # the summary goes first: the old run no longer looks finished
+    again = run_training(tiny("analysis.every=1", "epochs=2"), tmp_path)  # any relaunch finishes the archive first
+    archives = sorted(tmp_path.glob("previous-*"))
+    assert len(archives) == 2 and again["epochs"] == 2
+    assert {"summary.json", "metrics.jsonl", "last.pt", "analysis"} <= {p.name for p in archives[1].iterdir()}
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]  # a new run, not the archived one
+
+
+def flip(path, offset: int, count: int = 1, bit: int | None = 1) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + count):
+        data[i] = data[i] ^ (1 << bit) if bit is not None else 0xA5
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["one mantissa bit", "64 bytes"])
+def test_a_checkpoint_changed_after_writing_is_refused_naming_it(tmp_path, monkeypatch, damage):
+    crashed_after_epoch_1(tmp_path, monkeypatch)
+    path = tmp_path / "last.pt"
+    weight = load_checkpoint(path)["model"]["blocks.1.conv1.weight"]
+    offset = path.read_bytes().find(weight.numpy().tobytes())
+    assert offset > 0
+    if damage == "one mantissa bit":
+        flip(path, offset + 4, bit=3)  # low mantissa bit of the second weight: a tiny, plausible change
+    else:
+        flip(path, offset + 64, count=64, bit=None)
+    with pytest.raises(RunDirError, match=f"{path} is damaged: its contents no longer match the checksum"):
+        run_training(tiny(), tmp_path)
+    from spfde.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "rewind.pt", {"model": {"w": torch.arange(8.0)}})  # the LTH rewind point too
+    flip(tmp_path / "rewind.pt", (tmp_path / "rewind.pt").read_bytes().find(torch.arange(8.0).numpy().tobytes()))
+    with pytest.raises(RunDirError, match="rewind.pt is damaged: its contents no longer match"):
+        load_checkpoint(tmp_path / "rewind.pt")
+
+
+def test_the_cpu_thread_count_is_part_of_the_fingerprint(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch, "threads=1")
+    assert load_checkpoint(tmp_path / "last.pt")["fingerprint"]["threads"] == 1
+    with pytest.raises(RunDirError, match="other settings: threads=1 there, 2 now"):
+        run_training(tiny("threads=2"), tmp_path)
+    assert run_training(tiny("threads=1"), tmp_path)["epochs"] == 2  # the advice works as written
+
+
+def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tmp_path, capsys):
+    from spfde.report import main as report
+
+    summary = run_training(tiny(), tmp_path / "run")
+    good = (tmp_path / "run" / "metrics.jsonl").read_text()
+    (tmp_path / "run" / "metrics.jsonl").write_text(good[:len(good) // 2])  # damaged after the run finished
+    report([str(tmp_path), "--no-timelines"])  # the damaged file is named, the report still written
+    assert "damaged: " + str(tmp_path / "run" / "metrics.jsonl") in capsys.readouterr().out
+    assert run_training(tiny(), tmp_path / "run") == summary  # "already finished", and its files are checked
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == good
+    assert len(list((tmp_path / "run").glob("metrics.jsonl.corrupt-*"))) == 1
+    report([str(tmp_path)])
+    assert "damaged" not in capsys.readouterr().out
+
+
+def test_one_damaged_summary_does_not_break_the_report(tmp_path, capsys):
+    from spfde.report import main as report
+
+    for seed in (0, 1, 2):
+        run_training(tiny("epochs=1", f"seed={seed}"), tmp_path / f"seed{seed}")
+    (tmp_path / "seed2" / "summary.json").write_text('{"final_acc": 0.5, "tr')  # truncated
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("seed: 3\n")
+    report([str(tmp_path), "--no-timelines"])
+    out = capsys.readouterr().out
+    assert f"damaged: {tmp_path / 'seed2' / 'summary.json'}" in out
+    assert f"unfinished: {tmp_path / 'unfinished'}" in out
+    assert "(n=2)" in out and "2 runs in 1 groups" in out
+    assert "damaged:" in (tmp_path / "report" / "left_out.txt").read_text()
+
+
+@pytest.mark.parametrize("text", ["{}", "[]", '{"final_acc": "0.9", "train_flops": 1.0}', '"finished"'])
+def test_a_summary_of_the_wrong_shape_counts_as_damaged(tmp_path, text):
+    summary = run_training(tiny("epochs=1"), tmp_path)
+    (tmp_path / "summary.json").write_text(text)
+    assert run_training(tiny("epochs=1"), tmp_path) == summary  # finished again from last.pt
+    assert len(list(tmp_path.glob("summary.json.corrupt-*"))) == 1
+
+
+def test_kept_damaged_copies_are_never_overwritten(tmp_path, monkeypatch):
+    from spfde.checkpoint import set_aside
+
+    monkeypatch.setattr(spfde.checkpoint.time, "strftime", lambda *a: "20260101-000000")  # the clock stepped back
+    for n in range(3):
+        (tmp_path / "metrics.jsonl").write_text(f"damaged {n}")
+        set_aside(tmp_path / "metrics.jsonl")
+    kept = sorted(tmp_path.glob("metrics.jsonl.corrupt-*"))
+    assert len(kept) == 3 and sorted(p.read_text() for p in kept) == ["damaged 0", "damaged 1", "damaged 2"]
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- the running run's record\n")
+    (run_dir / ".hydra-accepted").mkdir()
+    (run_dir / ".hydra-accepted" / "overrides.yaml").write_text("- the running run's record\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir import lock_run_dir; "
+                               f"lock_run_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep(60)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (run_dir / ".lock").unlink()  # a user cleaning up
+        result = subprocess.run([sys.executable, "-m", "spfde.run", *tiny("epochs=1", "logger=none", "progress=false"),
+                                 f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "is in use by another process" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the running run's record\n"
+        assert not (run_dir / "config.yaml").exists() and not (run_dir / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_any_failed_write_of_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch)
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def iostream_error(obj, f):  # what torch.save's writer raises on a full disk
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    with monkeypatch.context() as m:
+        m.setattr(spfde.checkpoint.torch, "save", iostream_error)
+        with pytest.raises(RunDirError, match=f"could not write {tmp_path / 'last.pt'}: basic_ios::clear: iostream "
+                                              "error.*the previous last.pt is kept"):
+            run_training(tiny(), tmp_path)
+    assert (tmp_path / "last.pt").read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
+
+
+# ----------------------------------------------------------------------------- issue 23: small
+
+
+def test_a_stop_right_after_the_checkpoint_names_the_epoch_on_disk(tmp_path, monkeypatch, caplog):
+    real = spfde.train.save_checkpoint
+
+    def then_sigterm(path, state):
+        real(path, state)
+        if state["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # lands between the rename and the bookkeeping
+
+    monkeypatch.setattr(spfde.train, "save_checkpoint", then_sigterm)
+    with pytest.raises(spfde.rundir.Stopped):
+        run_training(tiny("epochs=3"), tmp_path)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert "stopped by SIGTERM after epoch 2;" in caplog.text
+
+
+def test_stale_temp_files_of_killed_writers_are_removed_on_start(tmp_path, monkeypatch):
+    crashed_after_epoch_1(tmp_path, monkeypatch, "analysis.every=1")
+    for name in (".last.pt.tmp4242", ".metrics.jsonl.tmp17", "analysis/.epoch_0002.pt.tmp4242"):
+        (tmp_path / name).write_bytes(b"half a file")
+    run_training(tiny("analysis.every=1"), tmp_path)
+    assert not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("analysis/.*.tmp*"))

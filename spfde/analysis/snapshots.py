@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from spfde.analysis.measures import gram, linear_cka, pack, structural_similarity, top_positions, unpack
-from spfde.checkpoint import atomic_write
+from spfde.checkpoint import save_checkpoint
 
 # ----------------------------------------------------------------------------- during training
 
@@ -84,7 +84,7 @@ class Analysis:
             grams.append(gram(x.float()).cpu())
         self.model.train(was_training)
         state = {"epoch": epoch, "layers": layers, "grams": grams, "block_names": list(self.model.block_names)}
-        atomic_write(self.dir / f"epoch_{epoch:04d}.pt", lambda tmp: torch.save(state, tmp))
+        save_checkpoint(self.dir / f"epoch_{epoch:04d}.pt", state)
 
 
 # ----------------------------------------------------------------------------- after training
