@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench bench-gpu bench-data ablation-freeze ablation-sieve sweep-smoke slurm-up slurm-down clean
+.PHONY: help install run test test-fast lint bench bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench-gpu: install  ## on a GPU: harness vs bare model img/s (batch 64, 512), fr
 
 bench-data: install  ## on a GPU: folder input pipeline, bare ResNet-50 vs harness img/s per loader (pil/gpu/dali), freezing
 	$(PY) -m spfde.bench data $(ARGS)
+
+gpu-session:  ## on a lent GPU machine (no install: its python3): every pending GPU check in under 8 min, see tests/gpu/session.sh
+	bash tests/gpu/session.sh
 
 ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 3 seeds on digits (~20 min)
 	$(PY) -m spfde.bench ablation-freeze --seeds 0 1 2 --epochs 30

@@ -6,8 +6,8 @@
     python -m spfde.bench table2-flops
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 30]
     python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
-    python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 25600] [overrides ...]
-    python -m spfde.bench data [--generate 6400] [--batch-size 256] [--steps 50] [overrides ...]
+    python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 12800] [--json PATH] [overrides ...]
+    python -m spfde.bench data [--generate 3840] [--batch-size 256] [--steps 30] [--json PATH] [overrides ...]
 
 methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
 test accuracy and training time per epoch relative to dense training.
@@ -22,11 +22,11 @@ seeds — accuracy, training FLOPs and wall-clock.
 ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
 gpu: in one process, on the configured model (default ResNet-32 2x, CIFAR-100-shaped FakeData): the bare
 model's training step (eager and CUDA-graphed) as the anchor, then the harness's own epoch loop for dense,
-MEST, MEST with 0 / half / all candidate blocks frozen and MEST with a sieved loader, as img/s and ratios
-to the anchor; measured training memory next to the plan's; evaluation time against a training epoch;
-and a short MEST vs SpFDE 0.2+0.2 run: wall-clock saving against FLOPs saving. Made for a GPU; runs (slowly,
-without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes 16 --train-size 64 device=cpu
-model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
+MEST, MEST with all candidate blocks frozen and MEST with a sieved loader, as img/s and ratios to the
+anchor; measured training memory next to the plan's; evaluation time against a training epoch; and a short
+MEST vs SpFDE 0.2+0.2 run: wall-clock saving against FLOPs saving (after the first batch size, before the
+others). Made for a GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes
+16 --train-size 64 device=cpu model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
 data: the input pipeline of image folders. Writes an ImageNet-like JPEG folder (N train + N/10 val images of
 ~400x350 px in 10 classes, cached in outputs/bench-data/) unless dataset.root is given, then in one process:
 the bare model's img/s on a random device batch, the harness's training img/s with each folder loader this
@@ -34,6 +34,9 @@ device has (pil; gpu and dali on CUDA) as ratios to it, and the epoch time with 
 frozen for the fastest loader. Default ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64
 --batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8 dataset.image_size=32 dataset.workers=2
 device=cpu`.
+gpu and data: `--json PATH` also writes the values and ratios, rewritten after each measurement (the GPU
+session's summary reads them); a measurement that fails is reported as not measured, the others still run,
+and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -289,6 +293,55 @@ class NoBar:
         pass
 
 
+class Report:
+    """What one benchmark measured: lines printed as they come and named values, rewritten to a JSON file
+    (`--json`) after each one so that a run cut off by a timeout still leaves what it had measured. A
+    measurement that raises is reported as not measured and the others go on: a short GPU window must
+    not be lost to its first error."""
+
+    def __init__(self, json_path: str | None = None):
+        self.lines: list[str] = []
+        self.values: dict = {}
+        self.failures = 0
+        self.json_path = Path(json_path) if json_path else None
+
+    def emit(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def record(self, **values) -> None:
+        from spfde.checkpoint import write_json
+
+        self.values.update(values)
+        if self.json_path is not None:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.json_path, self.values)
+
+    def attempt(self, what: str, fn, *args):
+        """fn(*args), or None (with the traceback on stderr and one line in the report) if it raises."""
+        import traceback
+
+        try:
+            return fn(*args)
+        except Exception as e:
+            traceback.print_exc()
+            self.failures += 1
+            reason = (str(e).splitlines() or [""])[0][:200]
+            self.emit(f"| {what} | not measured: {type(e).__name__}: {reason} |")
+            return None
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def times(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
 def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
     """The anchor: the project's model trained by a minimal loop on one random batch already on the device
     (fused SGD, bf16 autocast and channels_last on CUDA), eager or as one captured CUDA graph."""
@@ -347,10 +400,10 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
+def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool = False) -> dict:
     """The harness's own loop (spfde.train.train_one_epoch with spfde.step.TrainStep) for two epochs at a
-    fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed. Also
-    times an evaluation of the test set, and measures training memory against the plan's."""
+    fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed. Measures
+    training memory against the plan's and, with timed_eval, times an evaluation of the test set."""
     import time
 
     import torch
@@ -377,8 +430,6 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
     graphs = use_cuda_graphs(cfg.cuda_graphs, device)
     step = TrainStep(model, optimizer, run.method, run.freezer, run.sieve, run.analysis, run.meter, run.rt,
                      cfg.optim.label_smoothing, cfg.batch_size, graphs)
-    top5 = run.data.num_classes > 5
-    eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
     train_one_epoch(step, run.data.train, run.freezer, 0, run.rt, NoBar())  # warm-up and capture
     optimizer.zero_grad(set_to_none=True)
     sync(device)
@@ -388,12 +439,17 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
     sync(device)
     train_s = time.perf_counter() - start
     peak = step.peak_memory()
-    evaluate(model, run.data.test, run.rt, top5, eval_batches)  # warm-up and capture
-    sync(device)
-    start = time.perf_counter()
-    evaluate(model, run.data.test, run.rt, top5, eval_batches)
-    sync(device)
-    eval_s = time.perf_counter() - start
+    eval_s, capture_s = None, step.capture_s
+    if timed_eval:
+        top5 = run.data.num_classes > 5
+        eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
+        evaluate(model, run.data.test, run.rt, top5, eval_batches)  # warm-up and capture
+        sync(device)
+        start = time.perf_counter()
+        evaluate(model, run.data.test, run.rt, top5, eval_batches)
+        sync(device)
+        eval_s = time.perf_counter() - start
+        capture_s += eval_batches.capture_s
     input_shape = (run.data.channels, run.data.image_size, run.data.image_size)
     plan = MemoryModel(model, input_shape, cfg.batch_size,
                        torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.method.masks.densities(), k)
@@ -401,80 +457,115 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0) -> dict:
             "test_size": run.data.test.num_samples, "frozen": k, "candidates": candidates,
             "measured_above_baseline": None if peak is None else peak - baseline, "measured_peak": peak,
             "plan_total": plan["total"], "plan_non_weights": plan["total"] - plan["weights"],
-            "capture_s": step.capture_s, "graphs": graphs}
+            "capture_s": capture_s, "graphs": graphs}
 
 
 def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_epochs: int,
-        extra: list[str]) -> str:
-    """See the module doc; prints each table as soon as it is measured and returns the whole report."""
+        extra: list[str], json_path: str | None = None) -> Report:
+    """See the module doc; prints each table as soon as it is measured. Most important first: the paper's
+    batch (the first size), then the MEST vs SpFDE runs, then the other batch sizes."""
     import torch
 
     from spfde.build import resolve_device
 
     base = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=100", "dataset.test_size=10000",
             f"dataset.train_size={train_size}"]
-    out = []
-
-    def emit(text: str) -> None:
-        print(text, flush=True)
-        out.append(text)
-
+    report = Report(json_path)
     cfg = compose_config(["logger=none", *base, *extra])
     device = resolve_device(cfg.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    emit(f"# spfde.bench gpu on {card}, torch {torch.__version__}: {cfg.model.name} (depth {cfg.model.depth}, "
-         f"width {cfg.model.width}), FakeData {cfg.dataset.channels}x{cfg.dataset.image_size}x{cfg.dataset.image_size}"
-         f" with {cfg.dataset.num_classes} classes, precision {cfg.precision}, overrides {extra}")
-    for bs in batch_sizes:
-        with open_dict(cfg):
-            cfg.batch_size = bs
-        eager = bare_model_img_s(cfg, bs, steps, graphed=False)
-        anchor = bare_model_img_s(cfg, bs, steps, graphed=True) if device.type == "cuda" else None
-        ref = anchor or eager
-        emit(f"\n## batch {bs}\n| what | img/s | vs bare graphed | vs bare eager |\n|---|---|---|---|")
-        emit(f"| bare model, eager | {eager:,.0f} | {eager / ref:.2f}x | 1.00x |")
-        if anchor:
-            emit(f"| bare model, CUDA graph | {anchor:,.0f} | 1.00x | {anchor / eager:.2f}x |")
-        runs = {}
-        half, full = "harness MEST, half the candidates frozen", "harness MEST, all candidates frozen"
-        cases = [("harness dense", ["sparsity=dense"], 0), ("harness MEST", [], 0), (half, [], "half"),
-                 (full, [], "all"), ("harness MEST, sieve=0.2 loader", ["sieve=0.2"], 0)]
-        for label, more, frozen in cases:
-            r = runs[label] = harness_epochs([*base, f"batch_size={bs}", *more, *extra], frozen)
-            note = f" ({r['frozen']} of {r['candidates']} blocks)" if frozen else ""
-            emit(f"| {label}{note} | {r['img_s']:,.0f} | {r['img_s'] / ref:.2f}x | {r['img_s'] / eager:.2f}x |")
-        unfrozen, all_frozen = runs["harness MEST"], runs[full]
-        emit(f"\nall candidates frozen vs unfrozen: {all_frozen['img_s'] / unfrozen['img_s']:.2f}x faster per image")
+    report.emit(f"# spfde.bench gpu on {card}, torch {torch.__version__}: {cfg.model.name} (depth {cfg.model.depth}, "
+                f"width {cfg.model.width}), FakeData {cfg.dataset.channels}x{cfg.dataset.image_size}x"
+                f"{cfg.dataset.image_size} with {cfg.dataset.num_classes} classes, precision {cfg.precision}, "
+                f"overrides {extra}")
+    report.record(device=card, torch=torch.__version__, batch_sizes=batch_sizes)
+    first, *others = batch_sizes
+    gpu_batch(report, cfg, [*base, *extra], first, steps)
+    report.attempt("MEST vs SpFDE runs", spfde_wall_clock, report, [*base, *extra], first, run_size, run_epochs)
+    for bs in others:
+        gpu_batch(report, cfg, [*base, *extra], bs, steps)
+    return report
+
+
+def gpu_batch(report: Report, cfg, overrides: list[str], bs: int, steps: int) -> None:
+    """One batch size: the bare model (eager, and CUDA-graphed on CUDA) against the harness's epoch loop."""
+    from spfde.build import resolve_device
+
+    with open_dict(cfg):
+        cfg.batch_size = bs
+    report.emit(f"\n## batch {bs}\n| what | img/s | vs bare graphed | vs bare eager |\n|---|---|---|---|")
+    eager = report.attempt("bare model, eager", bare_model_img_s, cfg, bs, steps, False)
+    anchor = None
+    if resolve_device(cfg.device).type == "cuda":
+        anchor = report.attempt("bare model, CUDA graph", bare_model_img_s, cfg, bs, steps, True)
+    ref = anchor or eager  # the ratios' anchor: the graphed bare model where there is one
+    key = f"bs{bs}"
+    report.record(**{f"{key}_bare_eager_img_s": eager, f"{key}_bare_graphed_img_s": anchor,
+                     f"{key}_bare_graphed_vs_eager": ratio(anchor, eager),
+                     f"{key}_bare_anchor": "CUDA graph" if anchor else "eager"})
+    if eager:
+        report.emit(f"| bare model, eager | {eager:,.0f} | {times(eager, ref)} | 1.00x |")
+    if anchor:
+        report.emit(f"| bare model, CUDA graph | {anchor:,.0f} | 1.00x | {times(anchor, eager)} |")
+    full = "harness MEST, all candidates frozen"
+    cases = [("dense", "harness dense", ["sparsity=dense"], 0), ("mest", "harness MEST", [], 0),
+             ("mest_frozen", full, [], "all"), ("mest_sieve", "harness MEST, sieve=0.2 loader", ["sieve=0.2"], 0)]
+    runs = {}
+    for name, label, more, frozen in cases:
+        r = report.attempt(label, harness_epochs, [*overrides, f"batch_size={bs}", *more], frozen, name == "mest")
+        if r is None:
+            continue
+        runs[name] = r
+        note = f" ({r['frozen']} of {r['candidates']} blocks)" if frozen else ""
+        report.emit(f"| {label}{note} | {r['img_s']:,.0f} | {times(r['img_s'], ref)} | {times(r['img_s'], eager)} |")
+        report.record(**{f"{key}_{name}_img_s": r["img_s"], f"{key}_{name}_vs_bare": ratio(r["img_s"], ref)})
+    unfrozen, all_frozen = runs.get("mest"), runs.get("mest_frozen")
+    if unfrozen and all_frozen:
+        speedup = all_frozen["img_s"] / unfrozen["img_s"]
+        report.emit(f"\nall candidates frozen vs unfrozen: {speedup:.2f}x faster per image")
+        report.record(**{f"{key}_frozen_speedup": speedup})
+    if unfrozen:
         r = unfrozen
         per_epoch_50k = r["train_s"] * 50000 / r["samples"]
-        emit(f"evaluation of {r['test_size']} images: {r['eval_s']:.3f} s = "
-             f"{100 * r['eval_s'] / per_epoch_50k:.1f}% of a 50k-image training epoch at this speed "
-             f"({per_epoch_50k:.2f} s)")
-        emit(f"capture time (MEST, one depth + evaluation): {r['capture_s']:.2f} s")
-        emit("\n| training memory (MiB) | measured peak | measured above the resting state | plan (total) | "
-             "plan without weights |\n|---|---|---|---|---|")
-        for label in ("harness MEST", half, full):
-            r = runs[label]
-            measured = "n/a" if r["measured_peak"] is None else f"{r['measured_peak'] / 2**20:.1f}"
-            above = "n/a" if r["measured_above_baseline"] is None else f"{r['measured_above_baseline'] / 2**20:.1f}"
-            emit(f"| {r['frozen']} frozen | {measured} | {above} | {r['plan_total'] / 2**20:.1f} | "
-                 f"{r['plan_non_weights'] / 2**20:.1f} |")
-        if unfrozen["measured_above_baseline"]:
-            got = 1 - all_frozen["measured_above_baseline"] / unfrozen["measured_above_baseline"]
-            want = 1 - all_frozen["plan_non_weights"] / unfrozen["plan_non_weights"]
-            emit(f"reduction 0 -> all frozen: measured {100 * got:.1f}% (above the resting state: weights, momentum, "
-                 f"data), plan {100 * want:.1f}% (without weights): {100 * abs(got - want):.1f} points apart")
-    emit(f"\n## MEST vs SpFDE (sieve=0.2 freeze=0.2): {run_epochs} epochs on {run_size} FakeData images, interval 1")
+        share = r["eval_s"] / per_epoch_50k
+        report.emit(f"evaluation of {r['test_size']} images: {r['eval_s']:.3f} s = {100 * share:.1f}% of a "
+                    f"50k-image training epoch at this speed ({per_epoch_50k:.2f} s)")
+        report.emit(f"capture time (MEST, one depth + evaluation): {r['capture_s']:.2f} s")
+        report.record(**{f"{key}_eval_share": share, f"{key}_capture_s": r["capture_s"]})
+    report.emit("\n| training memory (MiB) | measured peak | measured above the resting state | plan (total) | "
+                "plan without weights |\n|---|---|---|---|---|")
+    for r in (unfrozen, all_frozen):
+        if r is None:
+            continue
+        measured = "n/a" if r["measured_peak"] is None else f"{r['measured_peak'] / 2**20:.1f}"
+        above = "n/a" if r["measured_above_baseline"] is None else f"{r['measured_above_baseline'] / 2**20:.1f}"
+        report.emit(f"| {r['frozen']} frozen | {measured} | {above} | {r['plan_total'] / 2**20:.1f} | "
+                    f"{r['plan_non_weights'] / 2**20:.1f} |")
+    if unfrozen and all_frozen and unfrozen["measured_above_baseline"]:
+        got = 1 - all_frozen["measured_above_baseline"] / unfrozen["measured_above_baseline"]
+        want = 1 - all_frozen["plan_non_weights"] / unfrozen["plan_non_weights"]
+        report.emit(f"reduction 0 -> all frozen: measured {100 * got:.1f}% (above the resting state: weights, "
+                    f"momentum, data), plan {100 * want:.1f}% (without weights): {100 * abs(got - want):.1f} points "
+                    "apart")
+        report.record(**{f"{key}_memory_reduction_measured": got, f"{key}_memory_reduction_planned": want})
+
+
+def spfde_wall_clock(report: Report, overrides: list[str], bs: int, run_size: int, run_epochs: int) -> None:
+    """Whole runs of MEST and SpFDE (sieve=0.2 freeze=0.2): wall-clock saving against FLOPs saving. A small
+    test set, so that evaluation, which neither dimension shortens, does not dilute the saving."""
+    report.emit(f"\n## MEST vs SpFDE (sieve=0.2 freeze=0.2): {run_epochs} epochs on {run_size} FakeData images, "
+                "interval 1")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, more in (("MEST", []), ("SpFDE 0.2+0.2", ["sieve=0.2", "freeze=0.2"])):
-            summary, _ = run_once([*base, f"dataset.train_size={run_size}", f"epochs={run_epochs}", "interval=1",
-                                   f"batch_size={batch_sizes[0]}", *more, *extra], Path(tmp) / label.split()[0])
+            summary, _ = run_once([f"dataset.test_size={min(run_size, 1000)}", *overrides,
+                                   f"dataset.train_size={run_size}", f"epochs={run_epochs}", "interval=1",
+                                   f"batch_size={bs}", *more], Path(tmp) / label.split()[0])
             runs[label] = summary
-    emit("| run | wall-clock s | of which capture s | training FLOPs | test acc |\n|---|---|---|---|---|")
+    report.emit("| run | wall-clock s | of which capture s | training FLOPs | test acc |\n|---|---|---|---|---|")
     for label, s in runs.items():
-        emit(f"| {label} | {s['train_time_s']:.1f} | {s.get('cuda_graphs_capture_s', 0.0):.1f} | "
-             f"{s['train_flops']:.4g} | {s['final_acc']:.4f} |")
+        report.emit(f"| {label} | {s['train_time_s']:.1f} | {s.get('cuda_graphs_capture_s', 0.0):.1f} | "
+                    f"{s['train_flops']:.4g} | {s['final_acc']:.4f} |")
     mest, spfde = runs["MEST"], runs["SpFDE 0.2+0.2"]
     flops_saving = 1 - spfde["train_flops"] / mest["train_flops"]
 
@@ -482,41 +573,53 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
         return s["train_time_s"] - s.get("cuda_graphs_capture_s", 0.0)
 
     wall_saving = 1 - wall(spfde) / wall(mest)
-    emit(f"FLOPs saving {100 * flops_saving:.1f}%, wall-clock saving (capture excluded) {100 * wall_saving:.1f}% = "
-         f"{wall_saving / flops_saving:.2f}x of the FLOPs saving; with capture "
-         f"{100 * (1 - spfde['train_time_s'] / mest['train_time_s']):.1f}%")
-    return "\n".join(out)
+    report.emit(f"FLOPs saving {100 * flops_saving:.1f}%, wall-clock saving (capture excluded) "
+                f"{100 * wall_saving:.1f}% = {wall_saving / flops_saving:.2f}x of the FLOPs saving; with capture "
+                f"{100 * (1 - spfde['train_time_s'] / mest['train_time_s']):.1f}%")
+    report.record(spfde_flops_saving=flops_saving, spfde_wall_saving=wall_saving,
+                  spfde_wall_vs_flops=wall_saving / flops_saving,
+                  spfde_capture_s=spfde.get("cuda_graphs_capture_s"), mest_capture_s=mest.get("cuda_graphs_capture_s"),
+                  spfde_cuda_graphs=spfde.get("cuda_graphs"))
+
+
+def write_image(job: tuple[Path, int, int]) -> None:
+    """One ~400x350 JPEG of smooth random content (upsampled noise plus fine noise, so files have realistic
+    sizes), from its own seed: the folder is the same whatever the number of processes writing it."""
+    import numpy as np
+    from PIL import Image
+
+    path, seed, index = job
+    rng = np.random.default_rng([seed, index])
+    h, w = 350 + int(rng.integers(-30, 31)), 400 + int(rng.integers(-40, 41))
+    coarse = Image.fromarray((rng.random((12, 14, 3)) * 255).astype(np.uint8))
+    image = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.float32)
+    image = np.clip(image + rng.standard_normal((h, w, 3), dtype=np.float32) * 12, 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(path, quality=90)
 
 
 def generate_folder(root: Path, n: int, seed: int = 0) -> Path:
-    """An ImageNet-like JPEG folder: n train and n // 10 val images (at least one per class) of ~400x350 px in
-    10 class folders, smooth random content (upsampled noise plus fine noise) so the files have realistic sizes.
-    Reused when complete."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
+    """An ImageNet-like JPEG folder: n train and n // 10 val images (at least one per class) in 10 class
+    folders, written by one process per CPU core (JPEG encoding is the slow part; forked, so the workers
+    import nothing: they use only numpy and PIL). Reused when complete."""
+    import multiprocessing
+    import os
 
     if (root / ".complete").exists():
         return root
-    g = torch.Generator().manual_seed(seed)
+    jobs = []
     for split, count in (("train", n), ("val", max(10, n // 10))):
         for i in range(count):
             folder = root / split / f"class{i % 10}"
             folder.mkdir(parents=True, exist_ok=True)
-            h, w = 350 + int(torch.randint(-30, 31, (1,), generator=g)), 400 + int(torch.randint(-40, 41, (1,),
-                                                                                                 generator=g))
-            coarse = torch.rand(1, 3, 12, 14, generator=g) * 255
-            image = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0]
-            image = (image + torch.randn(3, h, w, generator=g) * 12).clamp(0, 255).to(torch.uint8)
-            Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy())).save(folder / f"{i:06d}.jpg",
-                                                                                        quality=90)
+            jobs.append((folder / f"{i:06d}.jpg", seed, len(jobs)))
+    with multiprocessing.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
+        pool.map(write_image, jobs, chunksize=16)
     (root / ".complete").touch()
     return root
 
 
-def data_bench(generate: int, batch_size: int, steps: int, extra: list[str]) -> str:
-    """See the module doc; prints each line as soon as it is measured and returns the whole report."""
+def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], json_path: str | None = None) -> Report:
+    """See the module doc; prints each line as soon as it is measured."""
     import time
 
     import torch
@@ -542,29 +645,38 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str]) -> 
     validate(cfg)
     device = resolve_device(cfg.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    out = []
-
-    def emit(text: str) -> None:
-        print(text, flush=True)
-        out.append(text)
-
-    emit(f"# spfde.bench data on {card}, torch {torch.__version__}: {cfg.model.name}, batch {batch_size}, "
-         f"{cfg.dataset.image_size}px, {cfg.dataset.workers} workers, folder {root}, overrides {extra}")
-    bare = bare_model_img_s(cfg, batch_size, steps, graphed=False)
-    emit(f"| what | img/s | vs bare model |\n|---|---|---|\n| bare model, random batch on the device | {bare:,.0f} | "
-         "1.00x |")
+    report = Report(json_path)
+    report.emit(f"# spfde.bench data on {card}, torch {torch.__version__}: {cfg.model.name}, batch {batch_size}, "
+                f"{cfg.dataset.image_size}px, {cfg.dataset.workers} workers, folder {root}, overrides {extra}")
+    report.record(device=card, torch=torch.__version__, model=cfg.model.name, batch_size=batch_size,
+                  workers=cfg.dataset.workers)
+    report.emit("| what | img/s | vs bare model |\n|---|---|---|")
+    bare = report.attempt("bare model, random batch on the device", bare_model_img_s, cfg, batch_size, steps, False)
+    if bare:
+        report.emit(f"| bare model, random batch on the device | {bare:,.0f} | 1.00x |")
+        report.record(bare_img_s=bare)
     loaders = ["pil"] + (["gpu"] + (["dali"] if dali_installed() else []) if device.type == "cuda" else [])
     runs = {}
     for loader in loaders:
-        r = runs[loader] = harness_epochs([*base, f"dataset.loader={loader}"])
-        emit(f"| harness, dataset.loader={loader} ({r['samples']} images, epoch 2) | {r['img_s']:,.0f} | "
-             f"{r['img_s'] / bare:.2f}x |")
+        r = report.attempt(f"harness, dataset.loader={loader}", harness_epochs, [*base, f"dataset.loader={loader}"])
+        if r is None:
+            continue
+        runs[loader] = r
+        report.emit(f"| harness, dataset.loader={loader} ({r['samples']} images, epoch 2) | {r['img_s']:,.0f} | "
+                    f"{times(r['img_s'], bare)} |")
+        report.record(**{f"loader_{loader}_img_s": r["img_s"], f"loader_{loader}_vs_bare": ratio(r["img_s"], bare)})
+    if not runs:
+        return report
     best = max(runs, key=lambda k: runs[k]["img_s"])
-    frozen = harness_epochs([*base, f"dataset.loader={best}"], "all")
-    emit(f"\nfastest loader: {best}; epoch time with 0 frozen blocks {runs[best]['train_s']:.2f} s, with all "
-         f"{frozen['candidates']} candidate blocks frozen {frozen['train_s']:.2f} s "
-         f"(speed-up {runs[best]['train_s'] / frozen['train_s']:.2f}x)")
-    return "\n".join(out)
+    frozen = report.attempt(f"dataset.loader={best} with all candidate blocks frozen", harness_epochs,
+                            [*base, f"dataset.loader={best}"], "all")
+    if frozen:
+        unfrozen_s, frozen_s = runs[best]["train_s"], frozen["train_s"]
+        speedup = unfrozen_s / frozen_s
+        report.emit(f"\nfastest loader: {best}; epoch time with 0 frozen blocks {unfrozen_s:.2f} s, with all "
+                    f"{frozen['candidates']} candidate blocks frozen {frozen_s:.2f} s (speed-up {speedup:.2f}x)")
+        report.record(fastest_loader=best, frozen_epoch_speedup=speedup)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -593,16 +705,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("gpu", help="harness vs bare model img/s, freezing speed-up and memory, SpFDE wall-clock")
+    # defaults sized for a short GPU window (tests/gpu/session.sh: ~2.5 min on an H200)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
-    p.add_argument("--train-size", type=int, default=25600, help="FakeData images per timed epoch")
-    p.add_argument("--steps", type=int, default=200, help="timed steps of the bare model")
-    p.add_argument("--run-size", type=int, default=10000, help="FakeData images of the MEST vs SpFDE runs")
-    p.add_argument("--run-epochs", type=int, default=12)
+    p.add_argument("--train-size", type=int, default=12800, help="FakeData images per timed epoch")
+    p.add_argument("--steps", type=int, default=100, help="timed steps of the bare model")
+    p.add_argument("--run-size", type=int, default=2560, help="FakeData images of the MEST vs SpFDE runs")
+    p.add_argument("--run-epochs", type=int, default=12, help="12: the fewest at which freeze=0.2 is reachable")
+    p.add_argument("--json", help="also write the measured values and ratios to this JSON file, as they come")
     p.add_argument("overrides", nargs="*", help="e.g. model.width=2 precision=bf16 cuda_graphs=off")
     p = sub.add_parser("data", help="folder input pipeline: bare model vs harness img/s per loader, and freezing")
-    p.add_argument("--generate", type=int, default=6400, help="train images of the generated JPEG folder")
+    # 3840 = 15 batches of 256: one batch for each of 15 workers per epoch (~1 min on an H200)
+    p.add_argument("--generate", type=int, default=3840, help="train images of the generated JPEG folder")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=50, help="timed steps of the bare model")
+    p.add_argument("--steps", type=int, default=30, help="timed steps of the bare model")
+    p.add_argument("--json", help="also write the measured values and ratios to this JSON file, as they come")
     p.add_argument("overrides", nargs="*", help="e.g. dataset.root=/path dataset.workers=15 precision=bf16")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -619,10 +735,14 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_freeze(args.seeds, args.epochs, args.overrides))
     elif args.bench == "ablation-sieve":
         print(ablation_sieve(args.seeds, args.epochs, args.overrides))
-    elif args.bench == "gpu":
-        gpu(args.batch_sizes, args.train_size, args.steps, args.run_size, args.run_epochs, args.overrides)
-    elif args.bench == "data":
-        data_bench(args.generate, args.batch_size, args.steps, args.overrides)
+    elif args.bench in ("gpu", "data"):
+        if args.bench == "gpu":
+            report = gpu(args.batch_sizes, args.train_size, args.steps, args.run_size, args.run_epochs,
+                         args.overrides, args.json)
+        else:
+            report = data_bench(args.generate, args.batch_size, args.steps, args.overrides, args.json)
+        if report.failures:  # the others were measured; the exit status still says that something failed
+            sys.exit(1)
 
 
 if __name__ == "__main__":

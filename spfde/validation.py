@@ -4,6 +4,7 @@ Hydra creates a run directory; `check_before_work` runs the checks that need siz
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 
@@ -178,8 +179,8 @@ def compose_checked(overrides: list[str]) -> DictConfig:
 
 def check_before_work(cfg: DictConfig) -> None:
     """Checks that need more than the values but no data and no run directory: that the freezing
-    target can be met (the planner needs only sizes) and that an image folder is usable (listing and
-    file headers, no decoding)."""
+    target can be met (the planner needs only sizes), that an image folder is usable (listing and
+    file headers, no decoding) and that wandb is installed if it is to log."""
     from spfde.data import FOLDERS, DataError, check_image_folder
     from spfde.freeze import FreezeError
 
@@ -195,6 +196,9 @@ def check_before_work(cfg: DictConfig) -> None:
             check_image_folder(cfg.dataset)
         except DataError as e:
             raise ConfigError(str(e)) from None
+    # wandb is optional (a GPU machine may not have it): say so before Hydra creates a run directory
+    if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger=wandb needs the wandb package (pip install wandb); or run with logger=none")
 
 
 LOADERS = ("auto", "gpu", "dali", "pil")

@@ -3,13 +3,14 @@ bottleneck of layer1..layer4, and the head. Weights and initialisation are torch
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from spfde.models.base import BlockNet, Head, Stem
 
 
 def resnet50(num_classes: int, channels: int) -> BlockNet:
+    import torchvision  # here, not at import: it takes seconds to import, and CIFAR models never need it
+
     net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     conv1 = net.conv1
     if channels != 3:

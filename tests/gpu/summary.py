@@ -1,0 +1,112 @@
+"""The GPU session's summary block: every ratio that README.md's "Speed on a GPU" section asks for, read from
+the files that the steps of tests/gpu/session.sh wrote under OUT. Whatever a step did not write (it did not
+run, failed or ran out of time) shows as "not measured": this script never fails on a missing file or key,
+and imports neither torch nor the project, so it takes well under a second.
+
+    python tests/gpu/summary.py OUT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+NOT = "not measured"
+# torchrun with one process must give the same results as a plain run: these keys of summary.json, and not
+# times, memory peaks, capture time, run ids or directories, which differ between any two runs
+RESULT_KEYS = ("final_acc", "best_acc", "final_acc5", "final_loss", "final_sparsity", "train_flops",
+               "dense_train_flops", "inference_flops", "flops_saved_sparsity", "flops_saved_freezing",
+               "flops_saved_sieving", "freeze_planned_saving", "sieve_seen_fraction")
+
+
+def load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def times(value) -> str:
+    return NOT if value is None else f"{value:.2f}x"
+
+
+def percent(value) -> str:
+    return NOT if value is None else f"{100 * value:.1f}%"
+
+
+def seconds(value) -> str:
+    return NOT if value is None else f"{value:.1f} s"
+
+
+def pytest_counts(path: Path) -> str:
+    """From pytest's --junitxml file: passed, failed, errors, skipped."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return NOT
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    return f"{passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped"
+
+
+def same_results(a: dict, b: dict) -> str:
+    """Whether two runs' summary.json agree on every result key (exactly: same seed, deterministic=true)."""
+    if not a or not b:
+        return NOT
+    keys = [k for k in RESULT_KEYS if k in a or k in b]
+    differ = [f"{k} {a.get(k)} != {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
+    return f"no: {'; '.join(differ)}" if differ else f"yes ({len(keys)} result keys equal)"
+
+
+def step_times(path: Path) -> str:
+    """`name exit seconds` lines that session.sh writes after each step."""
+    try:
+        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return NOT
+    return ", ".join(f"{name} exit {rc} in {s} s" for name, rc, s in rows)
+
+
+def summary_lines(out: Path) -> list[str]:
+    g, d = load(out / "bench-gpu.json"), load(out / "bench-data.json")
+    rows = [("steps", step_times(out / "steps.tsv")),
+            ("pytest tests/test_gpu.py + GPU decode test", pytest_counts(out / "tests.xml"))]
+    for bs in g.get("batch_sizes") or [64, 512]:
+        k = f"bs{bs}"
+        bare = f"bare model ({g.get(f'{k}_bare_anchor', 'CUDA graph')})"
+        measured, planned = g.get(f"{k}_memory_reduction_measured"), g.get(f"{k}_memory_reduction_planned")
+        rows += [(f"batch {bs}: harness dense / {bare}", times(g.get(f"{k}_dense_vs_bare"))),
+                 (f"batch {bs}: harness MEST / {bare}", times(g.get(f"{k}_mest_vs_bare"))),
+                 (f"batch {bs}: harness MEST, sieve=0.2 loader / {bare}", times(g.get(f"{k}_mest_sieve_vs_bare"))),
+                 (f"batch {bs}: bare model, CUDA graph / eager", times(g.get(f"{k}_bare_graphed_vs_eager"))),
+                 (f"batch {bs}: all candidates frozen / unfrozen, img/s", times(g.get(f"{k}_frozen_speedup"))),
+                 (f"batch {bs}: memory reduction 0 -> all frozen, measured / planned",
+                  NOT if measured is None else f"{percent(measured)} / {percent(planned)}"),
+                 (f"batch {bs}: capture time, MEST (one depth + evaluation)", seconds(g.get(f"{k}_capture_s"))),
+                 (f"batch {bs}: evaluation / a 50k-image training epoch", percent(g.get(f"{k}_eval_share")))]
+    wall, flops = g.get("spfde_wall_saving"), g.get("spfde_flops_saving")
+    rows += [("SpFDE 0.2+0.2 vs MEST: wall-clock saving / FLOPs saving",
+              NOT if wall is None else f"{times(g.get('spfde_wall_vs_flops'))} ({percent(wall)} / {percent(flops)})"),
+             ("capture time, SpFDE 0.2+0.2 run / MEST run", NOT if g.get("spfde_capture_s") is None
+              else f"{seconds(g['spfde_capture_s'])} / {seconds(g.get('mest_capture_s'))}")]
+    if g.get("spfde_cuda_graphs") is not None:
+        rows.append(("SpFDE 0.2+0.2 run: cuda_graphs", str(g["spfde_cuda_graphs"])))
+    model = d.get("model", "model")
+    rows += [(f"folder loader {loader} / bare {model}", times(d.get(f"loader_{loader}_vs_bare")))
+             for loader in ("pil", "gpu", "dali")]
+    runs = out / "torchrun1"
+    rows += [(f"epoch time, 0 / all candidates frozen (loader {d.get('fastest_loader', '?')})",
+              times(d.get("frozen_epoch_speedup"))),
+             ("torchrun with one process == plain run",
+              same_results(load(runs / "torchrun" / "summary.json"), load(runs / "plain" / "summary.json")))]
+    device = g.get("device") or d.get("device") or "?"
+    width = max(len(label) for label, _ in rows)
+    return [f"===== GPU session summary: {device}, torch {g.get('torch') or d.get('torch') or '?'} =====",
+            *(f"{label:<{width}}  {value}" for label, value in rows), "====="]
+
+
+if __name__ == "__main__":
+    print("\n".join(summary_lines(Path(sys.argv[1]))))

@@ -1,0 +1,88 @@
+"""tests/gpu/session.sh, the one prepared call for a lent GPU machine: rehearsed on the CPU with that
+machine's Python stack (no wandb, wandb_workspaces, submitit, hydra-submitit-launcher or pytest-timeout),
+and its summary block, which must say "not measured" rather than fail when a step delivered nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+SUMMARY = runpy.run_path(str(REPO / "tests" / "gpu" / "summary.py"))
+# what the GPU machine does not have; a sitecustomize.py makes each unimportable, and Hydra's plugin scan
+# skips a plugin whose module is None in sys.modules, as if it were not installed
+MISSING = ("wandb", "wandb_workspaces", "submitit", "hydra_plugins.hydra_submitit_launcher")
+
+
+def gpu_machine_env(tmp_path: Path) -> dict:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in MISSING))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "PYTEST_ADDOPTS": "-p no:timeout",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def test_the_stand_in_for_the_gpu_machine_hides_wandb_and_submitit(tmp_path):
+    env = gpu_machine_env(tmp_path)
+    for module in MISSING:
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+        assert proc.returncode == 1 and "ModuleNotFoundError" in proc.stderr, module
+
+
+def test_logger_wandb_without_wandb_is_one_line_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "spfde.run", "experiment=quickstart", "logger=wandb",
+                           f"hydra.run.dir={tmp_path / 'run'}"], env=gpu_machine_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("spfde: error: logger=wandb needs the wandb package (pip install wandb); or run "
+                                   "with logger=none")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
+    """Every step of the session at its CPU sizes: pytest tests/test_gpu.py (skips here), `spfde.bench gpu`,
+    `spfde.bench data`, torchrun with one process vs a plain `spfde.run ... logger=none`, then the summary."""
+    out = tmp_path / "out"
+    env = {**gpu_machine_env(tmp_path), "REHEARSAL": "1", "OUT": str(out), "PY": sys.executable}
+    proc = subprocess.run(["bash", "tests/gpu/session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    steps = [line.split()[:2] for line in (out / "steps.tsv").read_text().splitlines()]
+    assert steps == [[name, "0"] for name in ("tests", "gpu", "data", "torchrun", "plain", "summary")]
+    block = proc.stdout[proc.stdout.index("===== GPU session summary: CPU"):].splitlines()
+    rows = dict(line.split("  ", 1) for line in block[1:block.index("=====")])
+    rows = {label.strip(): value.strip() for label, value in rows.items()}
+    pytest_row = rows["pytest tests/test_gpu.py + GPU decode test"]
+    assert re.fullmatch(r"0 passed, 0 failed, 0 errors, [1-9]\d* skipped", pytest_row)  # all skip without CUDA
+    assert rows["torchrun with one process == plain run"].startswith("yes (")
+    # without CUDA only the GPU's own measurements are missing
+    gpu_only = ("CUDA graph / eager", "memory reduction", "capture time, SpFDE", "loader gpu", "loader dali")
+    for label, value in rows.items():
+        assert (value == "not measured") == any(g in label for g in gpu_only), (label, value)
+    values = json.loads((out / "bench-gpu.json").read_text())
+    assert values["batch_sizes"] == [16, 32] and 0 < values["spfde_flops_saving"] < 1
+    assert json.loads((out / "bench-data.json").read_text())["fastest_loader"] == "pil"
+
+
+def test_the_summary_of_a_session_that_delivered_nothing_says_not_measured(tmp_path):
+    lines = SUMMARY["summary_lines"](tmp_path)
+    assert lines[0].startswith("===== GPU session summary") and lines[-1] == "====="
+    assert all(line.endswith("not measured") for line in lines[1:-1])
+    assert sum("batch 64:" in line for line in lines) == sum("batch 512:" in line for line in lines) == 8
+
+
+def test_the_summary_names_the_results_where_torchrun_and_the_plain_run_differ(tmp_path):
+    a = {"final_acc": 0.5, "train_flops": 10.0, "train_time_s": 3.0, "run_id": "a"}
+    b = {**a, "final_acc": 0.25, "train_time_s": 4.0, "run_id": "b", "memory_train_peak_bytes": 1}
+    assert SUMMARY["same_results"](a, {**a, "train_time_s": 9.0}) == "yes (2 result keys equal)"
+    assert SUMMARY["same_results"](a, b) == "no: final_acc 0.5 != 0.25"
+    assert SUMMARY["same_results"](a, {}) == "not measured"
