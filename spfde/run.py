@@ -14,7 +14,7 @@ from spfde.data import DataError
 from spfde.data.loaders import BadImageError
 from spfde.distributed import DistributedError, shutdown
 from spfde.freeze import FreezeError
-from spfde.rundir import Stopped, TrainingDiverged
+from spfde.rundir import Stopped, TrainingDiverged, check_output_dir
 from spfde.sieve import SieveError
 from spfde.sparse import SparsityError
 from spfde.validation import precheck_overrides, validate
@@ -91,6 +91,11 @@ def cli() -> None:
         sys.exit(2)
     if sweep_dir := adhoc_sweep_dir(sys.argv[1:]):
         sys.argv.append(f"hydra.sweep.dir='{sweep_dir}'")  # quoted: the name holds the sweep's commas
+    try:
+        check_output_dir(sys.argv[1:])  # full or read-only disk: one line here, not Hydra's logging traceback
+    except RunDirError as e:
+        print(f"spfde: error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()
 
 

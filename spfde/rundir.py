@@ -107,6 +107,44 @@ def remove_stale_temp_files(run_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+# ----------------------------------------------------------------------------- before Hydra writes
+
+
+def check_output_dir(args: list[str]) -> None:
+    """The run directory (the sweep directory with -m) must be creatable and writable on a disk with room, checked
+    before Hydra creates it and writes its log and `.hydra/` there (where a full or read-only disk is a traceback
+    from Hydra's file logging). Raises RunDirError (one line)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from spfde.config import compose_config
+
+    multirun = bool({"-m", "--multirun"} & set(args))
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    cfg = compose_config([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True)
+    path = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".spfde-probe.tmp{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:  # room for Hydra's files and the first writes of the run
+                f.write(b"\0" * PROBE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as e:
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+        raise RunDirError(f"cannot write in {path} ({e.strerror or e}; {free} bytes free on that disk): free some "
+                          f"space or make it writable, or choose another directory with {key}=...") from None
+
+
+PROBE_BYTES = 256 * 2**10
+
+
 # ----------------------------------------------------------------------------- fresh=true, once per launch
 
 
