@@ -158,7 +158,8 @@ def test_bad_loader_values_are_one_line_errors_before_training(tmp_path):
              ("dataset.augment=bogus", "dataset.augment must be one of auto, imagenet, cifar, none, got 'bogus'"),
              ("dataset.loader=fast", "dataset.loader must be one of auto, gpu, dali, pil"),
              ("dataset.in_memory=maybe", "dataset.in_memory must be auto, true or false"),
-             ("dataset.image_size=-1", "dataset.image_size must be >= 8 (or 0: from the images), got -1")]
+             ("dataset.image_size=-1", "dataset.image_size must be >= 8 (or 0: from the images), got -1"),
+             ("dataset.timeout_s=0", "dataset.timeout_s must be > 0 (seconds to wait for a batch from the workers)")]
     for override, expected in cases:
         with pytest.raises(ConfigError, match=re.escape(expected)) as err:
             precheck_overrides([*base, override])
