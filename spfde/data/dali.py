@@ -20,6 +20,8 @@ class DaliLoader(FolderLoader):
     """Same interface as `FolderLoader`. `device` "cpu" builds a CPU-only pipeline (for tests where DALI is
     installed but there is no GPU); runs use the CUDA device."""
 
+    name = "dali"
+
     def __init__(self, samples: list[tuple[str, int]], batch_size: int, *, train: bool, generator: torch.Generator,
                  device: torch.device, image_size: int, augment: str = "imagenet", small: bool = False,
                  hflip: bool = True, channels: int = 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),

@@ -10,13 +10,14 @@ identically, walks the same `IndexBatches` order, and a run resumes exactly from
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spfde.data.loaders import (
-    BadImageError,
     FolderLoader,
     IndexBatches,
     augmentation_draws,
@@ -25,7 +26,7 @@ from spfde.data.loaders import (
     pass_draws,
     random_crop_flip,
     to_device,
-    worker_error,
+    worker_batches,
 )
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -34,7 +35,10 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 class FileBytes(Dataset):
-    """(JPEG bytes or, for other formats, the image decoded on the CPU, label, index)."""
+    """Item i: (uint8 numpy array, shape, label, i): a JPEG file's bytes (shape None) or, for other formats, the
+    image decoded on the CPU, flattened (shape (C, H, W)). Plain numpy, never the tensor torchvision.io.read_file
+    returns: that one maps the file, and sending it from a worker fails (EBADF in the worker's queue feeder
+    thread) while the DataLoader waits for the batch forever."""
 
     def __init__(self, samples: list[tuple[str, int]], channels: int, on_bad_file: str):
         self.samples, self.channels, self.on_bad_file = samples, channels, on_bad_file
@@ -44,23 +48,58 @@ class FileBytes(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        from torchvision.io import ImageReadMode, decode_image
 
         path, label = self.samples[i]
         try:
-            data = read_file(path)
-            if bytes(data[:3].tolist()) != JPEG_MAGIC:  # PNG & co: decoded here, on the CPU
+            data = np.fromfile(path, dtype=np.uint8)
+            if data[:3].tobytes() != JPEG_MAGIC:  # PNG & co: decoded here, on the CPU
                 mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-                return decode_image(data, mode=mode), label, i
+                image = decode_image(torch.from_numpy(data), mode=mode)
+                return image.numpy().reshape(-1), tuple(image.shape), label, i
         except Exception as e:  # noqa: BLE001 - unreadable or undecodable file
             bad_image(path, e, self.on_bad_file)
             self.skipped += 1
             return None
-        return data, label, i
+        return data, None, label, i
 
 
-def keep_present(batch):
-    return [b for b in batch if b is not None]
+@dataclass
+class Packed:
+    """A batch of `FileBytes` items with every item's bytes back to back in ONE uint8 tensor: sent from a worker
+    it costs one shared-memory file descriptor, where a tensor per image would cost one each (15 workers x
+    batch 256 x prefetch 4 would exceed the usual open-file limit)."""
+    data: torch.Tensor
+    sizes: list[int]
+    shapes: list[tuple[int, ...] | None]
+    labels: list[int]
+    index: list[int]
+
+    def items(self):
+        """(bytes or flattened pixels as a uint8 tensor view, shape, label, index) of each item."""
+        return zip(torch.split(self.data, self.sizes), self.shapes, self.labels, self.index)
+
+
+def pack(items) -> Packed:
+    """collate_fn of the GPU-decode loader (runs in the worker): the items that read, packed (skipped ones left
+    out)."""
+    items = [item for item in items if item is not None]
+    data = np.concatenate([item[0] for item in items]) if items else np.empty(0, dtype=np.uint8)
+    return Packed(torch.from_numpy(data), [len(item[0]) for item in items], [item[1] for item in items],
+                  [item[2] for item in items], [item[3] for item in items])
+
+
+class PassBatches(Sampler):
+    """The batch sampler of a persistent DataLoader: the batches of the pass under way, set before each pass."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def resized_crop_params(height: int, width: int, generator: torch.Generator, scale=(0.08, 1.0),
@@ -112,46 +151,56 @@ class GpuDecodeLoader(FolderLoader):
     """Same interface as `FolderLoader` (indices, set_indices, batch sizes, world sharding). `device` is where
     JPEGs are decoded and augmented: a CUDA device in runs (dataset.loader=gpu), the CPU in tests."""
 
+    name = "gpu"
+
     def __init__(self, samples: list[tuple[str, int]], batch_size: int, *, train: bool, generator: torch.Generator,
-                 device: torch.device, image_size: int, augment: str = "imagenet", small: bool = False,
-                 hflip: bool = True, channels: int = 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                 workers: int = 0, on_bad_file: str = "error", world=None, seed: int = 0):
+                 device: torch.device, image_size: int, timeout_s: float, augment: str = "imagenet",
+                 small: bool = False, hflip: bool = True, channels: int = 3, mean=(0.485, 0.456, 0.406),
+                 std=(0.229, 0.224, 0.225), workers: int = 0, on_bad_file: str = "error", world=None, seed: int = 0):
         self.dataset = FileBytes(samples, channels, on_bad_file)
         self.batch_size, self.train, self.generator, self.world = batch_size, train, generator, world
-        self.workers, self.pin_memory = workers, False
+        self.workers, self.timeout_s, self.pin_memory = workers, timeout_s, False
         self.indices = torch.arange(len(samples))
         self.device, self.size, self.augment, self.small = torch.device(device), image_size, augment, small
         self.hflip, self.channels, self.on_bad_file = hflip and augment != "none", channels, on_bad_file
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
         self.luma = torch.tensor(LUMA, device=self.device).view(3, 1, 1)  # made once: not a copy per image
+        self.passes = PassBatches()
+        self.loader = None  # one DataLoader for every pass: its workers persist
+
+    def file_loader(self) -> DataLoader:
+        """The DataLoader reading file bytes, made once. Its workers draw no randomness (a private generator keeps
+        the run's and the global one untouched), so they can persist from pass to pass."""
+        if self.loader is None:
+            workers = self.workers
+            self.loader = DataLoader(self.dataset, batch_sampler=self.passes, num_workers=workers, collate_fn=pack,
+                                     generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0,
+                                     prefetch_factor=4 if workers else None, timeout=self.timeout_s if workers else 0)
+        return self.loader
 
     def __iter__(self):
-        batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world))
+        self.passes.batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train,
+                                                self.world))
         draws = pass_draws(self.generator)
-        # workers need no randomness: a private generator keeps the run's and the global one untouched
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=keep_present,
-                            generator=torch.Generator().manual_seed(0), persistent_workers=False,
-                            prefetch_factor=4 if self.workers else None)
         before = int(self.dataset.skipped)
-        try:
-            for items in loader:
-                images, labels, index = self.decode(items)
-                if not images:
-                    continue
-                yield self.transform(images, draws), to_device(labels, self.device), index
-        except BadImageError as e:
-            raise worker_error(e) from None
+        for packed in worker_batches(self.file_loader(), self.what, self.workers, self.timeout_s):
+            images, labels, index = self.decode(packed)
+            if not images:
+                continue
+            yield self.transform(images, draws), to_device(labels, self.device), index
         if int(self.dataset.skipped) > before:
             log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
                         f"({int(self.dataset.skipped)} in all; their paths are logged above)")
 
-    def decode(self, items):
+    def decode(self, packed: Packed):
         """Decode the batch's JPEGs in one batched call on the device; a failure is traced to its file(s)."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        jpegs = [k for k, (data, _, _) in enumerate(items) if data.dim() == 1]
-        decoded = {k: items[k][0].to(self.device) for k in range(len(items)) if k not in jpegs}
+        items = list(packed.items())
+        jpegs = [k for k, (_, shape, _, _) in enumerate(items) if shape is None]
+        decoded = {k: data.view(shape).to(self.device) for k, (data, shape, _, _) in enumerate(items)
+                   if shape is not None}
         if jpegs:
             data = [items[k][0] for k in jpegs]
             try:
@@ -162,15 +211,15 @@ class GpuDecodeLoader(FolderLoader):
                     try:
                         out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
                     except RuntimeError as e:
-                        bad_image(self.dataset.samples[items[k][2]][0], e, self.on_bad_file)
+                        bad_image(self.dataset.samples[items[k][3]][0], e, self.on_bad_file)
                         self.dataset.skipped += 1
                         out.append(None)
             for k, image in zip(jpegs, out):
                 if image is not None:
                     decoded[k] = self.gray(image) if self.channels == 1 else image
         keep = sorted(decoded)
-        labels = torch.tensor([items[k][1] for k in keep], dtype=torch.int64)
-        index = torch.tensor([items[k][2] for k in keep], dtype=torch.int64)
+        labels = torch.tensor([items[k][2] for k in keep], dtype=torch.int64)
+        index = torch.tensor([items[k][3] for k in keep], dtype=torch.int64)
         return [decoded[k] for k in keep], labels, index
 
     def gray(self, image: torch.Tensor) -> torch.Tensor:
