@@ -105,6 +105,113 @@ def test_gpu_decode_loader_output_flips_and_deterministic_validation(tmp_path):
         assert any(flipped) == hflip
 
 
+def per_image_view(image, box, size):
+    """The GPU loader's resampling before it was batched, the reference: the box cropped and resized alone,
+    antialiased bilinear (float, 0-255)."""
+    import torch.nn.functional as F
+
+    top, left, h, w = box
+    if float(top).is_integer() and float(left).is_integer() and float(h).is_integer() and float(w).is_integer():
+        crop, new = image[:, int(top):int(top + h), int(left):int(left + w)], (size, size)
+    else:  # an evaluation box: resize the whole image so that the box becomes size x size, then crop it
+        new = (round(image.shape[-2] * size / h), round(image.shape[-1] * size / w))
+        crop = image
+    if tuple(crop.shape[-2:]) == new:
+        out = crop.float()
+    else:
+        out = F.interpolate(crop[None].float(), size=new, mode="bilinear", antialias=True, align_corners=False)[0]
+    if crop is image:
+        y, x = round(top * new[0] / image.shape[-2]), round(left * new[1] / image.shape[-1])
+        out = out[:, y:y + size, x:x + size]
+    return out
+
+
+def smooth_images(sizes, seed=0):
+    """uint8 RGB images that vary smoothly (a 5 x 5 random grid, bicubic): resamplers then differ only a little."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    grids = [torch.rand(1, 3, 5, 5, generator=g) * 255 for _ in sizes]
+    return [F.interpolate(grid, size=size, mode="bicubic", align_corners=False)[0].clamp(0, 255).round()
+            .to(torch.uint8) for grid, size in zip(grids, sizes)]
+
+
+def close_views(new, reference):
+    """Mean difference under half a grey level (of 255), inside the 1-pixel frame at most 4: an average of samples
+    is not quite a triangle filter. On the frame of an upscaled crop, the batched resampler reads the image's pixels
+    just past the crop, where F.interpolate repeats the crop's edge."""
+    diff = (new - reference).abs()
+    return diff.mean() < 0.5 and diff[..., 1:-1, 1:-1].max() < 4 and diff.max() < 25
+
+
+def test_batched_resampling_matches_the_per_image_interpolate(monkeypatch):
+    from spfde.data import gpu_decode
+    from spfde.data.gpu_decode import crops_resized, eval_box, resized_crop_params
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [tuple(int(v) for v in torch.randint(12, 160, (2,), generator=g)) for _ in range(24)] + [(32, 32)]
+    images = smooth_images(sizes)
+    size = 32
+    train = [resized_crop_params(h, w, g) for h, w in sizes]
+    for boxes in (train, [eval_box(h, w, size, False) for h, w in sizes],
+                  [eval_box(h, w, size, True) for h, w in sizes]):
+        reference = torch.stack([per_image_view(im, box, size) for im, box in zip(images, boxes)])
+        assert close_views(crops_resized(images, boxes, size), reference)
+    # a box of the output's size is copied exactly; grayscale is PIL's luma of the RGB, rounded
+    assert torch.equal(crops_resized(images[-1:], [(0, 0, 32, 32)], size)[0], images[-1].float())
+    luma = torch.tensor((0.299, 0.587, 0.114)).view(3, 1, 1)
+    gray = [(im.float() * luma).sum(0, keepdim=True).round().to(torch.uint8) for im in images]
+    reference = torch.stack([per_image_view(im, box, size) for im, box in zip(gray, train)])
+    assert close_views(crops_resized(images, train, size, luma), reference)
+    # a canvas over roi_align's 32-bit index limit is split into halves of the batch: the same views
+    whole = crops_resized(images, train, size)
+    monkeypatch.setattr(gpu_decode, "CANVAS_LIMIT", 3 * 200 * 200)
+    assert torch.allclose(crops_resized(images, train, size), whole, atol=1e-3)
+
+
+def test_gpu_decode_loader_draws_the_same_boxes_and_flips_as_before(tmp_path, monkeypatch):
+    """The boxes and flips come from the per-pass generator image by image, as before the resampling was batched;
+    so the sample order, the draws and exact resume are unchanged."""
+    from PIL import Image
+    from torchvision import datasets
+
+    from spfde.data import gpu_decode
+    from spfde.data.gpu_decode import resized_crop_params
+    from spfde.data.loaders import IndexBatches, pass_draws
+
+    g = torch.Generator().manual_seed(1)
+    sizes = [tuple(int(v) for v in torch.randint(20, 90, (2,), generator=g)) for _ in range(10)]
+    for k, image in enumerate(smooth_images(sizes)):
+        (tmp_path / "f" / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "f" / f"c{k % 2}" / f"{k}.jpg", quality=95)
+    samples = datasets.ImageFolder(str(tmp_path / "f")).samples
+    loader = GpuDecodeLoader(samples, 4, train=True, generator=torch.Generator().manual_seed(7),
+                             device=torch.device("cpu"), image_size=24, timeout_s=60)
+    seen = []
+
+    def spy(images, boxes, size, luma=None):
+        seen.append((images, boxes, crops_resized(images, boxes, size, luma)))
+        return seen[-1][2]
+
+    crops_resized = gpu_decode.crops_resized
+    monkeypatch.setattr(gpu_decode, "crops_resized", spy)
+    out = list(loader)
+    # the draws before batching: the order, then per batch each image's box and then the batch's flips
+    run = torch.Generator().manual_seed(7)
+    order = list(IndexBatches(torch.arange(len(samples)), run, 4, True, None))
+    draws = pass_draws(run)
+    mean, std = loader.mean, loader.std
+    for batch, (x, _, index), (images, boxes, resampled) in zip(order, out, seen):
+        assert index.tolist() == batch
+        shapes = [Image.open(samples[i][0]).size[::-1] for i in batch]
+        assert boxes == [resized_crop_params(h, w, draws) for h, w in shapes]
+        flips = torch.rand(len(batch), generator=draws) < 0.5
+        expected = torch.where(flips[:, None, None, None], resampled.flip(3), resampled)
+        assert torch.allclose(x * std + mean, expected, atol=1e-3)
+        reference = torch.stack([per_image_view(im, box, 24) for im, box in zip(images, boxes)])
+        assert close_views(resampled, reference)
+
+
 def test_grayscale_gpu_decode_keeps_one_channel(tmp_path):
     root = write_folder(tmp_path / "g", size=(28, 28), mode="L")
     from torchvision import datasets

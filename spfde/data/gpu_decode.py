@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spfde.data.loaders import (
@@ -127,24 +126,104 @@ def resized_crop_params(height: int, width: int, generator: torch.Generator, sca
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of one [C, H, W] image to float [C, *size] (values stay 0-255)."""
-    if tuple(image.shape[-2:]) == size:
-        return image.float()
-    return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-
-
-def eval_view(image: torch.Tensor, size: int, small: bool) -> torch.Tensor:
-    """Evaluation (and augment=none) view: small images stretched to size x size; others resized so the shorter
-    side is round(size * 256 / 224), then centre-cropped (torchvision's Resize + CenterCrop)."""
+def eval_box(height: int, width: int, size: int, small: bool) -> tuple[float, float, float, float]:
+    """The evaluation (and augment=none) view as a box (top, left, height, width) of the image, in its pixels:
+    small images whole (stretched to size x size); others the centre crop that torchvision's
+    Resize(round(size * 256 / 224)) + CenterCrop(size) keep."""
     if small:
-        return resize(image, (size, size))
-    h, w = image.shape[-2:]
+        return 0.0, 0.0, height, width
     short = int(round(size * 256 / 224))
-    new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
-    image = resize(image, new)
-    top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-    return image[:, top:top + size, left:left + size]
+    new_h, new_w = (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    scale_y, scale_x = height / new_h, width / new_w
+    return top * scale_y, left * scale_x, size * scale_y, size * scale_x
+
+
+def shelf_pack(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int, int]:
+    """Top-left corners (y, x) for rectangles (h, w) laid side by side on shelves, tallest first, and the height and
+    width of the canvas they fill. The canvas is as wide as the widest rectangle or the square root of their total
+    area, whichever is more: the batch is never padded to its largest image (some ImageNet images are several
+    thousand pixels wide, and a batch padded to one of them can need gigabytes)."""
+    width = max(max(w for _, w in sizes), math.isqrt(sum(h * w for h, w in sizes)))
+    corners = [(0, 0)] * len(sizes)
+    y = x = shelf = 0
+    for k in sorted(range(len(sizes)), key=lambda k: -sizes[k][0]):
+        h, w = sizes[k]
+        if x + w > width:  # start a shelf under the last one
+            y, x, shelf = y + shelf, 0, 0
+        corners[k] = (y, x)
+        x, shelf = x + w, max(shelf, h)
+    return corners, y + shelf, width
+
+
+def spans(starts: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """The indices start, start + 1, ..., start + length - 1 of every run, one run after another. `total` (the sum
+    of the lengths) comes from the host, so nothing waits for the device."""
+    begins = torch.cumsum(lengths, 0) - lengths  # where each run begins in the result
+    shift = torch.repeat_interleave(starts - begins, lengths, output_size=total)
+    return torch.arange(total, device=starts.device) + shift
+
+
+def canvas_of(images: list[torch.Tensor], corners: list[tuple[int, int]], height: int,
+              width: int) -> torch.Tensor:
+    """uint8 [C, height, width] holding each image (uint8 [C, h, w]) with its top-left pixel at its corner, inside a
+    one-pixel border that repeats the image's edge pixels: bilinear taps just past an edge read that edge, as
+    F.interpolate's clamping does, never a neighbour. A dozen kernels for the whole batch, whatever its size."""
+    device, channels = images[0].device, images[0].shape[0]
+    plane = height * width
+    canvas = torch.zeros(channels * plane, dtype=torch.uint8, device=device)
+    sizes = [tuple(im.shape[-2:]) for im in images]
+    meta = to_device(torch.tensor([[h, w, y, x] for (h, w), (y, x) in zip(sizes, corners)]), device)
+    h, w, y, x = meta.unbind(1)
+    # every pixel row of every image (channel by channel, in the order of its pixels): where it starts in the canvas
+    rows = channels * h
+    count = channels * sum(hh for hh, _ in sizes)
+    image = torch.repeat_interleave(torch.arange(len(images), device=device), rows, output_size=count)
+    row = spans(torch.zeros_like(rows), rows, count)  # channel * h + row within the image
+    height_of, width_of = h[image], w[image]
+    starts = (row // height_of) * plane + (y[image] + row % height_of) * width + x[image]
+    pixels = torch.cat([im.reshape(-1) for im in images])
+    canvas.index_copy_(0, spans(starts, width_of, pixels.numel()), pixels)
+    # the border: left and right columns from the edge pixels, then the rows above and below (corners included)
+    canvas[starts - 1] = canvas[starts]
+    canvas[starts + width_of] = canvas[starts + width_of - 1]
+    edges = [(c * plane + yy * width + xx - 1, c * plane + (yy + hh - 1) * width + xx - 1, ww + 2)
+             for (hh, ww), (yy, xx) in zip(sizes, corners) for c in range(channels)]
+    top, bottom, length = to_device(torch.tensor(edges), device).unbind(1)
+    total = sum(e[2] for e in edges)
+    for edge, outward in ((spans(top, length, total), -width), (spans(bottom, length, total), width)):
+        canvas[edge + outward] = canvas[edge]
+    return canvas.view(channels, height, width)
+
+
+# roi_align's CUDA kernel indexes its input with 32-bit ints: a larger canvas is split (two halves of the batch)
+CANVAS_LIMIT = 2**31 - 1
+
+
+def crops_resized(images: list[torch.Tensor], boxes: list[tuple[float, float, float, float]], size: int,
+                  luma: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image's box (top, left, height, width, in its pixels; fractions allowed) resized to size x size: float
+    [B, C, size, size], values 0-255 (one channel through `luma` when given). The whole batch in a few kernels: the
+    images go into one canvas (`canvas_of`) and torchvision's roi_align samples every box at once, averaging
+    ceil(box / size) x ceil(box / size) bilinear samples per output pixel (its adaptive sampling ratio): area
+    antialiasing when downscaling, plain bilinear when upscaling. Values differ slightly from the per-image
+    antialiased F.interpolate (a box of samples, not a triangle filter)."""
+    from torchvision.ops import roi_align
+
+    sizes = [(im.shape[-2] + 2, im.shape[-1] + 2) for im in images]  # with the border
+    corners, height, width = shelf_pack(sizes)
+    if images[0].shape[0] * height * width > CANVAS_LIMIT and len(images) > 1:
+        half = len(images) // 2
+        return torch.cat([crops_resized(images[:half], boxes[:half], size, luma),
+                          crops_resized(images[half:], boxes[half:], size, luma)])
+    corners = [(y + 1, x + 1) for y, x in corners]  # the images' own top-left pixels
+    canvas = canvas_of(images, corners, height, width).float()
+    if luma is not None:  # PIL's convert("L") on the decoded RGB, rounded to integers as PIL does
+        canvas = (canvas * luma).sum(0, keepdim=True).round_().clamp_(0, 255)
+    rois = [(0.0, x + left, y + top, x + left + w, y + top + h)
+            for (y, x), (top, left, h, w) in zip(corners, boxes)]
+    rois = to_device(torch.tensor(rois, dtype=torch.float32), canvas.device)
+    return roi_align(canvas[None], rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 class GpuDecodeLoader(FolderLoader):
@@ -199,8 +278,10 @@ class GpuDecodeLoader(FolderLoader):
 
         items = list(packed.items())
         jpegs = [k for k, (_, shape, _, _) in enumerate(items) if shape is None]
-        decoded = {k: data.view(shape).to(self.device) for k, (data, shape, _, _) in enumerate(items)
-                   if shape is not None}
+        # images decoded in the workers; grayscale ones as RGB too, so the batch shares one canvas (their luma
+        # gives back the same values)
+        decoded = {k: data.view(shape).to(self.device).expand(3, -1, -1) for k, (data, shape, _, _)
+                   in enumerate(items) if shape is not None}
         if jpegs:
             data = [items[k][0] for k in jpegs]
             try:
@@ -216,28 +297,26 @@ class GpuDecodeLoader(FolderLoader):
                         out.append(None)
             for k, image in zip(jpegs, out):
                 if image is not None:
-                    decoded[k] = self.gray(image) if self.channels == 1 else image
+                    decoded[k] = image
         keep = sorted(decoded)
         labels = torch.tensor([items[k][2] for k in keep], dtype=torch.int64)
         index = torch.tensor([items[k][3] for k in keep], dtype=torch.int64)
         return [decoded[k] for k in keep], labels, index
 
-    def gray(self, image: torch.Tensor) -> torch.Tensor:
-        return (image.float() * self.luma).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
     def transform(self, images: list[torch.Tensor], draws: torch.Generator) -> torch.Tensor:
-        """Crop/resize each image to size x size, flip, normalise: float [B, C, S, S] on the device."""
+        """Crop/resize every image to size x size (one batched resampling), flip, normalise: float [B, C, S, S] on
+        the device. The boxes and flips are drawn from `draws` image by image, in the batch's order, as before the
+        resampling was batched: the same numbers, the same sample order."""
         size, n = self.size, len(images)
+        shapes = [tuple(im.shape[-2:]) for im in images]
         if not self.train or self.augment == "none":
-            batch = torch.stack([eval_view(im, size, self.small) for im in images])
+            boxes = [eval_box(h, w, size, self.small) for h, w in shapes]
         elif self.augment == "imagenet":
-            views = []
-            for im in images:
-                top, left, h, w = resized_crop_params(im.shape[-2], im.shape[-1], draws)
-                views.append(resize(im[:, top:top + h, left:left + w], (size, size)))
-            batch = torch.stack(views)
-        else:  # cifar: stretch to size x size, pad size // 8, random crop (the in-memory loader's augmentation)
-            batch = torch.stack([resize(im, (size, size)) for im in images])
+            boxes = [resized_crop_params(h, w, draws) for h, w in shapes]
+        else:  # cifar: the whole image stretched to size x size, then padded and randomly cropped below
+            boxes = [(0, 0, h, w) for h, w in shapes]
+        batch = crops_resized(images, boxes, size, self.luma if self.channels == 1 else None)
+        if self.train and self.augment == "cifar":  # the in-memory loader's augmentation
             padding = size // 8
             dy, dx, _ = augmentation_draws([n], padding, False, draws, self.device)
             batch = random_crop_flip(batch, padding, dy, dx, None)
