@@ -136,6 +136,18 @@ def smooth_images(sizes, seed=0):
             .to(torch.uint8) for grid, size in zip(grids, sizes)]
 
 
+def write_smooth_folder(root, count, seed=1):
+    """`count` smooth JPEGs of 20-90 px sides in two class folders."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    sizes = [tuple(int(v) for v in torch.randint(20, 90, (2,), generator=g)) for _ in range(count)]
+    for k, image in enumerate(smooth_images(sizes, seed)):
+        (root / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / f"c{k % 2}" / f"{k}.jpg", quality=95)
+    return root
+
+
 def close_views(new, reference):
     """Mean difference under half a grey level (of 255), inside the 1-pixel frame at most 4: an average of samples
     is not quite a triangle filter. On the frame of an upscaled crop, the batched resampler reads the image's pixels
@@ -179,12 +191,7 @@ def test_gpu_decode_loader_draws_the_same_boxes_and_flips_as_before(tmp_path, mo
     from spfde.data.gpu_decode import resized_crop_params
     from spfde.data.loaders import IndexBatches, pass_draws
 
-    g = torch.Generator().manual_seed(1)
-    sizes = [tuple(int(v) for v in torch.randint(20, 90, (2,), generator=g)) for _ in range(10)]
-    for k, image in enumerate(smooth_images(sizes)):
-        (tmp_path / "f" / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "f" / f"c{k % 2}" / f"{k}.jpg", quality=95)
-    samples = datasets.ImageFolder(str(tmp_path / "f")).samples
+    samples = datasets.ImageFolder(str(write_smooth_folder(tmp_path / "f", 10))).samples
     loader = GpuDecodeLoader(samples, 4, train=True, generator=torch.Generator().manual_seed(7),
                              device=torch.device("cpu"), image_size=24, timeout_s=60)
     seen = []
@@ -382,19 +389,31 @@ def test_bad_loader_values_are_one_line_errors_before_training(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_decode_on_cuda_matches_the_cpu_indices(tmp_path):
-    root = write_folder(tmp_path / "f")
+def test_gpu_decode_on_cuda_matches_the_cpu_and_is_safe_with_a_busy_stream(tmp_path):
+    """The same indices and (up to JPEG decoders' rounding) the same images on CUDA as on the CPU; and the same
+    images again while the consumer's stream is kept busy, the CPU running ahead of it as with graph replay: the
+    side stream's batches reach the consumer complete, and no memory is reused under it."""
     from torchvision import datasets
 
-    samples = datasets.ImageFolder(str(root / "train")).samples
-    out = {}
-    for device in ("cpu", "cuda"):
+    samples = datasets.ImageFolder(str(write_smooth_folder(tmp_path / "f", 18))).samples
+
+    def pass_of(device, busy=False):
         loader = GpuDecodeLoader(samples, 4, train=True, generator=torch.Generator().manual_seed(3),
-                                 device=torch.device(device), image_size=16, timeout_s=60)
-        batches = list(loader)
-        out[device] = [b[2].tolist() for b in batches]
-        assert all(b[0].device.type == device for b in batches)
-    assert out["cpu"] == out["cuda"]
+                                 device=torch.device(device), image_size=32, timeout_s=60)
+        out = []
+        for x, y, index in loader:
+            assert x.device.type == device and y.device.type == device
+            if busy:
+                torch.cuda._sleep(50_000_000)  # tens of ms of spinning on the consumer's stream
+            out.append((x.clone(), y.clone(), index))
+        return out
+
+    cpu, cuda = pass_of("cpu"), pass_of("cuda")
+    assert [b[2].tolist() for b in cpu] == [b[2].tolist() for b in cuda]
+    assert all(torch.equal(a[1], b[1].cpu()) for a, b in zip(cpu, cuda))
+    assert all((a[0] - b[0].cpu()).abs().mean() < 0.05 for a, b in zip(cpu, cuda))  # normalised: ~3 grey levels
+    busy = pass_of("cuda", busy=True)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(cuda, busy))
 
 
 @pytest.mark.slow

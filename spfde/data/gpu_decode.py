@@ -9,6 +9,7 @@ identically, walks the same `IndexBatches` order, and a run resumes exactly from
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from spfde.data.loaders import (
     IndexBatches,
     augmentation_draws,
     bad_image,
+    hand_over,
     log,
     pass_draws,
     random_crop_flip,
@@ -247,6 +249,7 @@ class GpuDecodeLoader(FolderLoader):
         self.luma = torch.tensor(LUMA, device=self.device).view(3, 1, 1)  # made once: not a copy per image
         self.passes = PassBatches()
         self.loader = None  # one DataLoader for every pass: its workers persist
+        self.stream = None  # CUDA: the side stream batches are decoded and augmented on
 
     def file_loader(self) -> DataLoader:
         """The DataLoader reading file bytes, made once. Its workers draw no randomness (a private generator keeps
@@ -259,18 +262,42 @@ class GpuDecodeLoader(FolderLoader):
         return self.loader
 
     def __iter__(self):
+        """Batches in the pass's order, each prepared one step ahead: batch k + 1 is decoded and augmented (on CUDA
+        on a side stream) before batch k goes to the consumer, so decoding overlaps training. Same numbers, in the
+        same order, with or without the look-ahead."""
         self.passes.batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train,
                                                 self.world))
         draws = pass_draws(self.generator)
+        if self.device.type == "cuda" and self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
         before = int(self.dataset.skipped)
+        ready = None
         for packed in worker_batches(self.file_loader(), self.what, self.workers, self.timeout_s):
-            images, labels, index = self.decode(packed)
-            if not images:
+            batch = self.prepare(packed, draws)
+            if batch is None:  # every file of the batch was skipped
                 continue
-            yield self.transform(images, draws), to_device(labels, self.device), index
+            if ready is not None:
+                yield hand_over(ready, self.stream)
+            ready = batch
+        if ready is not None:
+            yield hand_over(ready, self.stream)
         if int(self.dataset.skipped) > before:
             log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
                         f"({int(self.dataset.skipped)} in all; their paths are logged above)")
+
+    def prepare(self, packed: Packed, draws: torch.Generator):
+        """(images, labels, indices) of one batch, decoded and augmented; on CUDA on the side stream."""
+        side = contextlib.nullcontext()
+        if self.stream is not None:
+            # torchvision's CUDA decode_jpeg allocates its outputs on the current stream, writes them on an nvjpeg
+            # stream of its own that does not wait for the current one, and returns when they are written. Memory
+            # the side stream freed (the last batch's images, canvas, indices) may still be read by its queued
+            # kernels: let them finish first. This waits for the last batch's augmentation, never for training.
+            self.stream.synchronize()
+            side = torch.cuda.stream(self.stream)
+        with side:
+            images, labels, index = self.decode(packed)
+            return (self.transform(images, draws), to_device(labels, self.device), index) if images else None
 
     def decode(self, packed: Packed):
         """Decode the batch's JPEGs in one batched call on the device; a failure is traced to its file(s)."""

@@ -69,6 +69,19 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
+def hand_over(tensors: tuple, stream: torch.cuda.Stream | None) -> tuple:
+    """Tensors made on a side `stream` (None: made where they are used), for the consumer's current stream: it waits
+    for the side stream's work so far, and their memory is not reused before its own work with them is done."""
+    if stream is None:
+        return tensors
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for t in tensors:
+        if t.is_cuda:
+            t.record_stream(current)
+    return tensors
+
+
 def pass_draws(generator: torch.Generator) -> torch.Generator:
     """The generator of one pass's crops and flips in the streaming GPU loaders, seeded by one draw from the run
     generator: the draw the PIL loader's DataLoader makes for its worker seed, so every folder loader consumes
