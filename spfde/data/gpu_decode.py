@@ -1,10 +1,13 @@
 """Folder loader that decodes JPEGs on the training device (torchvision.io.decode_jpeg on batches).
 
-DataLoader workers only read file bytes; the main process decodes each batch on the device, then crops,
-resizes, flips and normalises there. The random crop boxes and flips are drawn on the CPU from a generator
+DataLoader workers only read file bytes (files of other formats they decode on the CPU) and send each batch as
+one packed buffer; the main process decodes the batch on the device, crops and resizes all its images in one
+resampling (`crops_resized`), flips and normalises there; on CUDA on a side stream, one batch ahead of the
+consumer, so that decoding overlaps training. The random crop boxes and flips are drawn on the CPU from a generator
 seeded, once per pass, by one draw from the run generator: the same draws the PIL `FolderLoader` makes
-from it (its sample order, then its DataLoader's worker seed). So every loader consumes the run generator
-identically, walks the same `IndexBatches` order, and a run resumes exactly from the generator's state.
+from it without workers (its sample order, then its DataLoader's worker seed). So the loaders consume the run
+generator alike, walk the same `IndexBatches` order, and a run resumes exactly from the generator's state. (With
+workers, PyTorch's DataLoader iterates its sampler twice a pass, so the PIL loader shuffles twice: see README.)
 """
 
 from __future__ import annotations

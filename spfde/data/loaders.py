@@ -84,8 +84,9 @@ def hand_over(tensors: tuple, stream: torch.cuda.Stream | None) -> tuple:
 
 def pass_draws(generator: torch.Generator) -> torch.Generator:
     """The generator of one pass's crops and flips in the streaming GPU loaders, seeded by one draw from the run
-    generator: the draw the PIL loader's DataLoader makes for its worker seed, so every folder loader consumes
-    the run generator identically (same sample order, exact resume)."""
+    generator: the draw the PIL loader's DataLoader makes for its worker seed, so the folder loaders consume the
+    run generator alike (same sample order, exact resume; the PIL loader with workers shuffles twice a pass, as
+    PyTorch's worker DataLoader iterates its sampler twice)."""
     seed = torch.empty((), dtype=torch.int64).random_(generator=generator).item()
     return torch.Generator().manual_seed(seed)
 
