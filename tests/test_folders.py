@@ -389,7 +389,7 @@ def test_bad_loader_values_are_one_line_errors_before_training(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_decode_on_cuda_matches_the_cpu_and_is_safe_with_a_busy_stream(tmp_path):
+def test_gpu_decode_on_cuda_matches_the_cpu_indices(tmp_path):
     """The same indices and (up to JPEG decoders' rounding) the same images on CUDA as on the CPU; and the same
     images again while the consumer's stream is kept busy, the CPU running ahead of it as with graph replay: the
     side stream's batches reach the consumer complete, and no memory is reused under it."""
