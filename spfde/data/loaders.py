@@ -217,9 +217,9 @@ def worker_batches(loader: DataLoader, what: str, workers: int, timeout_s: float
             raise LoaderError(f"{what}: no batch from its {workers} worker process(es) in {timeout_s:g} s (a worker "
                               "is stuck, e.g. on a hung file system): set dataset.workers=0 to load in the main "
                               "process, or raise dataset.timeout_s for slow storage") from None
-        if first.startswith("DataLoader worker"):
-            raise LoaderError(f"{what}: a worker process died ({first.rstrip('.')}; out of memory?): set "
-                              "dataset.workers=0 to load in the main process") from None
+        if first.startswith("DataLoader worker"):  # its first sentence: "... (pid 12) is killed by signal: Killed"
+            raise LoaderError(f"{what}: a worker process died ({first.split('. ')[0].rstrip('.')}; out of "
+                              "memory?): set dataset.workers=0 to load in the main process") from None
         raise
 
 
