@@ -213,7 +213,7 @@ def crops_resized(images: list[torch.Tensor], boxes: list[tuple[float, float, fl
     ceil(box / size) x ceil(box / size) bilinear samples per output pixel (its adaptive sampling ratio): area
     antialiasing when downscaling, plain bilinear when upscaling. Values differ slightly from the per-image
     antialiased F.interpolate (a box of samples, not a triangle filter)."""
-    from torchvision.ops import roi_align
+    import torchvision  # noqa: F401 - registers torch.ops.torchvision
 
     sizes = [(im.shape[-2] + 2, im.shape[-1] + 2) for im in images]  # with the border
     corners, height, width = shelf_pack(sizes)
@@ -228,7 +228,10 @@ def crops_resized(images: list[torch.Tensor], boxes: list[tuple[float, float, fl
     rois = [(0.0, x + left, y + top, x + left + w, y + top + h)
             for (y, x), (top, left, h, w) in zip(corners, boxes)]
     rois = to_device(torch.tensor(rois, dtype=torch.float32), canvas.device)
-    return roi_align(canvas[None], rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    # the operator itself, not torchvision.ops.roi_align: that one switches CUDA inputs to a torch.compile'd Python
+    # version when deterministic algorithms are on (for its backward), which compiles and allocates per shape
+    return torch.ops.torchvision.roi_align(canvas[None], rois, spatial_scale=1.0, pooled_height=size,
+                                           pooled_width=size, sampling_ratio=-1, aligned=True)
 
 
 class GpuDecodeLoader(FolderLoader):
