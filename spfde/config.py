@@ -38,6 +38,10 @@ class DatasetConfig:  # the data set's own keys come from conf/dataset/<name>.ya
     hflip: bool = MISSING
     download: bool = True
     workers: int = 8  # folder data: DataLoader worker processes
+    # folder data: seconds a loader waits for a batch from its workers before it stops the run naming itself
+    # (a stuck or dead worker is an error, never a hang). Our choice: a worker reads or decodes a batch of 256
+    # ImageNet images in a few seconds; 120 s leaves room for a slow network file system.
+    timeout_s: float = 120.0
     test_fraction: float = 0.2  # digits: share of the stratified test split
     on_bad_file: str = "error"  # image folders: an unreadable image stops the run naming it (error) or is skipped
     # Image folders only (imagenet, imagefolder). image_size 0 = from the images: their native size when

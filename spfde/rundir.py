@@ -29,7 +29,7 @@ HYDRA_KEPT = ".hydra-accepted"  # copy of .hydra/ from the last launch that pass
 # everything else in the config is part of the fingerprint. dataset.root enters as the data identity.
 NOT_RESULT_KEYS = ("fresh", "device", "progress", "logger", "threads", "run_dir", "plan", "experiment_name",
                    "eval_batch_size", "deterministic", "channels_last", "cuda_graphs", "dataset.root",
-                   "dataset.workers", "dataset.download", "sparsity.lth.workdir")
+                   "dataset.workers", "dataset.timeout_s", "dataset.download", "sparsity.lth.workdir")
 ROOTED_DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder")
 
 

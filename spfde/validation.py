@@ -50,6 +50,8 @@ def validate(cfg: DictConfig) -> None:
     _check(d.train_size >= 1 and d.test_size >= 1, "dataset.train_size and dataset.test_size must be >= 1")
     _check(d.crop_padding >= 0, f"dataset.crop_padding must be >= 0, got {d.crop_padding}")
     _check(d.workers >= 0, f"dataset.workers must be >= 0, got {d.workers}")
+    _check(d.timeout_s > 0, f"dataset.timeout_s must be > 0 (seconds to wait for a batch from the workers), "
+           f"got {d.timeout_s}")
     _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
     _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     if m.name.startswith("resnet") and m.name != "resnet50":

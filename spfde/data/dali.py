@@ -1,24 +1,43 @@
 """Folder loader on NVIDIA DALI (dataset.loader=dali; `pip install -e '.[dali]'`).
 
 Python reads each batch's file bytes in the run's index order (`IndexBatches`, like every folder loader) and
-feeds them through `fn.external_source`; DALI decodes on the GPU ("mixed"), fused with the random crop for
+hands them to `fn.external_source`; DALI decodes on the GPU ("mixed"), fused with the random crop for
 training (`fn.decoders.image_random_crop` decodes only the crop window), resizes, and `fn.crop_mirror_normalize`
 flips (flags drawn from the run generator's per-pass seed, as in `GpuDecodeLoader`), normalises and lays out
 CHW. The crop boxes come from DALI's own random generator, seeded from the run seed: runs are reproducible,
 but a resumed run does not replay the crop boxes it would have drawn, and they differ from the other loaders'.
+
+The pipeline runs with DALI's defaults: pipelined and asynchronous, prefetch_queue_depth 2. DALI calls the
+external source (`source=`) whenever it needs the next batch, ahead of the one being consumed, one batch at a
+time and in order: each call reads the next batch of the pass, and the batch's sample indices wait in a queue
+until its output comes out. The end of the pass is a StopIteration from the source, after which the pipeline
+is reset for the next pass.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import torch
 
-from spfde.data.loaders import BadImageError, FolderLoader, IndexBatches, bad_image, log, pass_draws, to_device
+from spfde.data.loaders import (
+    BadImageError,
+    FolderLoader,
+    IndexBatches,
+    bad_image,
+    hand_over,
+    log,
+    pass_draws,
+    to_device,
+)
 
 
 class DaliLoader(FolderLoader):
     """Same interface as `FolderLoader`. `device` "cpu" builds a CPU-only pipeline (for tests where DALI is
     installed but there is no GPU); runs use the CUDA device."""
+
+    name = "dali"
 
     def __init__(self, samples: list[tuple[str, int]], batch_size: int, *, train: bool, generator: torch.Generator,
                  device: torch.device, image_size: int, augment: str = "imagenet", small: bool = False,
@@ -35,6 +54,11 @@ class DaliLoader(FolderLoader):
         self.threads, self.seed = max(1, workers), seed
         self.skipped = 0
         self._pipe = None
+        self.finished = True  # the pipeline ended its last pass cleanly (else it still holds that pass's batches)
+        self.todo = iter(())  # this pass's (batch, flips) not yet given to DALI
+        self.retry = deque()  # batches to give again (a failed pipeline's, without their undecodable files)
+        self.pending = deque()  # (file bytes, flips, indices) given to DALI, in order, whose output has not come out
+        self.stream = None  # CUDA: the side stream outputs are copied out on
 
     @property
     def dataset_size(self) -> int:
@@ -52,11 +76,10 @@ class DaliLoader(FolderLoader):
         size, random_crop = self.size, self.train and self.augment == "imagenet"
 
         @pipeline_def(batch_size=self.batch_size, num_threads=self.threads,
-                      device_id=(self.device.index or 0) if gpu else None, seed=self.seed, prefetch_queue_depth=1,
-                      exec_async=False, exec_pipelined=False)
+                      device_id=(self.device.index or 0) if gpu else None, seed=self.seed)
         def pipe():
-            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)
-            mirror = fn.external_source(name="mirror", dtype=types.INT32, ndim=0)
+            jpegs, mirror = fn.external_source(source=self.next_batch, num_outputs=2, dtype=[types.UINT8, types.INT32],
+                                               ndim=[1, 0])
             if random_crop:  # RandomResizedCrop's ranges; DALI's generator (seed above) draws the boxes
                 images = fn.decoders.image_random_crop(jpegs, device=decode_on, output_type=image_type,
                                                        random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3],
@@ -88,55 +111,93 @@ class DaliLoader(FolderLoader):
                 self.skipped += 1
         return arrays, kept
 
-    def run(self, arrays, flips):
+    def next_batch(self):
+        """DALI's external source: the next batch's file bytes and mirror flags; StopIteration at the end of the
+        pass (again on every later call, as DALI may ask past the end while it prefetches)."""
+        while not self.retry:
+            batch, flips = next(self.todo)
+            arrays, kept = self.read(batch)
+            if kept:  # a batch whose files all failed to read (and were skipped) is left out
+                flip = dict(zip(batch, flips))
+                self.retry.append((arrays, [np.array(int(flip[i]), dtype=np.int32) for i in kept], kept))
+        self.pending.append(self.retry.popleft())
+        arrays, flips, _ = self.pending[-1]
+        return arrays, flips
+
+    def output(self) -> torch.Tensor:
+        """The oldest pending batch's images as a float tensor on the device (StopIteration when the pass is done)."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        pipe = self.pipeline()
-        pipe.feed_input("jpegs", arrays)
-        pipe.feed_input("mirror", flips)
-        (out,) = pipe.run()
+        (out,) = self.pipeline().run()
         tensor = out.as_tensor()
-        result = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        feed_ndarray(tensor, result, cuda_stream=stream)
+        if self.stream is None:
+            result = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
+            feed_ndarray(tensor, result)
+            return result
+        # the copy runs on a side stream that is waited for here: the next run() hands this output's buffer back
+        # to DALI, which may then overwrite it, and the consumer's stream may still be busy with training
+        with torch.cuda.stream(self.stream):
+            result = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
+            feed_ndarray(tensor, result, cuda_stream=self.stream)
+        self.stream.synchronize()
         return result
 
     def __iter__(self):
         batches = list(IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world))
         draws = pass_draws(self.generator)
+        # the flips of every batch, drawn in the pass's order as before DALI ran ahead
+        flips = [(torch.rand(len(b), generator=draws) < 0.5).tolist() if self.hflip else [False] * len(b)
+                 for b in batches]
+        if not self.finished:  # the last pass stopped early: its batches are still in the pipeline
+            self._pipe = None
+        if self.device.type == "cuda" and self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        self.todo, self.retry, self.pending = iter(list(zip(batches, flips))), deque(), deque()
+        self.finished = False
         before = self.skipped
-        for batch in batches:
-            flip = dict(zip(batch, (torch.rand(len(batch), generator=draws) < 0.5).tolist() if self.hflip
-                            else [False] * len(batch)))
-            arrays, kept = self.read(batch)
-            flips = [np.array(int(flip[i]), dtype=np.int32) for i in kept]
+        while True:
             try:
-                x = self.run(arrays, flips)
-            except RuntimeError:  # DALI names no file: find the ones PIL cannot decode either
-                arrays, kept, flips = self.drop_undecodable(arrays, kept, flips)
-                if not kept:
-                    continue
-                x = self.run(arrays, flips)
+                x = self.output()
+            except StopIteration:
+                break
+            except BadImageError:  # from reading a file (on_bad_file=error): not DALI's
+                raise
+            except RuntimeError:  # DALI names no file: find the ones PIL cannot decode either, in every batch in flight
+                self._pipe = None  # a pipeline that failed is rebuilt, and given those batches again
+                self.retry = deque(self.drop_undecodable(list(self.pending)))
+                self.pending.clear()
+                continue
+            _, _, kept = self.pending.popleft()
             labels = torch.tensor([self.samples[i][1] for i in kept], dtype=torch.int64)
-            yield x, to_device(labels, self.device), torch.tensor(kept, dtype=torch.int64)
+            yield hand_over((x, to_device(labels, self.device), torch.tensor(kept, dtype=torch.int64)), self.stream)
+        self.pipeline().reset()
+        self.finished = True
         if self.skipped > before:
             log.warning(f"{self.skipped - before} unreadable images skipped in this pass ({self.skipped} in all; "
                         "their paths are logged above)")
 
-    def drop_undecodable(self, arrays, kept, flips):
+    def drop_undecodable(self, batches):
+        """The batches without the files PIL cannot decode either (they follow on_bad_file); empty ones left out."""
         from PIL import Image
 
-        good = []
-        for k, i in enumerate(kept):
-            path = self.samples[i][0]
-            try:
-                with Image.open(path) as img:
-                    img.load()
-                good.append(k)
-            except Exception as e:  # noqa: BLE001 - PIL raises several types for damaged files
-                bad_image(path, e, self.on_bad_file)
-                self.skipped += 1
-        if len(good) == len(kept):
+        out, dropped = [], 0
+        for arrays, flips, kept in batches:
+            good = []
+            for k, i in enumerate(kept):
+                path = self.samples[i][0]
+                try:
+                    with Image.open(path) as img:
+                        img.load()
+                    good.append(k)
+                except Exception as e:  # noqa: BLE001 - PIL raises several types for damaged files
+                    bad_image(path, e, self.on_bad_file)
+                    self.skipped += 1
+                    dropped += 1
+            if good:
+                out.append(([arrays[k] for k in good], [flips[k] for k in good], [kept[k] for k in good]))
+        if not dropped:
+            first = batches[0][2][0] if batches else None
             raise BadImageError(f"DALI failed on a batch whose files all decode with PIL (first: "
-                                f"{self.samples[kept[0]][0]}); try dataset.loader=gpu or pil")
-        return [arrays[k] for k in good], [kept[k] for k in good], [flips[k] for k in good]
+                                f"{self.samples[first][0] if first is not None else '?'}); try dataset.loader=gpu "
+                                "or pil")
+        return out

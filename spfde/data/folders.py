@@ -282,16 +282,18 @@ def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, dev
             dataset.transform = pil_transforms(choice, channels, train)
             dataset.loader = functools.partial(open_image, channels=channels)  # picklable for workers
         pin = device.type == "cuda"
-        train = FolderLoader(train_set, batch_size, train=True, pin_memory=pin, **common)
-        test = FolderLoader(test_set, eval_batch_size, train=False, pin_memory=pin, **common)
+        train = FolderLoader(train_set, batch_size, train=True, pin_memory=pin, timeout_s=d.timeout_s, **common)
+        test = FolderLoader(test_set, eval_batch_size, train=False, pin_memory=pin, timeout_s=d.timeout_s, **common)
     else:
-        if choice.loader == "gpu":
-            from spfde.data.gpu_decode import GpuDecodeLoader as Loader
-        else:
-            from spfde.data.dali import DaliLoader as Loader
         mean, std = normalization(channels)
         opts = dict(device=device, image_size=size, augment=choice.augment, small=choice.small, hflip=choice.hflip,
                     channels=channels, mean=mean, std=std, seed=cfg.seed, **common)
+        if choice.loader == "gpu":
+            from spfde.data.gpu_decode import GpuDecodeLoader as Loader
+
+            opts["timeout_s"] = d.timeout_s  # DALI reads files in the main process: no worker to wait for
+        else:
+            from spfde.data.dali import DaliLoader as Loader
         train = Loader(train_set.samples, batch_size, train=True, **opts)
         test = Loader(test_set.samples, eval_batch_size, train=False, **opts)
     return Data(train, test, num_classes=classes, channels=channels, image_size=size)

@@ -14,11 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from spfde.data.sources import DataError
+
 log = logging.getLogger("spfde")
 
 
 class BadImageError(RuntimeError):
     """An image file that does not decode (dataset.on_bad_file=error)."""
+
+
+class LoaderError(DataError):
+    """A DataLoader worker that died or sent no batch within dataset.timeout_s (one line for the user)."""
 
 
 def epoch_batches(samples: int, batch_size: int, ranks: int = 1) -> list[int]:
@@ -63,10 +69,24 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
+def hand_over(tensors: tuple, stream: torch.cuda.Stream | None) -> tuple:
+    """Tensors made on a side `stream` (None: made where they are used), for the consumer's current stream: it waits
+    for the side stream's work so far, and their memory is not reused before its own work with them is done."""
+    if stream is None:
+        return tensors
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for t in tensors:
+        if t.is_cuda:
+            t.record_stream(current)
+    return tensors
+
+
 def pass_draws(generator: torch.Generator) -> torch.Generator:
     """The generator of one pass's crops and flips in the streaming GPU loaders, seeded by one draw from the run
-    generator: the draw the PIL loader's DataLoader makes for its worker seed, so every folder loader consumes
-    the run generator identically (same sample order, exact resume)."""
+    generator: the draw the PIL loader's DataLoader makes for its worker seed, so the folder loaders consume the
+    run generator alike (same sample order, exact resume; the PIL loader with workers shuffles twice a pass, as
+    PyTorch's worker DataLoader iterates its sampler twice)."""
     seed = torch.empty((), dtype=torch.int64).random_(generator=generator).item()
     return torch.Generator().manual_seed(seed)
 
@@ -183,6 +203,26 @@ def worker_error(e: BadImageError) -> BadImageError:
     return BadImageError(lines[-1].split(": ", 1)[1] if lines else str(e))
 
 
+def worker_batches(loader: DataLoader, what: str, workers: int, timeout_s: float):
+    """The batches of `loader`. What its worker processes raise becomes one line naming the loader (`what`) and
+    the way out: a bad image (BadImageError without the worker's traceback), a worker that died, or no batch
+    within `timeout_s` (the DataLoader's `timeout`; without it a stuck worker would make the run wait forever)."""
+    try:
+        yield from loader
+    except BadImageError as e:
+        raise worker_error(e) from None
+    except RuntimeError as e:  # the DataLoader's own messages: "DataLoader timed out ...", "DataLoader worker ..."
+        first = str(e).splitlines()[0] if str(e) else ""
+        if first.startswith("DataLoader timed out"):
+            raise LoaderError(f"{what}: no batch from its {workers} worker process(es) in {timeout_s:g} s (a worker "
+                              "is stuck, e.g. on a hung file system): set dataset.workers=0 to load in the main "
+                              "process, or raise dataset.timeout_s for slow storage") from None
+        if first.startswith("DataLoader worker"):  # its first sentence: "... (pid 12) is killed by signal: Killed"
+            raise LoaderError(f"{what}: a worker process died ({first.split('. ')[0].rstrip('.')}; out of "
+                              "memory?): set dataset.workers=0 to load in the main process") from None
+        raise
+
+
 def batch_sizes(samples: int, batch_size: int, train: bool, world) -> list[int]:
     if train:
         return epoch_batches(samples, batch_size, world.size if world is not None else 1)
@@ -219,11 +259,15 @@ class IndexBatches(Sampler):
 
 
 class FolderLoader:
+    """PIL decoding and augmentation in DataLoader workers (dataset.loader=pil)."""
+
+    name = "pil"
+
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, generator: torch.Generator,
-                 workers: int, pin_memory: bool, on_bad_file: str = "error", world=None):
+                 workers: int, timeout_s: float, pin_memory: bool, on_bad_file: str = "error", world=None):
         self.dataset = IndexedDataset(dataset, on_bad_file)
         self.batch_size, self.train, self.generator, self.world = batch_size, train, generator, world
-        self.workers, self.pin_memory = workers, pin_memory
+        self.workers, self.timeout_s, self.pin_memory = workers, timeout_s, pin_memory
         self.indices = torch.arange(len(dataset))
 
     @property
@@ -243,18 +287,21 @@ class FolderLoader:
     def __len__(self) -> int:
         return len(self.batch_sizes())
 
+    @property
+    def what(self) -> str:
+        """The loader as errors name it."""
+        return f"dataset.loader={self.name} ({'train' if self.train else 'val'} images)"
+
     def __iter__(self):
         batches = IndexBatches(self.indices, self.generator, self.batch_size, self.train, self.world)
         # the DataLoader draws its workers' base seed from the same generator: augmentation is
-        # reproducible and resumes exactly with the generator's saved state
+        # reproducible and resumes exactly with the generator's saved state. So a new DataLoader each pass
+        # (persistent workers would draw that seed once, and change results and resume)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.pin_memory, generator=self.generator, persistent_workers=False,
-                            collate_fn=collate_present)
+                            collate_fn=collate_present, timeout=self.timeout_s if self.workers else 0)
         before = int(self.dataset.skipped)
-        try:
-            yield from loader
-        except BadImageError as e:  # from a worker: the message carries its traceback, keep our line
-            raise worker_error(e) from None
+        yield from worker_batches(loader, self.what, self.workers, self.timeout_s)
         if int(self.dataset.skipped) > before:
             log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
                         f"({int(self.dataset.skipped)} in all; their paths are logged above)")
