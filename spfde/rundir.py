@@ -118,7 +118,10 @@ def check_output_dir(args: list[str]) -> None:
 
     from spfde.config import compose_config
 
-    multirun = bool({"-m", "--multirun"} & set(args))
+    flags = {a for a in args if a.startswith("-")}
+    if not flags <= {"-m", "--multirun"}:  # --help, --cfg, -sc ...: Hydra's own commands write nothing
+        return
+    multirun = bool(flags)
     parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     cfg = compose_config([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True)
     path = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
