@@ -276,9 +276,11 @@ def sweep_eta(rows: list[dict]) -> dict:
         return {**eta, "how": "unknown until a run of this sweep has finished an epoch"}
     work = sum(r["eta_s"] for r in running if r["eta_s"] is not None) + unknown * (mean_run or 0.0)
     longest = max((r["eta_s"] for r in running if r["eta_s"] is not None), default=0.0)
-    how = (f"{duration(work)} of training left (jobs training: their remaining epochs at their own mean epoch "
-           f"time; {len(waiting)} not started: {duration(mean_run or 0)} each, the mean run of this sweep) "
-           f"over {len(running)} job{'s' if len(running) > 1 else ''} training at once")
+    parts = ["a training job: its remaining epochs at its mean epoch time", "start-up time not counted"]
+    if waiting:
+        parts.insert(1, f"{len(waiting)} not started: {duration(mean_run)} each, the mean run of this sweep")
+    how = (f"{duration(work)} of training left over {len(running)} job{'s' if len(running) > 1 else ''} training at "
+           f"once ({'; '.join(parts)})")
     return {**eta, "eta_s": max(work / len(running), longest), "work_left_s": work, "how": how}
 
 
