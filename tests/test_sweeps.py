@@ -162,6 +162,23 @@ def test_dashboard_of_a_finished_sweep_directory(smoke_sweep, tmp_path):
     assert spec["varies"] == {"freeze": ["0", "0.1"], "sieve": ["0", "0.2"]}
 
 
+@pytest.mark.slow
+def test_status_of_the_local_launcher_smoke_sweep(smoke_sweep):
+    """The preset's jobs in Hydra's order (each run's .hydra/hydra.yaml holds its job number), each with its
+    submitit job id, all finished with their summary's accuracy."""
+    from omegaconf import OmegaConf
+
+    from spfde.status import sweep_status
+
+    status = sweep_status(smoke_sweep)
+    assert status["launcher"] == "submitit-local" and status["totals"] == {"finished": 4}
+    for num, row in enumerate(status["jobs"]):
+        run = smoke_sweep / row["run"]
+        assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.num == num
+        assert row["final_acc"] == json.loads((run / "summary.json").read_text())["final_acc"]
+        assert (smoke_sweep / ".submitit" / row["job_id"]).is_dir()
+
+
 # ------------------------------------------------------------------------------------ a real SLURM cluster
 
 
