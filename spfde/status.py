@@ -226,7 +226,8 @@ def run_row(run_dir: Path, job: dict | None, now: float) -> dict:
     if error:
         return {**row, "state": "failed", "detail": error}
     newest = max((p.stat().st_mtime for p in run_dir.iterdir()), default=0.0)
-    if not records and not (run_dir / CHECKPOINT).exists() and now - newest < STARTING_S:
+    ended = job is not None and job["result"]  # submitit wrote the job's result: its process is over
+    if not records and not (run_dir / CHECKPOINT).exists() and now - newest < STARTING_S and not ended:
         return {**row, "state": "starting"}
     return {**row, "state": "stopped", "detail": stop_reason(run_log, job["err"] if job else "") or row["detail"]}
 
@@ -238,7 +239,8 @@ def sweep_status(sweep_dir: Path) -> dict:
     """Every job of the sweep (multirun.yaml's and every run directory found), its state, totals and ETA."""
     now = time.time()
     names = sweep_jobs(sweep_dir)
-    found = [*find_runs([sweep_dir]), *find_unfinished([sweep_dir], find_runs([sweep_dir]))]
+    finished = find_runs([sweep_dir])
+    found = [*finished, *find_unfinished([sweep_dir], finished)]
     extra = sorted({str(p.relative_to(sweep_dir)) for p in found} - set(names or []))
     if names is None and not extra:
         raise StatusError(f"{sweep_dir} holds no sweep: no multirun.yaml (from `spfde.run -m`) and no run directories")
@@ -303,11 +305,11 @@ def text(status: dict) -> str:
     rows = status["jobs"]
     launcher = f", {status['launcher']} launcher" if status["launcher"] else ""
     known = "" if status["job_list"] else " (job list unknown: no usable multirun.yaml; run directories only)"
-    width = max(len(r["run"]) for r in rows)
+    ids = max([7, *(len(r["job_id"] or "") for r in rows)])  # SLURM array tasks: <array id>_<task>
     lines = [f"sweep {status['sweep_dir']}: {len(rows)} jobs{launcher}{known}",
-             f"{'state':<12} {'progress':<24} {'job':<8} run"]
+             f"{'state':<12} {'progress':<24} {'job':<{ids}}  run"]
     for r in rows:
-        lines.append(f"{r['state']:<12} {progress(r):<24} {r.get('job_id') or '-':<8} {r['run']:<{width}}".rstrip())
+        lines.append(f"{r['state']:<12} {progress(r):<24} {r['job_id'] or '-':<{ids}}  {r['run']}")
         if r.get("detail"):
             lines.append(f"{'':<12} {r['detail']}")
     totals = ", ".join(f"{n} {state}" for state, n in status["totals"].items())

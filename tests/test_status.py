@@ -159,6 +159,9 @@ def test_submitit_logs_give_the_job_id_and_errors_and_no_pickle_is_ever_loaded(t
                                                 "ModuleNotFoundError: No module named 'torch'\n")
     marker = tmp_path / "pickle-ran"  # a result file that would run code if it were unpickled
     (jobs / "7_3" / "7_3_0_result.pkl").write_bytes(pickle.dumps(Runs(marker)))
+    make_run(sweep, JOBS[2])  # a fresh directory without epochs whose job has ended (a result file): not starting
+    (jobs / "7_2").mkdir()
+    (jobs / "7_2" / "7_2_0_result.pkl").write_bytes(pickle.dumps(Runs(marker)))
     (jobs / "7_1").mkdir()  # submitted, not started (no logs yet)
     (jobs / "7_1" / "7_1_submitted.pkl").write_bytes(pickle.dumps(Runs(marker)))
     rows = rows_by_run(sweep)
@@ -166,7 +169,8 @@ def test_submitit_logs_give_the_job_id_and_errors_and_no_pickle_is_ever_loaded(t
     assert rows[JOBS[0]]["detail"] == "slurmstepd-vm: error: *** STEP 7.0 ON vm CANCELLED AT 2026-01-01 ***"
     assert rows[JOBS[3]]["state"] == "failed" and rows[JOBS[3]]["job_id"] == "7_3"
     assert rows[JOBS[3]]["detail"] == "ModuleNotFoundError: No module named 'torch'"
-    assert rows[JOBS[1]]["state"] == "not started"
+    assert rows[JOBS[1]]["state"] == "not started" and rows[JOBS[1]]["job_id"] == "7_1"
+    assert rows[JOBS[2]]["state"] == "stopped" and rows[JOBS[2]]["job_id"] == "7_2"
     assert not marker.exists()
 
 
