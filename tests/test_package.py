@@ -53,13 +53,14 @@ def test_wheel_installs_outside_the_checkout_and_runs_the_quickstart(tmp_path):
     where = sh([python, "-c", "import spfde.config as c; print(c.__file__, c.CONF_DIR)"], cwd=elsewhere).stdout
     assert str(venv) in where and str(REPO) not in where  # the wheel's code and its packaged configs
     bin_dir = venv / "bin"
-    for script in ("spfde-run", "spfde-plan", "spfde-report", "spfde-analyze", "spfde-dashboard"):
+    for script in ("spfde-run", "spfde-plan", "spfde-report", "spfde-analyze", "spfde-dashboard", "spfde-status"):
         assert (bin_dir / script).exists(), script
     run = sh([bin_dir / "spfde-run", "experiment=quickstart", "model.depth=8", "epochs=1", "logger=none",
               "progress=false"], cwd=elsewhere)
     assert "done: test acc" in run.stdout + run.stderr
     run_dir = elsewhere / "outputs" / "runs" / "epochs=1,experiment=quickstart,model.depth=8"
     assert (run_dir / "summary.json").exists()
+    assert "total: 1 finished" in sh([bin_dir / "spfde-status", "outputs/runs"], cwd=elsewhere).stdout
     assert "4 jobs" in sh([bin_dir / "spfde-plan", "-m", "+sweep=smoke"], cwd=elsewhere).stdout  # sweeps shipped
     sh([bin_dir / "spfde-dashboard", "smoke"], cwd=elsewhere)
     assert (elsewhere / "outputs" / "sweeps" / "smoke" / "dashboard.json").exists()

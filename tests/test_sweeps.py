@@ -162,6 +162,23 @@ def test_dashboard_of_a_finished_sweep_directory(smoke_sweep, tmp_path):
     assert spec["varies"] == {"freeze": ["0", "0.1"], "sieve": ["0", "0.2"]}
 
 
+@pytest.mark.slow
+def test_status_of_the_local_launcher_smoke_sweep(smoke_sweep):
+    """The preset's jobs in Hydra's order (each run's .hydra/hydra.yaml holds its job number), each with its
+    submitit job id, all finished with their summary's accuracy."""
+    from omegaconf import OmegaConf
+
+    from spfde.status import sweep_status
+
+    status = sweep_status(smoke_sweep)
+    assert status["launcher"] == "submitit-local" and status["totals"] == {"finished": 4}
+    for num, row in enumerate(status["jobs"]):
+        run = smoke_sweep / row["run"]
+        assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.num == num
+        assert row["final_acc"] == json.loads((run / "summary.json").read_text())["final_acc"]
+        assert (smoke_sweep / ".submitit" / row["job_id"]).is_dir()
+
+
 # ------------------------------------------------------------------------------------ a real SLURM cluster
 
 
@@ -242,6 +259,43 @@ def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path)
                               capture_output=True, text=True).stdout
     assert "REQUEUED" in restarts or "PREEMPTED" in restarts or len(restarts.strip().splitlines()) > 1
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 30
+
+
+@pytest.mark.slow
+def test_status_of_a_slurm_sweep_with_a_cancelled_job(slurm_cluster, tmp_path):
+    """Two tiny jobs: one finishes, the other is cancelled with scancel mid-run. spfde.status sees it training
+    (with its SLURM job id), then stopped after its last epoch with SLURM's CANCELLED line."""
+    from spfde.status import sweep_status
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "experiment=quickstart", "model.depth=8", "epochs=2,40", "logger=none", *SLURM_TEST_LAUNCHER,
+            f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "spfde.run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    long_run = "epochs=40,experiment=quickstart,model.depth=8"
+    try:
+        deadline = time.time() + 300
+        while True:  # until the long job has trained an epoch and is seen training
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            if (sweep_dir / "multirun.yaml").exists():  # Hydra has started the sweep
+                rows = {r["run"]: r for r in sweep_status(sweep_dir)["jobs"]}
+                if rows[long_run]["state"] == "training" and rows[long_run]["epoch"] >= 1:
+                    break
+            time.sleep(0.5)
+        assert rows[long_run]["epochs"] == 40 and rows[long_run]["eta_s"] > 0 and rows[long_run]["job_id"]
+        subprocess.run(["scancel", rows[long_run]["job_id"]], check=True)
+        while True:  # until the short job has finished and the cancelled one's process is gone
+            assert time.time() < deadline
+            status = sweep_status(sweep_dir)
+            if status["totals"] == {"finished": 1, "stopped": 1}:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.kill()  # the launcher would wait ~20 s more for the accounting to report the cancelled job
+        proc.communicate()
+    stopped = next(r for r in status["jobs"] if r["run"] == long_run)
+    assert status["launcher"] == "slurm" and 1 <= stopped["epoch"] < 40 and "CANCELLED" in stopped["detail"]
+    assert status["eta"]["eta_s"] is None
 
 
 def fake_row(method: str, freeze: float, sieve: float, seed: int, acc: float, flops: float,
