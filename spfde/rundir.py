@@ -84,13 +84,18 @@ def lock_run_dir(run_dir: Path) -> None:
         pass  # informative only (a read-only run dir is reported where something must be written)
 
 
-def try_flock(fd: int) -> bool:
-    """An exclusive flock without waiting: False when another process holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+def try_flock(fd: int, patience_s: float = 1.0) -> bool:
+    """An exclusive flock, waiting at most `patience_s`: False when another process holds it. The short wait
+    lets a reader that only looks (`spfde.status` takes a shared lock for an instant) never fail a job."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def release_run_dir(run_dir: Path) -> None:
