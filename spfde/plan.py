@@ -14,12 +14,12 @@ import json
 import sys
 
 from spfde.build import build_core
-from spfde.config import ConfigError, compose_config
+from spfde.config import ConfigError
 from spfde.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table, memory_model
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
 from spfde.sparse import SparsityError, target_sparsity
-from spfde.validation import validate
+from spfde.validation import check_before_work, checked_sweep, compose_checked, is_hydra
 
 
 def build_plan(cfg) -> dict:
@@ -194,48 +194,20 @@ def render(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def sweep_jobs(args: list[str]) -> list[list[str]]:
-    """The jobs of a `-m` command line: its comma/choice/range overrides and its sweep preset's
-    `hydra.sweeper.params` (the command line wins), expanded like Hydra's basic sweeper does."""
-    import itertools
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from spfde.config import CONF_DIR, register_configs, register_resolvers
-
-    parser = OverridesParser.create()
-    fixed, swept = [], {}
-    for o in parser.parse_overrides(args):
-        if o.is_sweep_override():
-            swept[o.get_key_element()] = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-        else:
-            fixed.append(o.input_line)
-    register_configs()
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[a for a in fixed if not a.startswith("hydra")], return_hydra_config=True)
-    for key, value in (cfg.hydra.sweeper.params or {}).items():
-        (o,) = parser.parse_overrides([f"{key}={value}"])
-        if o.get_key_element() not in swept:
-            swept[o.get_key_element()] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-                                          else [f"{key}={value}"])
-    return [[*fixed, *combo] for combo in itertools.product(*swept.values())]
-
-
-def plan_sweep(args: list[str]) -> str:
+def plan_sweep(overrides: list[str]) -> str:
     """Job count and total planned training FLOPs of a sweep; one plan per configuration (seeds share it)."""
-    jobs = sweep_jobs(args)
-    configs: dict[tuple, list[list[str]]] = {}
-    for job in jobs:
-        configs.setdefault(tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") != "seed"), []).append(job)
+    jobs, left = checked_sweep(overrides, data=False, outcome="nothing planned")
+    if left:
+        raise ConfigError(f"{left[0]} is drawn by another sweeper during the sweep: spfde.plan -m plans the jobs of "
+                          "a grid (a=1,2, choice, range, glob); plan a few of its values instead (one run each)")
+    configs: dict[tuple, list] = {}
+    for job, cfg in jobs:
+        configs.setdefault(tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") != "seed"), []).append(cfg)
     lines, total = [f"{'training FLOPs':>15}{'vs dense':>10}{'memory avg':>13}{'jobs':>6}  overrides"], 0.0
     for config, members in configs.items():
-        cfg = compose_config(list(config))
-        validate(cfg)
-        plan = build_plan(cfg)
+        plan = build_plan(members[0])
         total += plan["train_flops"] * len(members)
-        shown = " ".join(o for o in config if not o.startswith("hydra")) or "(defaults)"
+        shown = " ".join(config) or "(defaults)"
         share = plan["train_flops"] / plan["dense_train_flops"]
         memory = fmt_bytes(plan["memory_avg_bytes"])
         lines.append(f"{fmt_flops(plan['train_flops']):>15}{100 * share:>9.1f}%{memory:>13}{len(members):>6}  {shown}")
@@ -251,16 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: python -m spfde.plan [overrides]   (or -m [sweep overrides], e.g. -m +sweep=grid_xy)\n"
               f"{__doc__}")
         return
-    if {"-m", "--multirun"} & set(args):
-        try:
-            print(plan_sweep([a for a in args if a not in ("-m", "--multirun")]))
-        except (ConfigError, SparsityError, FreezeError, SieveError) as e:
-            print(f"spfde: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        return
+    overrides = [a for a in args if not a.startswith("-") and not is_hydra(a)]  # Hydra's settings plan nothing
     try:
-        cfg = compose_config(args)
-        validate(cfg)
+        if {"-m", "--multirun"} & set(args):
+            print(plan_sweep(overrides))
+            return
+        cfg = compose_checked(overrides)
+        check_before_work(cfg, data=False)
         plan = build_plan(cfg)
     except (ConfigError, SparsityError, FreezeError, SieveError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)

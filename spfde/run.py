@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import socket
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -82,20 +86,71 @@ def adhoc_sweep_dir(args: list[str]) -> str | None:
     return f"outputs/sweeps/{run_name(','.join(keep))}"
 
 
+def sweep_run_dirs(args: list[str]) -> list[Path]:
+    """With -m: the run directories of the sweep's jobs that exist already (a relaunch), as Hydra names them
+    (hydra.sweep.dir / hydra.sweep.subdir). Jobs whose values another sweeper draws are not known yet."""
+    from hydra.errors import HydraException
+
+    from spfde.config import compose_config
+    from spfde.validation import is_hydra, sweep_jobs
+
+    overrides = [a for a in args if not a.startswith("-")]
+    settings = [a for a in overrides if is_hydra(a)]
+    jobs, _ = sweep_jobs([a for a in overrides if not is_hydra(a)])
+    try:
+        sweep_dir = Path(str(compose_config([*jobs[0], *settings], with_hydra=True).hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return []
+        dirs = [sweep_dir / str(compose_config([*job, *settings], with_hydra=True).hydra.sweep.subdir) for job in jobs]
+    except HydraException:  # e.g. a sweeper plugin that is not installed: Hydra says so itself
+        return []
+    return [d for d in dirs if d.is_dir()]
+
+
+def busy_runs(args: list[str]) -> list[str]:
+    """The lock errors of this sweep's run directories that a running process holds (the orphaned jobs of a
+    killed launcher train on), known before anything is started or submitted."""
+    from spfde.rundir import lock_run_dir, release_run_dir
+
+    busy = []
+    for run_dir in sweep_run_dirs(args):
+        try:
+            lock_run_dir(run_dir)
+        except RunDirError as e:
+            holder = re.search(r"PID (\d+) on host (\S+)", str(e))
+            here = holder is not None and holder[2] == socket.gethostname()
+            busy.append(f"{e}; to stop it: " + (f"kill -9 {holder[1]} (a submitit job ignores SIGTERM; it resumes "
+                                                "from its last finished epoch)" if here else
+                                                "scancel its SLURM job, or kill -9 its PID on its host"))
+            continue
+        release_run_dir(run_dir)
+    return busy
+
+
+def first_rank() -> bool:
+    """Not one of the other ranks of a torchrun launch (they check the same command line: rank 0 reports)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def cli() -> None:
     """The `spfde-run` command (= `python -m spfde.run`)."""
+    args = sys.argv[1:]
     try:
-        precheck_overrides(sys.argv[1:])
-    except ConfigError as e:
-        print(f"spfde: error: {e}", file=sys.stderr)
+        precheck_overrides(args)
+        sweep_dir = adhoc_sweep_dir(args)
+        if sweep_dir:
+            args = [*args, f"hydra.sweep.dir='{sweep_dir}'"]  # quoted: the name holds the sweep's commas
+        busy = busy_runs(args) if {"-m", "--multirun"} & set(args) else []
+        check_output_dir(args)  # full or read-only disk: one line here, not Hydra's logging traceback
+    except (ConfigError, RunDirError) as e:
+        if first_rank():
+            print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if sweep_dir := adhoc_sweep_dir(sys.argv[1:]):
-        sys.argv.append(f"hydra.sweep.dir='{sweep_dir}'")  # quoted: the name holds the sweep's commas
-    try:
-        check_output_dir(sys.argv[1:])  # full or read-only disk: one line here, not Hydra's logging traceback
-    except RunDirError as e:
-        print(f"spfde: error: {e}", file=sys.stderr)
+    for line in busy:  # one line each, nothing started or submitted
+        print(f"spfde: error: {line}", file=sys.stderr)
+    if busy:
         sys.exit(2)
+    sys.argv[1:] = args
     main()
 
 

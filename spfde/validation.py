@@ -4,15 +4,20 @@ Hydra creates a run directory; `check_before_work` runs the checks that need siz
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
+import os
 import re
+from fnmatch import fnmatch
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from spfde.config import CONF_DIR, ConfigError, compose_config
 
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 10}  # fixed by the data (folders are counted, fake any)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -42,6 +47,9 @@ def validate(cfg: DictConfig) -> None:
            f"optim.warmup_epochs must be in [0, epochs={cfg.epochs}), got {o.warmup_epochs}")
     _check(0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}")
     _check(d.num_classes >= 2, f"dataset.num_classes must be >= 2, got {d.num_classes}")
+    _check(CLASS_COUNTS.get(d.name, d.num_classes) == d.num_classes,
+           f"dataset.num_classes={d.num_classes}, but {d.name} has {CLASS_COUNTS.get(d.name)} classes: leave "
+           "dataset.num_classes out (dataset=fake takes any class count)")
     _check(d.channels >= 1, f"dataset.channels must be >= 1, got {d.channels}")
     folder = d.name in ("imagenet", "imagefolder")
     _check(d.image_size >= 8 or (folder and d.image_size == 0),
@@ -88,6 +96,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
+    validate_world(cfg)
 
 
 def check_finite_numbers(node, prefix: str = "") -> None:
@@ -103,65 +112,105 @@ def check_finite_numbers(node, prefix: str = "") -> None:
 
 
 def precheck_overrides(args: list[str]) -> None:
-    """Compose and validate the command line before Hydra starts (and creates a run directory), so
-    that its multi-line composition errors (unknown group option, wrong type, unknown key) become one
-    line too. With -m every job of the sweep is checked before the first one starts or is queued
-    (one line per bad job). Other Hydra flags are left to Hydra itself."""
+    """Check a command line of `spfde.run` before Hydra starts (and creates a run directory): every
+    override parses, an explicit hydra.run.dir / hydra.sweep.dir can be a directory, the config composes
+    and validates (Hydra's multi-line composition errors become one line), then `check_before_work`. With
+    -m every job of the sweep is checked before the first one starts or is queued (one line per bad job).
+    Other Hydra flags are left to Hydra itself."""
+    overrides = [a for a in args if not a.startswith("-")]
+    check_output_dirs(parse_overrides(overrides))
     flags = [a for a in args if a.startswith("-")]
-    overrides = [plain_override(a) for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    settings = [a for a in overrides if is_hydra(a)]
+    overrides = [a for a in overrides if not is_hydra(a)]
     if not flags:
         check_before_work(compose_checked(overrides))
     elif set(flags) <= {"-m", "--multirun"}:
-        jobs = sweep_jobs(overrides)
-        errors, checked = [], set()
-        for job in jobs:
-            try:
-                cfg = compose_checked(job)
-                same_but_seed = re.sub(r"(?m)^seed: .*$", "", OmegaConf.to_yaml(cfg))
-                if same_but_seed not in checked:  # the plan does not depend on the seed
-                    check_before_work(cfg)
-                    checked.add(same_but_seed)
-            except ConfigError as e:
-                errors.append(f"job {' '.join(job)}: {e}")
-        if errors:
-            raise ConfigError(f"{len(errors)} of {len(jobs)} sweep jobs are invalid, none started:\n  " +
-                              "\n  ".join(errors))
+        jobs, drawn = checked_sweep(overrides)
+        if drawn:
+            check_sweeper_draws(drawn[0], [*jobs[0][0], *settings])
 
 
-def plain_override(arg: str) -> str:
-    """`+key=value` adds a key Hydra does not know; the schema has every key, so outside config groups
-    (`+experiment=...`, `+sweep=...`) a `+` only hides a typo (`+sparsity.ration=0.5`): check it as
-    `key=value`, which names an unknown key."""
-    if not arg.startswith("+") or arg.startswith("++"):
-        return arg
-    key = arg[1:].split("=", 1)[0]
-    return arg if (CONF_DIR / key.replace(".", "/")).is_dir() else arg[1:]
+def check_sweeper_draws(drawn: str, job: list[str]) -> None:
+    """interval() values are drawn by a sweeper such as Optuna's; Hydra's basic sweeper refuses them."""
+    from hydra.errors import HydraException
+
+    try:
+        sweeper = str(compose_config(job, with_hydra=True).hydra.sweeper.get("_target_", ""))
+    except HydraException:  # e.g. a sweeper plugin that is not installed: Hydra says so itself
+        return
+    _check("BasicSweeper" not in sweeper, f"{drawn} needs a sweeper that draws values (such as Optuna's, "
+           "hydra/sweeper=optuna); Hydra's basic sweeper, used here, takes lists: a=1,2, choice(), range(), glob()")
 
 
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The jobs of `-m overrides` as Hydra's basic sweeper expands them: the command line's sweeps
-    (a=1,2) crossed with the hydra.sweeper.params of the composed config (sweep presets)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def is_hydra(arg: str) -> bool:
+    """Hydra's own settings (hydra.run.dir=..., hydra/launcher=...): not part of the run's config."""
+    return arg.lstrip("+~").startswith("hydra")
+
+
+def is_group(key: str) -> bool:
+    """Is `key` a config group (experiment, sweep, sweep/row, ...) rather than a key of the config?"""
+    return (CONF_DIR / key.replace(".", "/")).is_dir()
+
+
+def parse_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of each override; a syntax error becomes one line (Hydra prints 35)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    try:
-        params = compose_config(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
-    except Exception:  # noqa: BLE001 - composition errors are reported per job below
-        params = {}
-    given = {o.key_or_group for o in parsed}
-    extra = [f"{k}={v}" for k, v in params.items() if k not in given]
-    batches = BasicSweeper.split_arguments(parser.parse_overrides([*overrides, *extra]), None)
-    return [list(job) for batch in batches for job in batch]
+    parsed = []
+    for arg in overrides:
+        try:
+            parsed += parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            raise ConfigError(f"cannot parse the override {arg!r}: {str(e).splitlines()[0]}; check its brackets and "
+                              "quotes (https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
+    return parsed
 
 
-def compose_checked(overrides: list[str]) -> DictConfig:
+def check_output_dirs(parsed: list) -> None:
+    """An explicit hydra.run.dir or hydra.sweep.dir (of the parsed overrides) must be a directory or
+    creatable as one (Hydra would end in a traceback after composing)."""
+    for o in parsed:
+        if o.key_or_group not in ("hydra.run.dir", "hydra.sweep.dir") or o.is_sweep_override():
+            continue
+        value = str(o.value())
+        if "${" in value:  # an interpolation: Hydra resolves it
+            continue
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if existing == path:
+            _check(path.is_dir(), f"{o.key_or_group}={value} is a file, not a directory: give a directory (it is "
+                                  "created if missing)")
+        else:
+            _check(existing.is_dir(), f"{o.key_or_group}={value} cannot be created: {existing} is a file")
+            _check(os.access(existing, os.W_OK | os.X_OK),
+                   f"{o.key_or_group}={value} cannot be created: {existing} is not writable for you; give a "
+                   "directory you can write to")
+
+
+def compose_checked(overrides: list[str], values: bool = True) -> DictConfig:
+    """Compose a command line's overrides and validate the result (`values=False`: composition only,
+    which checks keys and types), every error as one line (ConfigError). The schema has every key, so
+    outside config groups `~key` removes a key every run reads, `+key=v` appends to a key that exists and
+    `++key=v` either sets one (as key=v) or adds one nothing reads: each is refused or checked as key=v."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import MissingMandatoryValue
 
+    parse_overrides(overrides)
+    plain, appended = [], []
+    for arg in overrides:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if is_group(key):
+            plain.append(arg)  # Hydra's defaults-list syntax (+sweep=..., ~launcher)
+            continue
+        _check(not arg.startswith("~"), f"{arg!r} removes {key}, which every run reads (each key has a default in "
+                                        f"spfde/config.py): set it to another value instead ({key}=...)")
+        if arg.startswith("+") and not arg.startswith("++"):
+            appended.append(arg)
+        plain.append(arg.lstrip("+"))
     try:
-        cfg = compose_config(overrides)
+        cfg = compose_config(plain)
     except MissingConfigException as e:
         found = re.search(r"Could not find '([^']+)/([^'/]+)'", str(e))
         if not found:
@@ -174,33 +223,199 @@ def compose_checked(overrides: list[str]) -> DictConfig:
         cause = str(e.__cause__).splitlines()[0] if e.__cause__ else ""
         if first.startswith("Ambiguous value"):
             cause = "(to sweep over values add -m; for a list write key=[a,b])"
+        if first.startswith("Could not override '"):
+            cause += similar_key(first.split("'")[1])
         raise ConfigError(f"{first}: {cause}" if cause else first) from None
-    validate(cfg)
+    if appended:
+        arg = appended[0]
+        raise ConfigError(f"{arg}: {arg[1:].split('=', 1)[0]} is a key of the config already; write {arg[1:]} "
+                          "(a + adds a key the config does not have)")
+    if values:
+        try:
+            validate(cfg)
+        except MissingMandatoryValue as e:  # its group was removed (~logger)
+            group = str(e.full_key).split(".")[0]
+            way_out = (" or ".join(f"{group}={o}" for o in group_options(group)) if is_group(group)
+                       else f"{e.full_key}=...")
+            raise ConfigError(f"{e.full_key} has no value: set {way_out}") from None
     return cfg
 
 
-def check_before_work(cfg: DictConfig) -> None:
-    """Checks that need more than the values but no data and no run directory: that the freezing
-    target can be met (the planner needs only sizes), that an image folder is usable (listing and
-    file headers, no decoding) and that wandb is installed if it is to log."""
-    from spfde.data import FOLDERS, DataError, check_image_folder
-    from spfde.freeze import FreezeError
+def similar_key(key: str) -> str:
+    """'; did you mean <key>?' for a mistyped key, from the keys next to it in the schema ('' if none is close)."""
+    import difflib
 
-    if cfg.freeze > 0:
-        from spfde.plan import build_plan
+    from spfde.config import Config
 
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(OmegaConf.structured(Config), parent) if parent else OmegaConf.structured(Config)
+    if not isinstance(node, DictConfig):
+        return ""
+    close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
+    return f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def sweep_jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:
+    """The jobs of `-m overrides` to check: the command line's sweeps (a=1,2, choice(), range(), glob())
+    crossed with the hydra.sweeper.params of the composed config (sweep presets), as Hydra's basic sweeper
+    expands them. Values in another sweeper's syntax (interval(), tag(log, interval())) are drawn by that
+    sweeper during the sweep: such a key is left out of the jobs (it keeps its default there) and returned
+    with a stand-in (override -> key=middle of its interval), to check that the key takes such a value."""
+    import itertools
+
+    parsed = parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        params = compose_config(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
+    except Exception:  # noqa: BLE001 - composition errors are reported per job
+        params = {}
+    given = {o.key_or_group for o in parsed}
+    parsed += parse_overrides([f"{k}={v}" for k, v in params.items() if k not in given])
+    values, standins = {}, {}
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            values[key] = [o.input_line]
+        elif o.value_type.name == "GLOB_CHOICE_SWEEP":
+            values[key] = [f"{key}={v}" for v in o.value().filter(group_options(o.key_or_group))]
+            _check(bool(values[key]), f"{o.input_line} matches no option of '{o.key_or_group}': the sweep has no jobs")
+        elif o.is_discrete_sweep():
+            values[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            _check(bool(values[key]), f"{o.input_line} gives no values: the sweep has no jobs")
+        elif o.value_type.name == "INTERVAL_SWEEP":
+            standins[o.input_line] = f"{key}={(o.value().start + o.value().end) / 2:g}"
+        else:  # a sweep type Hydra adds later: its key at least
+            standins[o.input_line] = o.input_line
+    return [list(job) for job in itertools.product(*values.values())], standins
+
+
+def checked_sweep(overrides: list[str], data: bool = True,
+                  outcome: str = "none started") -> tuple[list[tuple[list[str], DictConfig]], list[str]]:
+    """Check every job of `-m overrides` (`check_before_work` once per configuration: seeds share it) and
+    return the jobs with their configs, and the overrides left to another sweeper (see `sweep_jobs`).
+    One line per bad job; one line in all when every job fails alike."""
+    jobs, standins = sweep_jobs(overrides)
+    for given, standin in standins.items():  # the key exists and takes such a value
         try:
-            build_plan(cfg)
-        except FreezeError as e:
-            raise ConfigError(str(e)) from None
-    if cfg.dataset.name in FOLDERS:
+            compose_checked([*jobs[0], standin], values=False)
+        except ConfigError as e:
+            raise ConfigError(f"{given}: {e} ({outcome})") from None
+    errors, checked, configs = [], set(), []
+    for job in jobs:
         try:
-            check_image_folder(cfg.dataset)
-        except DataError as e:
-            raise ConfigError(str(e)) from None
+            cfg = compose_checked(job)
+            same_but_seed = re.sub(r"(?m)^seed: .*$", "", OmegaConf.to_yaml(cfg))
+            if same_but_seed not in checked:
+                check_before_work(cfg, data)
+                checked.add(same_but_seed)
+            configs.append((job, cfg))
+        except ConfigError as e:
+            errors.append((" ".join(job), str(e)))
+    alike = {e for _, e in errors}
+    if len(errors) == len(jobs) and len(alike) == 1:
+        raise ConfigError(f"{alike.pop()} (all {len(jobs)} sweep jobs; {outcome})")
+    if errors:
+        raise ConfigError(f"{len(errors)} of {len(jobs)} sweep jobs are invalid, {outcome}:\n  "
+                          + "\n  ".join(f"job {job}: {e}" for job, e in errors))
+    return configs, list(standins)
+
+
+def check_before_work(cfg: DictConfig, data: bool = True) -> None:
+    """Checks that need more than the values but no run directory, before any work: with `data`, that the
+    data is there (an image folder listed, 16 bytes of each file read, nothing decoded; CIFAR's files, or
+    their download now) and that the sieve leaves a batch of the folder's own image count; then the model
+    and its sparse method on the meta device (no memory, no data): no layer left without weights, every
+    `sparsity.dense_layers` pattern names a layer, the freezing target can be reached."""
+    from spfde.data import FOLDERS, DataError
+    from spfde.sieve import SieveError, check_sieve
+
+    d = cfg.dataset
+    try:
+        if data and d.name in FOLDERS:
+            from spfde.data.folders import list_image_folder
+
+            listing = list_image_folder(d)
+            cfg = copy.deepcopy(cfg)  # the run reads sizes and classes from the folder
+            d = cfg.dataset
+            d.train_size, d.test_size, d.num_classes = listing.train_images, listing.val_images, len(listing.classes)
+            check_sieve(cfg, d.train_size)
+        elif data and d.name in ("cifar10", "cifar100"):
+            check_cifar(d)
+    except (DataError, SieveError) as e:
+        raise ConfigError(str(e)) from None
+    check_model(cfg)
     # wandb is optional (a GPU machine may not have it): say so before Hydra creates a run directory
     if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled" and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger=wandb needs the wandb package (pip install wandb); or run with logger=none")
+
+
+def check_cifar(d: DictConfig) -> None:
+    """CIFAR's files are in dataset.root, or are downloaded now, before a run directory exists (offline:
+    one line saying where to put them)."""
+    import torchvision.datasets as tvd
+
+    from spfde.data.sources import CIFAR_FILES, load_cifar
+
+    cls = getattr(tvd, CIFAR_FILES[d.name][0])
+    folder = Path(os.path.abspath(d.root)) / cls.base_folder  # as load_cifar reads it
+    if not all((folder / name).is_file() for name, _ in cls.train_list + cls.test_list):
+        load_cifar(d)  # downloads, or raises DataError naming the archive and where it goes
+
+
+def check_model(cfg: DictConfig) -> None:
+    """The model and its sparse method built on the meta device, as the run will build them: the
+    method's targets (a layer left with no weights), `sparsity.dense_layers` (each pattern names a conv or
+    linear layer), and with freezing the plan's solver (a target out of reach)."""
+    import torch
+
+    from spfde.build import build_core, build_optimizer
+    from spfde.cost import epoch_batches
+    from spfde.freeze import FreezeError, make_freeze_plan
+    from spfde.models import build_model
+    from spfde.sieve import sieve_epochs
+    from spfde.sparse import SparsityError, build_method
+    from spfde.sparse.masks import masked_layers
+
+    d = cfg.dataset
+    batches = [epoch_batches(n, cfg.batch_size) for n in sieve_epochs(cfg, d.train_size)]
+    try:
+        if cfg.freeze > 0:  # the cost model too: the solver needs the FLOPs of each block
+            from spfde.data.folders import planned_image_size
+
+            core = build_core(cfg, d.num_classes, d.channels, planned_image_size(d), len(batches[0]), device="meta")
+            model = core.model
+            make_freeze_plan(cfg, model, core.method, core.cost_model, batches)
+        else:
+            with torch.device("meta"):
+                model = build_model(cfg.model, d.num_classes, d.channels)
+            build_method(cfg, model, build_optimizer(model, cfg.optim), len(batches[0]))
+    except (SparsityError, FreezeError) as e:
+        raise ConfigError(str(e)) from None
+    layers = list(masked_layers(model, []))
+    for pattern in cfg.sparsity.dense_layers:
+        _check(any(fnmatch(name, pattern) for name in layers),
+               f"sparsity.dense_layers: {pattern!r} names no conv or linear layer of {cfg.model.name}; its layers "
+               f"are {', '.join(layers)} (fnmatch patterns such as 'blocks.1.*' work too)")
+
+
+def validate_world(cfg: DictConfig) -> None:
+    """Started as one of several ranks (torchrun, a multi-task SLURM job: read from the environment), the
+    settings the ranks cannot serve, before any of them starts work."""
+    from spfde.distributed import DistributedError, World, environment
+
+    found = environment()
+    if found is None or found[1] <= 1:
+        return
+    from spfde.train import check_world
+
+    try:
+        check_world(cfg, World(*found))
+    except DistributedError as e:
+        raise ConfigError(str(e)) from None
 
 
 LOADERS = ("auto", "gpu", "dali", "pil")
@@ -219,6 +434,8 @@ def validate_loader(cfg: DictConfig) -> None:
            "dataset.augment=cifar or none, or dataset.in_memory=false")
     if d.name in ("imagenet", "imagefolder"):
         _check(d.channels in (1, 3), f"dataset.channels must be 1 (grayscale) or 3 for image folders, got {d.channels}")
+    _check(not (d.loader == "dali" and d.augment == "cifar"), "dataset.loader=dali implements augment=imagenet or "
+           "none: use dataset.loader=gpu or pil with dataset.augment=cifar")
     if d.loader in ("gpu", "dali"):
         import torch
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from spfde.data.loaders import FolderLoader, bad_image
+from spfde.data.loaders import BAD_FILE_WAYS_OUT, FolderLoader, bad_image
 from spfde.data.sources import IMAGENET_MEAN, IMAGENET_STD, Arrays, DataError
 
 if TYPE_CHECKING:
@@ -43,10 +43,10 @@ def find_image_folder(cfg) -> Path:
     return root
 
 
-# leading bytes of the formats torchvision's ImageFolder reads (by extension) through PIL
+# leading bytes of the formats torchvision's ImageFolder reads (by extension) through PIL (.gif is not one)
 IMAGE_MAGIC = {
     ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",), ".png": (b"\x89PNG\r\n\x1a\n",),
-    ".ppm": (b"P3", b"P6"), ".pgm": (b"P2", b"P5"), ".bmp": (b"BM",), ".gif": (b"GIF87a", b"GIF89a"),
+    ".ppm": (b"P3", b"P6"), ".pgm": (b"P2", b"P5"), ".bmp": (b"BM",),
     ".tif": (b"II*\x00", b"MM\x00*"), ".tiff": (b"II*\x00", b"MM\x00*"), ".webp": (b"RIFF",),
 }
 
@@ -63,36 +63,58 @@ def _bad_header(path: Path) -> str | None:
     return None if head.startswith(magic) else f"not a {path.suffix.lower()[1:].upper()} file"
 
 
+@dataclass
+class FolderListing:
+    root: Path
+    classes: list[str]
+    train_images: int
+    val_images: int
+
+
 def check_image_folder(cfg) -> Path:
+    """`list_image_folder`, for its root."""
+    return list_image_folder(cfg).root
+
+
+def list_image_folder(cfg) -> FolderListing:
     """Check an image folder without decoding anything, before a run directory or a loader exists:
-    train/ and val/ hold the same >= 2 class folders, none empty, and every image file (by the
-    extensions ImageFolder reads) starts like an image of its type. Raises DataError naming the problem."""
+    train/ and val/ hold the same >= 2 class folders (ImageNet's 1000), none without images ImageFolder
+    reads, and every image file starts like an image of its type (with dataset.on_bad_file=skip a file that
+    does not is left to the loader, which skips it). Raises DataError naming the problem; returns the class
+    names and image counts (what the run will read)."""
     from concurrent.futures import ThreadPoolExecutor
 
     root = find_image_folder(cfg)
-    files = []
+    files = {"train": [], "val": []}
     classes = {}
     for split in ("train", "val"):
         names = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
         classes[split] = names
         for name in names:
-            images = [p for p in (root / split / name).rglob("*") if p.suffix.lower() in IMAGE_MAGIC and p.is_file()]
+            found = [p for p in (root / split / name).rglob("*") if p.is_file()]
+            images = [p for p in found if p.suffix.lower() in IMAGE_MAGIC]
             if not images:
-                raise DataError(f"{root / split / name} holds no images (.jpg, .png, ...): remove the class folder "
-                                "or add its images")
-            files += images
+                others = sorted({p.suffix.lower() or p.name for p in found})
+                what = f"it has only {', '.join(others)} files: convert them" if others else "add its images"
+                raise DataError(f"{root / split / name} holds no images ImageFolder reads ({', '.join(IMAGE_MAGIC)}); "
+                                f"{what}, or remove the class from train/ and val/")
+            files[split] += images
     if len(classes["train"]) < 2:
         raise DataError(f"{root}/train has {len(classes['train'])} class folder(s): classification needs at "
                         "least 2 (one folder of images per class)")
     if classes["train"] != classes["val"]:
         only = sorted(set(classes["train"]) ^ set(classes["val"]))[:3]
         raise DataError(f"{root}: train/ and val/ have different class folders (e.g. {', '.join(only)})")
-    with ThreadPoolExecutor(16) as pool:  # reads 16 bytes a file: cheap even for ImageNet's 1.3M files
-        for path, problem in zip(files, pool.map(_bad_header, files, chunksize=256)):
-            if problem:
-                raise DataError(f"{path} is {problem}: remove or replace it (checked before training; "
-                                "images that decode badly later follow dataset.on_bad_file)")
-    return root
+    if cfg.name == "imagenet" and len(classes["train"]) != cfg.num_classes:
+        raise DataError(f"{root}/train has {len(classes['train'])} class folders, dataset.num_classes is "
+                        f"{cfg.num_classes}: use dataset=imagefolder for other class counts")
+    if cfg.on_bad_file != "skip":
+        with ThreadPoolExecutor(16) as pool:  # reads 16 bytes a file: cheap even for ImageNet's 1.3M files
+            every = files["train"] + files["val"]
+            for path, problem in zip(every, pool.map(_bad_header, every, chunksize=256)):
+                if problem:
+                    raise DataError(f"{path} is {problem}: {BAD_FILE_WAYS_OUT}")
+    return FolderListing(root, classes["train"], len(files["train"]), len(files["val"]))
 
 
 def sampled_max_side(root: Path) -> int:
@@ -259,9 +281,6 @@ def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, dev
     test_set = datasets.ImageFolder(str(root / "val"))
     if train_set.classes != test_set.classes:
         raise DataError(f"{root}: train/ and val/ have different class folders")
-    if d.name == "imagenet" and len(train_set.classes) != d.num_classes:
-        raise DataError(f"{root}/train has {len(train_set.classes)} class folders, dataset.num_classes is "
-                        f"{d.num_classes}: use dataset=imagefolder for other class counts")
     samples = len(train_set) + len(test_set)
     jpeg_only = all(p.lower().endswith(JPEG_SUFFIXES) for p, _ in train_set.samples + test_set.samples)
     max_side = sampled_max_side(root)

@@ -187,13 +187,18 @@ class IndexedDataset(Dataset):
         return image, label, i
 
 
+# the ways out of an unreadable image, valid for a run in progress too (dataset.on_bad_file changes no result:
+# it only decides whether the run stops at a bad file, and a stop keeps nothing of that epoch)
+BAD_FILE_WAYS_OUT = ("replace it, or add dataset.on_bad_file=skip to skip unreadable images (removing it changes "
+                     "the data set: a run in progress then needs fresh=true)")
+
+
 def bad_image(path, error: Exception, on_bad_file: str) -> None:
     """An image that does not decode: raise BadImageError naming it (on_bad_file=error), or log that it is
     skipped (the caller drops and counts it). Every folder loader reports bad files through this."""
     reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     if on_bad_file == "error":
-        raise BadImageError(f"{path} does not decode ({reason}): remove or replace it, or set "
-                            "dataset.on_bad_file=skip") from None
+        raise BadImageError(f"{path} does not decode ({reason}): {BAD_FILE_WAYS_OUT}") from None
     log.warning(f"skipped unreadable image {path} ({reason})")
 
 

@@ -83,8 +83,9 @@ def load_cifar(cfg) -> Arrays:
         splits = [cls(root, train=t, download=False) for t in (True, False)]
     except RuntimeError:
         if not cfg.download:
-            raise DataError(f"{title} not found in {root} and dataset.download=false: put {archive} "
-                            f"(https://www.cs.toronto.edu/~kriz/{archive}) there, or set dataset.root") from None
+            raise DataError(f"{title} not found in {root} and dataset.download=false: extract {archive} "
+                            f"(https://www.cs.toronto.edu/~kriz/{archive}) there (tar -xzf {archive} -C {root}), "
+                            "or set dataset.root to a folder that has it") from None
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(15)  # offline machines must fail in seconds, not hang
         try:

@@ -42,6 +42,8 @@ class LTH(SparseMethod):
         require(0 <= o.rewind_epoch < cfg.epochs,
                 f"sparsity.lth.rewind_epoch must be in [0, epochs={cfg.epochs}), got {o.rewind_epoch}")
         require(o.scope in ("global", "layer"), f"sparsity.lth.scope must be global or layer, got {o.scope!r}")
+        require(o.round == -1 and not o.workdir, "sparsity.lth.round and sparsity.lth.workdir are set by the LTH "
+                "driver for each of its rounds (<run dir>/round-NN/): leave them out, an LTH run trains every round")
 
     @classmethod
     def round_ratios(cls, sparsity_cfg) -> list[float]:

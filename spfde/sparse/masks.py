@@ -67,6 +67,7 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 class Masks:
     def __init__(self, model: nn.Module, dense_patterns, distribution: str):
         self.layers = masked_layers(model, dense_patterns)
+        self.dense_patterns = list(dense_patterns)
         self.distribution = distribution
         self.masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()}
@@ -84,8 +85,10 @@ class Masks:
         counts = {n: int(round(densities[n] * m.weight.numel())) for n, m in self.layers.items()}
         empty = [n for n, c in counts.items() if c < 1]
         if empty:
+            dense = ",".join([*self.dense_patterns, *empty])
             raise SparsityError(f"sparsity {sparsity:g} leaves layer {empty[0]} with no weights; lower sparsity.ratio "
-                                f"or keep it dense via sparsity.dense_layers")
+                                f"or keep {'it' if len(empty) == 1 else f'the {len(empty)} such layers'} dense: "
+                                f"sparsity.dense_layers=[{dense}]")
         return counts
 
     def in_blocks(self, blocks: range) -> list[str]:
