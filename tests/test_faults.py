@@ -546,3 +546,154 @@ def test_stale_temp_files_of_killed_writers_are_removed_on_start(tmp_path, monke
         (tmp_path / name).write_bytes(b"half a file")
     run_training(tiny("analysis.every=1"), tmp_path)
     assert not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("analysis/.*.tmp*"))
+
+
+# ----------------------------------------------------------------------------- disk full / read-only at the start
+
+
+def mounted_tmpfs(path, size: str) -> bool:
+    """A small tmpfs at `path` (root on Linux; False where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spfde.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_a_full_or_read_only_disk_at_the_start_is_one_line_before_hydra_writes(tmp_path):
+    disk = tmp_path / "disk"
+    if os.geteuid() != 0 or not mounted_tmpfs(disk, "8m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    args = tiny("epochs=1", "logger=none", "progress=false")
+    try:
+        assert cli(*args, f"hydra.run.dir={disk / 'done'}").returncode == 0  # a finished run
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        ro = cli(*args, f"hydra.run.dir={disk / 'done'}")
+        assert ro.returncode == 2 and "Traceback" not in ro.stderr
+        assert ro.stderr.strip().splitlines() == [line for line in ro.stderr.strip().splitlines()
+                                                  if line.startswith("spfde: error: cannot write in")]
+        assert "Read-only file system" in ro.stderr
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'fill'}", "bs=1M", "count=16"], capture_output=True)
+        full = cli(*args, f"hydra.run.dir={disk / 'new'}")
+        assert full.returncode == 2 and "Traceback" not in full.stderr
+        assert full.stderr.strip().startswith("spfde: error: cannot write in") and "No space left" in full.stderr
+        assert not (disk / "new").exists()  # nothing left behind
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    from spfde.rundir import check_output_dir
+
+    real_open = open
+
+    def full_disk(path, *args, **kwargs):
+        if ".spfde-probe" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(RunDirError, match=r"cannot write in .*run \(No space left on device; \d+ bytes free"):
+        check_output_dir([*tiny(), f"hydra.run.dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+    check_output_dir(["-sc", "query=bash"])  # Hydra's own commands are left alone
+
+
+# ----------------------------------------------------------------------------- the tally (README, What survives what)
+
+# Every fault tried, the test that injects it, and what happens: "exact" (nothing lost or mixed: the run resumes or
+# finishes with an undisturbed run's numbers, or stops with one line and its data intact), "traceback" (data intact,
+# but the user meets a traceback), "mixed" (results silently mixed or damaged), "stuck" (hangs).
+FAULTS = [
+    ("crash mid-run, then the same command", "test_train.py::test_resume_after_a_crash_is_exact", "exact"),
+    ("crash after metrics, before the checkpoint", "test_train.py::test_resume_keeps_the_run_id_and_drops_metrics_"
+     "past_the_checkpoint", "exact"),
+    ("kill -9 of a two-rank torchrun job", "test_distributed.py::test_a_killed_two_rank_job_resumes_exactly", "exact"),
+    ("SLURM requeue mid-run", "test_sweeps.py::test_requeued_slurm_job_resumes_from_its_checkpoint", "exact"),
+    ("crash in an LTH round", "test_sparse.py::test_lth_resumes_mid_round_and_skips_finished_rounds", "exact"),
+    ("crash with every method's state", "test_sparse.py::test_method_state_resumes_bit_exactly", "exact"),
+    ("crash with analysis snapshots", "test_analysis.py::test_snapshots_survive_a_resume", "exact"),
+    ("crash with folder loaders, sieved", "test_folders.py::test_loaders_walk_the_same_indices_per_epoch_and_resume",
+     "exact"),
+    ("SIGTERM", "test_faults.py::test_sigterm_stops_with_one_line_and_the_run_resumes", "exact"),
+    ("SIGTERM right after the checkpoint rename", "test_faults.py::test_a_stop_right_after_the_checkpoint_names_the_"
+     "epoch_on_disk", "exact"),
+    ("NaN loss", "test_faults.py::test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint", "exact"),
+    ("a real divergence from the CLI", "test_faults.py::test_a_real_divergence_is_a_non_zero_exit_logged_in_run_log",
+     "exact"),
+    ("resume with other settings", "test_faults.py::test_resume_with_other_settings_is_refused_naming_the_keys",
+     "exact"),
+    ("a finished run relaunched with other settings", "test_faults.py::test_a_finished_run_is_not_returned_for_other_"
+     "settings", "exact"),
+    ("resume with another CPU thread count", "test_faults.py::test_the_cpu_thread_count_is_part_of_the_fingerprint",
+     "exact"),
+    ("a second process on a run dir", "test_faults.py::test_a_second_process_fails_at_once_naming_the_holder", "exact"),
+    ("a second process after .lock was deleted", "test_faults.py::test_deleting_the_lock_file_does_not_let_a_second_"
+     "process_in", "exact"),
+    ("half a line in metrics.jsonl", "test_faults.py::test_damaged_metrics_are_rebuilt_from_the_checkpoint", "exact"),
+    ("metrics.jsonl deleted; summary.json truncated", "test_faults.py::test_deleted_metrics_are_rebuilt_and_a_damaged_"
+     "summary_means_not_finished", "exact"),
+    ("a finished run's metrics.jsonl damaged", "test_faults.py::test_a_finished_run_heals_its_metrics_on_relaunch_and_"
+     "the_report_reads_it", "exact"),
+    ("summary.json of the wrong shape", "test_faults.py::test_a_summary_of_the_wrong_shape_counts_as_damaged",
+     "exact"),
+    ("one damaged summary in a sweep's report", "test_faults.py::test_one_damaged_summary_does_not_break_the_report",
+     "exact"),
+    ("the clock steps back while damaged copies are kept", "test_faults.py::test_kept_damaged_copies_are_never_"
+     "overwritten", "exact"),
+    ("fresh=true on a requeued job", "test_faults.py::test_fresh_applies_once_per_launch_and_a_requeued_job_resumes",
+     "exact"),
+    ("fresh=true with analysis; kill -9 during its archive", "test_faults.py::test_fresh_archives_everything_a_run_"
+     "wrote_and_an_interrupted_archive_is_finished", "exact"),
+    ("a flipped bit / 64 overwritten bytes in last.pt, rewind.pt", "test_faults.py::test_a_checkpoint_changed_after_"
+     "writing_is_refused_naming_it", "exact"),
+    ("truncated last.pt", "test_faults.py::test_a_damaged_checkpoint_is_one_line_before_any_work", "exact"),
+    ("crafted last.pt / snapshot", "test_faults.py::test_a_crafted_checkpoint_or_snapshot_is_refused_and_runs_nothing",
+     "exact"),
+    ("disk full while writing last.pt", "test_faults.py::test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_"
+     "temp_file", "exact"),
+    ("torch's iostream error while writing last.pt", "test_faults.py::test_any_failed_write_of_a_checkpoint_is_one_"
+     "line_and_keeps_the_previous", "exact"),
+    ("full or read-only disk at the start", "test_faults.py::test_a_full_or_read_only_disk_at_the_start_is_one_line_"
+     "before_hydra_writes", "exact"),
+    ("temp files of killed writers", "test_faults.py::test_stale_temp_files_of_killed_writers_are_removed_on_start",
+     "exact"),
+    ("an image that does not decode", "test_faults.py::test_an_image_that_does_not_decode_is_named_or_skipped",
+     "exact"),
+    ("a stuck or dead loader worker", "test_folders.py::test_a_stuck_or_dead_worker_is_a_one_line_error_naming_the_"
+     "loader", "exact"),
+    ("a CUDA-graph capture or first replay that fails", "test_step.py::test_a_failed_capture_falls_back_to_eager_"
+     "steps_from_the_same_state", "exact"),
+    ("ranks that hold different masks", "test_distributed.py::test_ranks_with_different_masks_stop_with_the_checksum_"
+     "error", "exact"),
+    ("relaunching a sweep while its orphaned jobs train", "test_bad_inputs.py::test_relaunching_a_sweep_whose_job_"
+     "still_trains_names_it_before_anything_starts", "exact"),
+    ("a SLURM job cancelled mid-run (status)", "test_sweeps.py::test_status_of_a_slurm_sweep_with_a_cancelled_job",
+     "exact"),
+]
+FAULT_OUTCOMES = ("exact", "traceback", "mixed", "stuck")
+
+
+def fault_tally_line() -> str:
+    counts = {o: sum(outcome == o for *_, outcome in FAULTS) for o in FAULT_OUTCOMES}
+    return (f"faults tried: {len(FAULTS)}; exact (nothing lost or mixed, at most one line): {counts['exact']}; "
+            f"data intact but a traceback: {counts['traceback']}; mixed or damaged: {counts['mixed']}; "
+            f"stuck: {counts['stuck']}")
+
+
+def test_every_fault_of_the_table_has_its_test_and_the_readme_states_the_tally(capsys):
+    import importlib
+
+    for _, where, outcome in FAULTS:
+        module, name = where.split("::")
+        assert outcome in FAULT_OUTCOMES
+        assert hasattr(importlib.import_module(f"tests.{module[:-3]}"), name), where
+    line = fault_tally_line()
+    with capsys.disabled():
+        print(f"\n{line}")
+    assert line in (REPO / "README.md").read_text().replace("\n", " ")
