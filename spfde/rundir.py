@@ -76,8 +76,9 @@ def lock_run_dir(run_dir: Path) -> None:
             holder = "another process"
         restore_hydra_record(run_dir)
         raise RunDirError(f"{run_dir} is in use by {holder}: two processes must not train one run. Wait for it "
-                          "to finish or stop it (a killed sweep launcher leaves its jobs running), or use "
-                          "another run dir")
+                          "to finish, stop it (kill -9 <its PID> on its host, scancel on SLURM: it resumes from its "
+                          "last finished epoch; a killed sweep launcher leaves its jobs running), or use another "
+                          "run dir")
     _held[run_dir] = fd
     try:
         (run_dir / LOCK).write_text(f"PID {os.getpid()} on host {socket.gethostname()} "
@@ -263,8 +264,8 @@ def check_finite(epoch: int, stats: dict, run_dir: Path, cfg) -> None:
         what = ", ".join(f"{k} {v}" for k, v in bad.items())
         kept = f"last.pt (epoch {epoch}) is kept" if epoch else "no checkpoint was written"
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1} ({what}) with optim.lr={cfg.optim.lr}: "
-                               f"stopped; {kept} in {run_dir}. Lower optim.lr (or add warm-up) and start "
-                               "over with fresh=true")
+                               f"stopped; {kept} in {run_dir}. Lower optim.lr (or set optim.warmup_epochs) and "
+                               "start over with fresh=true")
 
 
 def catch_stop_signals() -> dict:
