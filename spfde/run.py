@@ -12,22 +12,30 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from spfde.checkpoint import RunDirError
 from spfde.config import CONF_DIR, ConfigError, register_configs, register_resolvers
-from spfde.data import DataError
-from spfde.data.loaders import BadImageError
-from spfde.distributed import DistributedError, shutdown
-from spfde.freeze import FreezeError
-from spfde.rundir import Stopped, TrainingDiverged, check_output_dir
-from spfde.sieve import SieveError
-from spfde.sparse import SparsityError
-from spfde.validation import precheck_overrides, validate
 
+# This module imports only Hydra and the config schema: torch, wandb and the training modules load when a run
+# starts (in `main` and `cli`), so that Hydra's tab completion (-sc), run at every Tab, answers in under a second.
 register_configs()
 register_resolvers()
 log = logging.getLogger("spfde")
-USER_ERRORS = (ConfigError, DataError, BadImageError, SparsityError, FreezeError, SieveError, RunDirError,
-               TrainingDiverged, DistributedError)
+# Hydra's own commands that run no task: nothing to check before them, nothing heavy to import
+HYDRA_ONLY_FLAGS = {"-sc", "--shell-completion", "-h", "--help", "--hydra-help"}
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that end a run with one line (`spfde: error: ...`) instead of a traceback."""
+    from spfde.checkpoint import RunDirError
+    from spfde.data import DataError
+    from spfde.data.loaders import BadImageError
+    from spfde.distributed import DistributedError
+    from spfde.freeze import FreezeError
+    from spfde.rundir import TrainingDiverged
+    from spfde.sieve import SieveError
+    from spfde.sparse import SparsityError
+
+    return (ConfigError, DataError, BadImageError, SparsityError, FreezeError, SieveError, RunDirError,
+            TrainingDiverged, DistributedError)
 
 
 def to_log_files(message: str, exc_info=None) -> None:
@@ -48,12 +56,16 @@ def in_basic_sweep() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from spfde.distributed import shutdown
+    from spfde.rundir import Stopped
     from spfde.train import train
+    from spfde.validation import validate
 
+    errors = user_errors()
     try:
         validate(cfg)
         summary = train(cfg)
-    except USER_ERRORS as e:
+    except errors as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         to_log_files(f"spfde: error: {e}")
         if in_basic_sweep():
@@ -110,6 +122,7 @@ def sweep_run_dirs(args: list[str]) -> list[Path]:
 def busy_runs(args: list[str]) -> list[str]:
     """The lock errors of this sweep's run directories that a running process holds (the orphaned jobs of a
     killed launcher train on), known before anything is started or submitted."""
+    from spfde.checkpoint import RunDirError
     from spfde.rundir import lock_run_dir, release_run_dir
 
     busy = []
@@ -135,6 +148,13 @@ def first_rank() -> bool:
 def cli() -> None:
     """The `spfde-run` command (= `python -m spfde.run`)."""
     args = sys.argv[1:]
+    if HYDRA_ONLY_FLAGS & set(args):
+        main()  # Hydra answers (completion, help) from the config alone
+        return
+    from spfde.checkpoint import RunDirError
+    from spfde.rundir import check_output_dir
+    from spfde.validation import precheck_overrides
+
     try:
         precheck_overrides(args)
         sweep_dir = adhoc_sweep_dir(args)

@@ -78,11 +78,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "spfde.run", timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, module: str = "spfde.run", timeout: int = 600,
+            python_flags: list[str] = ()) -> subprocess.CompletedProcess:
     # the checkout under test comes first, whichever copy of spfde the environment has installed
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "PYTHONPATH": path}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, *python_flags, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
