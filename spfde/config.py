@@ -11,6 +11,7 @@ the option's file in `conf/<group>/`; every other key has its default here and n
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +259,27 @@ class Config:
 # an installed wheel carries the configs in spfde/conf (setup.py); a checkout reads its conf/ directly
 _PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
 CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+# The user's own configs (launcher/mycluster.yaml with a partition and account, sweep/mine.yaml, ...) live in a
+# directory of conf/'s layout named by this variable: Hydra searches it after conf/ (conf/config.yaml's
+# hydra.searchpath), so they survive reinstalling the package, and conf/'s own files cannot be shadowed by it.
+USER_CONFIG_ENV = "SPFDE_CONFIG_DIR"
+
+
+def user_config_dir() -> Path | None:
+    value = os.environ.get(USER_CONFIG_ENV, "")
+    return Path(value).expanduser().absolute() if value else None
+
+
+def config_dirs() -> list[Path]:
+    """Where config groups are found, in Hydra's order: conf/, then the user's config directory."""
+    user = user_config_dir()
+    return [CONF_DIR, user] if user else [CONF_DIR]
+
+
+def user_searchpath() -> list[str]:
+    """conf/config.yaml's hydra.searchpath (resolver spfde_user_config): the user's config directory, if set."""
+    user = user_config_dir()
+    return [f"file://{user}"] if user else []
 
 
 def register_configs() -> None:
@@ -293,3 +315,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("spfde_tasks", lambda gpus: max(1, int(gpus)))
     if not OmegaConf.has_resolver("spfde_basename"):
         OmegaConf.register_new_resolver("spfde_basename", lambda path: Path(str(path)).name)
+    if not OmegaConf.has_resolver("spfde_user_config"):
+        OmegaConf.register_new_resolver("spfde_user_config", user_searchpath)
+
+
+# Hydra reads conf/config.yaml's hydra.searchpath (${spfde_user_config:}) before anything else of the config, so
+# the resolver is there as soon as anything can name CONF_DIR: any composition, ours or another script's, finds it.
+register_resolvers()

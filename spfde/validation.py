@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spfde.config import CONF_DIR, ConfigError, compose_config
+from spfde.config import USER_CONFIG_ENV, ConfigError, compose_config, config_dirs, user_config_dir
 
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 10}  # fixed by the data (folders are counted, fake any)
@@ -119,9 +119,11 @@ def precheck_overrides(args: list[str]) -> None:
     Other Hydra flags are left to Hydra itself."""
     overrides = [a for a in args if not a.startswith("-")]
     check_output_dirs(parse_overrides(overrides))
+    check_user_config_dir()
     flags = [a for a in args if a.startswith("-")]
     settings = [a for a in overrides if is_hydra(a)]
-    overrides = [a for a in overrides if not is_hydra(a)]
+    # a hydra.searchpath given here decides which config files exist: the checks compose with it, as Hydra will
+    overrides = [a for a in overrides if not is_hydra(a) or is_searchpath(a)]
     if not flags:
         check_before_work(compose_checked(overrides))
     elif set(flags) <= {"-m", "--multirun"}:
@@ -147,9 +149,20 @@ def is_hydra(arg: str) -> bool:
     return arg.lstrip("+~").startswith("hydra")
 
 
+def is_searchpath(arg: str) -> bool:
+    return arg.lstrip("+").startswith("hydra.searchpath=")
+
+
+def check_user_config_dir() -> None:
+    """A SPFDE_CONFIG_DIR that is not a directory would be skipped silently by Hydra (its configs 'not an option')."""
+    user = user_config_dir()
+    _check(user is None or user.is_dir(), f"{USER_CONFIG_ENV}={user} is not a directory: create it (with your "
+                                          f"configs in conf/'s layout, e.g. launcher/mycluster.yaml) or unset it")
+
+
 def is_group(key: str) -> bool:
     """Is `key` a config group (experiment, sweep, sweep/row, ...) rather than a key of the config?"""
-    return (CONF_DIR / key.replace(".", "/")).is_dir()
+    return any((d / key.replace(".", "/")).is_dir() for d in config_dirs())
 
 
 def parse_overrides(overrides: list[str]) -> list:
@@ -256,7 +269,7 @@ def similar_key(key: str) -> str:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
 
 
 def sweep_jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:

@@ -1,9 +1,15 @@
-"""The command line as a user meets it: tab completion answers without loading torch."""
+"""The command line as a user meets it: tab completion answers without loading torch, and a user config
+directory (SPFDE_CONFIG_DIR) adds launchers that every check sees."""
 
 from __future__ import annotations
 
-from tests.helpers import run_cli
+import pytest
 
+from spfde.config import ConfigError, compose_config
+from spfde.validation import group_options, precheck_overrides
+from tests.helpers import REPO, run_cli
+
+USER_CONFIG = REPO / "examples" / "config"  # holds launcher/mycluster.yaml, the README's example
 HEAVY = ("torch", "wandb", "torchvision", "matplotlib", "spfde.train", "spfde.checkpoint", "spfde.data")
 
 
@@ -19,3 +25,26 @@ def test_tab_completion_imports_no_torch(tmp_path, monkeypatch):
     # -X importtime: one stderr line per imported module, "import time: self | cumulative | <indent>name"
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "hydra" in imported and not {m for m in imported if m.startswith(HEAVY)}
+
+
+
+@pytest.mark.slow  # the checks build the model on the meta device: ~1 s in the suite, ~9 s alone (imports)
+def test_a_user_config_dir_adds_a_launcher_that_the_checks_see(monkeypatch):
+    """launcher=mycluster from $SPFDE_CONFIG_DIR composes (on top of conf/launcher/slurm.yaml) and passes the
+    precheck of a run and of a sweep; so does `hydra.searchpath=[file://...]` on the command line."""
+    run = ["experiment=quickstart", "model.depth=8", "launcher=mycluster"]
+    with pytest.raises(ConfigError, match="launcher=mycluster is not an option of 'launcher'"):
+        precheck_overrides(run)
+    precheck_overrides([*run, f"hydra.searchpath=[file://{USER_CONFIG}]"])
+
+    monkeypatch.setenv("SPFDE_CONFIG_DIR", str(USER_CONFIG))
+    launcher = compose_config(["launcher=mycluster"], with_hydra=True).hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.timeout_min) == ("gpu", "myproj", 1440)
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 20  # from slurm.yaml
+    assert group_options("launcher") == ["local", "mycluster", "slurm"]
+    precheck_overrides(run)
+    precheck_overrides(["-m", *run])  # a sweep's jobs are checked the same way
+
+    monkeypatch.setenv("SPFDE_CONFIG_DIR", str(USER_CONFIG / "no-such-dir"))
+    with pytest.raises(ConfigError, match="SPFDE_CONFIG_DIR=.*no-such-dir is not a directory"):
+        precheck_overrides(["experiment=quickstart"])

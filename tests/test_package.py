@@ -55,8 +55,15 @@ def test_wheel_installs_outside_the_checkout_and_runs_the_quickstart(tmp_path):
     bin_dir = venv / "bin"
     for script in ("spfde-run", "spfde-plan", "spfde-report", "spfde-analyze", "spfde-dashboard", "spfde-status"):
         assert (bin_dir / script).exists(), script
+    # the user's own configs (SPFDE_CONFIG_DIR) work with the installed wheel: the precheck and the run see the
+    # launcher (it changes nothing in a single run, and not the run directory's name)
+    user_config = tmp_path / "my-config"
+    shutil.copytree(REPO / "examples" / "config", user_config)
+    cluster = sh([bin_dir / "spfde-run", "launcher=mycluster", "--cfg=hydra", "--package=hydra.launcher"],
+                 cwd=elsewhere, SPFDE_CONFIG_DIR=user_config).stdout
+    assert "partition: gpu" in cluster and "account: myproj" in cluster and "SlurmLauncher" in cluster
     run = sh([bin_dir / "spfde-run", "experiment=quickstart", "model.depth=8", "epochs=1", "logger=none",
-              "progress=false"], cwd=elsewhere)
+              "progress=false", "launcher=mycluster"], cwd=elsewhere, SPFDE_CONFIG_DIR=user_config)
     assert "done: test acc" in run.stdout + run.stderr
     run_dir = elsewhere / "outputs" / "runs" / "epochs=1,experiment=quickstart,model.depth=8"
     assert (run_dir / "summary.json").exists()
