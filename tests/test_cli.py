@@ -1,7 +1,9 @@
-"""The command line as a user meets it: tab completion answers without loading torch, and a user config
-directory (SPFDE_CONFIG_DIR) adds launchers that every check sees."""
+"""The command line as a user meets it: tab completion answers without loading torch, --help says what
+`dataset_recipe` is, and a user config directory (SPFDE_CONFIG_DIR) adds launchers that every check sees."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -26,6 +28,16 @@ def test_tab_completion_imports_no_torch(tmp_path, monkeypatch):
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "hydra" in imported and not {m for m in imported if m.startswith(HEAVY)}
 
+
+
+@pytest.mark.slow
+def test_help_says_that_dataset_recipe_is_not_a_choice(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert re.search(r"^dataset_recipe: imagenet$", groups, re.M)
+    assert "(dataset_recipe is not a choice: the data set picks it" in groups
+    assert proc.stdout.startswith("spfde-run (= python -m spfde.run)")
 
 
 @pytest.mark.slow  # the checks build the model on the meta device: ~1 s in the suite, ~9 s alone (imports)
