@@ -3,11 +3,12 @@ built in code with `wandb-workspaces`.
 
 The dashboard is a wandb Workspace (and a Report with the same panels) over the sweep's training runs (its
 wandb group, job type `train`), grouped by `config.freeze` and `config.sieve`, and by the freeze scheme, sieve
-method, sparsity method and ratio where the sweep varies them:
-  trade-off      training FLOPs x final accuracy (scatter); parallel coordinates over x, y, ratio, accuracy
+method, sparsity method and ratio where the sweep varies them, showing as many runs as the sweep has:
+  trade-off      test accuracy against the training FLOPs spent so far (what a budget buys); training FLOPs x
+                 final accuracy (scatter); parallel coordinates over x, y, ratio, accuracy
   over epochs    test accuracy, frozen blocks, partial data-set size
   memory         modelled training memory (total, min, avg) and the CUDA peak
-  per layer      per-layer series (sparsity, pruned/grown, gradient norms), collapsed
+  per_layer      sparsity, weights pruned and grown, and gradient norm of every layer (collapsed)
 Without --save nothing goes online: the spec is serialised to JSON (`<sweep dir>/dashboard.json`). With --save
 the workspace and the report are saved to the entity/project of the sweep's logger config (needs a wandb login).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,6 +29,10 @@ EPOCH_PANELS = (("test accuracy", ["test/acc"]), ("frozen blocks", ["freeze/froz
 MEMORY_PANELS = (("training memory, modelled (bytes)", ["memory/total", "memory/min", "memory/avg"]),
                  ("CUDA peak memory: training steps, evaluation (bytes)", ["memory/train_peak", "memory/eval_peak"]))
 PER_LAYER_PREFIX = "per_layer"  # spfde.log logs per-layer series under this prefix
+# one panel per per-layer series, every layer a line (spfde.log.PER_LAYER, logged as per_layer/<series><layer>)
+PER_LAYER_PANELS = (("sparsity per layer", "sparsity/layer/"), ("weights pruned per layer", "sparsity/pruned/"),
+                    ("weights grown per layer", "sparsity/grown/"),
+                    ("gradient norm per layer (runs with analysis.every > 0)", "grad_norm/"))
 
 
 class DashboardError(ValueError):
@@ -37,17 +43,19 @@ def sweep_values(overrides: list[str]) -> dict[str, list[str]]:
     """The config keys a list of Hydra overrides sweeps over, with their values (`key=a,b` or `choice(a,b)`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from spfde.config import CONF_DIR
+    from spfde.validation import is_group
 
     out = {}
     for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element().lstrip("+~")
+        if key == "sweep/row":  # a table row picks the method (and SpFDE's x, y)
+            key = "sparsity.name"
+        elif is_group(key):  # a config group: its choice is <group>.name
+            key = f"{key}.name"
         if o.is_sweep_override():
-            key = o.get_key_element().lstrip("+~")
-            if key == "sweep/row":  # a table row picks the method (and SpFDE's x, y)
-                key = "sparsity.name"
-            elif (CONF_DIR / key).is_dir():  # a config group: its choice is <group>.name
-                key = f"{key}.name"
             out[key] = [str(v) for v in o.sweep_string_iterator()]
+        else:  # a later plain value (the command line after the preset's params) pins the key
+            out.pop(key, None)
     return out
 
 
@@ -78,26 +86,23 @@ def sweep_info(target: str) -> dict:
         directory = Path(cfg.hydra.sweep.dir)
     params = {k: str(v) for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()}
     varies = sweep_values([f"{k}={v}" for k, v in params.items()] + task)
-    group = cfg.logger.get("group") or cfg.get("experiment_name") or directory.name
-    return {"name": directory.name, "dir": directory, "varies": varies, "group": str(group),
+    # the wandb group its runs log to (spfde.log.wandb_group): a preset's logger.group, else the sweep directory's name
+    group = cfg.logger.get("group") or directory.name
+    runs = math.prod(len(values) for values in varies.values())  # Hydra's basic sweeper: every combination
+    return {"name": directory.name, "dir": directory, "varies": varies, "group": str(group), "runs": runs,
             "project": cfg.logger.project, "entity": cfg.logger.get("entity")}
 
 
 def sweep_names() -> list[str]:
-    from spfde.config import CONF_DIR
+    from spfde.validation import group_options
 
-    return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+    return group_options("sweep")  # the project's presets and those of the user's config directory
 
 
 def compose_sweep(name: str):
-    from hydra import compose, initialize_config_dir
+    from spfde.config import compose_config
 
-    from spfde.config import CONF_DIR, register_configs, register_resolvers
-
-    register_configs()
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    return compose_config([f"+sweep={name}"], with_hydra=True)
 
 
 def groupby_keys(info: dict) -> list[str]:
@@ -112,8 +117,16 @@ def panels():
         return wr.LinePlot(title=title, x="epoch", y=list(metrics), groupby_aggfunc="mean",
                            groupby_rangefunc="stddev", title_x="epoch")
 
+    def per_layer(title, series):  # a line per layer: the layers' names depend on the model, so a pattern
+        return wr.LinePlot(title=title, x="epoch", metric_regex=f"^{PER_LAYER_PREFIX}/{series}.*",
+                           groupby_aggfunc="mean", title_x="epoch")
+
     return {
         "trade-off": [
+            # flops/total: the training FLOPs spent up to the end of each epoch (spfde.cost, logged every epoch)
+            wr.LinePlot(title="test accuracy vs training FLOPs spent so far", x="flops/total", y=["test/acc"],
+                        groupby_aggfunc="mean", groupby_rangefunc="stddev", title_x="training FLOPs so far",
+                        title_y="test accuracy"),
             wr.ScatterPlot(title="final test accuracy vs training FLOPs", x=wr.SummaryMetric("train_flops"),
                            y=wr.SummaryMetric("final_acc"), log_x=True),
             wr.ParallelCoordinatesPlot(title="x, y, ratio -> accuracy", columns=[
@@ -124,21 +137,41 @@ def panels():
         ],
         "over epochs": [lines(t, m) for t, m in EPOCH_PANELS],
         "memory": [lines(t, m) for t, m in MEMORY_PANELS],
+        PER_LAYER_PREFIX: [per_layer(t, s) for t, s in PER_LAYER_PANELS],
     }
 
 
+def filter_value(text: str) -> str:
+    """`text` as a string literal of a wandb-workspaces filter expression. Its parser rewrites every '=' to '=='
+    (and '<', '>' to '<=', '>=') before parsing, inside quotes too, so a group named `freeze=0,0.1` would match
+    no run: such characters (and quotes) are written as \\x escapes, which Python's parser turns back."""
+    return "'" + "".join(f"\\x{ord(c):02x}" if c in "=<>!'\\" else c for c in text) + "'"
+
+
 def run_filter(info: dict) -> str:
-    return f"Metric('Group') = '{info['group']}' and Metric('JobType') = 'train'"
+    return f"Metric('Group') = {filter_value(info['group'])} and Metric('JobType') = 'train'"
+
+
+def display_name(info: dict) -> str:
+    """The sweep's name as wandb-workspaces accepts a workspace name: it refuses every symbol (Unicode S*, meant
+    for emojis), and sweep names hold '=' and '+' (`epochs=3,experiment=quickstart`): '=' becomes ':', other
+    symbols '_'."""
+    import unicodedata
+
+    name = "".join(":" if c == "=" else "_" if unicodedata.category(c)[0] == "S" or unicodedata.category(c) == "Cs"
+                   else c for c in info["name"])
+    return f"SpFDE sweep {name}"
 
 
 def build_workspace(info: dict, entity: str):
     import wandb_workspaces.workspaces as ws
 
-    sections = [ws.Section(name=name, panels=items, is_open=True) for name, items in panels().items()]
-    sections.append(ws.Section(name=PER_LAYER_PREFIX, is_open=False))
+    sections = [ws.Section(name=name, panels=items, is_open=name != PER_LAYER_PREFIX)  # per layer: many lines
+                for name, items in panels().items()]
     return ws.Workspace(
-        entity=entity, project=info["project"], name=f"SpFDE sweep {info['name']}", sections=sections,
-        settings=ws.WorkspaceSettings(x_axis="epoch", group_by_prefix="first"),
+        entity=entity, project=info["project"], name=display_name(info), sections=sections,
+        # every run of the sweep in every panel (wandb-workspaces' default shows 10)
+        settings=ws.WorkspaceSettings(x_axis="epoch", group_by_prefix="first", max_runs=info["runs"]),
         runset_settings=ws.RunsetSettings(filters=run_filter(info),
                                           groupby=[ws.Config(k) for k in groupby_keys(info)],
                                           pinned_columns=["summary:final_acc", "summary:train_flops"]))
@@ -150,16 +183,16 @@ def build_report(info: dict, entity: str):
 
     runset = wr.Runset(entity=entity, project=info["project"], name=info["name"], filters=run_filter(info),
                        groupby=[f"config.{k}" for k in groupby_keys(info)])
-    blocks = [wr.H1(f"SpFDE sweep {info['name']}"), wr.P(report_text(info))]
+    blocks = [wr.H1(display_name(info)), wr.P(report_text(info))]
     for name, items in panels().items():
         blocks += [wr.H2(name), wr.PanelGrid(runsets=[runset], panels=items)]
-    return wr.Report(project=info["project"], entity=entity, title=f"SpFDE sweep {info['name']}",
+    return wr.Report(project=info["project"], entity=entity, title=display_name(info),
                      description=report_text(info), blocks=blocks)
 
 
 def report_text(info: dict) -> str:
     swept = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in info["varies"].items()) or "nothing"
-    return (f"Runs of wandb group '{info['group']}', grouped by {', '.join(groupby_keys(info))}; "
+    return (f"The {info['runs']} runs of wandb group '{info['group']}', grouped by {', '.join(groupby_keys(info))}; "
             f"the sweep varies {swept}.")
 
 
@@ -169,9 +202,9 @@ def spec(info: dict) -> dict:
     workspace = build_workspace(info, entity)._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
     return {
         "sweep": info["name"], "project": info["project"], "entity": info["entity"], "group": info["group"],
-        "filter": run_filter(info), "groupby": groupby_keys(info), "varies": info["varies"],
+        "runs": info["runs"], "filter": run_filter(info), "groupby": groupby_keys(info), "varies": info["varies"],
         "workspace": workspace,
-        "report": {"title": f"SpFDE sweep {info['name']}", "description": report_text(info),
+        "report": {"title": display_name(info), "description": report_text(info),
                    "sections": {name: [p._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
                                        for p in items] for name, items in panels().items()}},
     }

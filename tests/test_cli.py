@@ -60,3 +60,15 @@ def test_a_user_config_dir_adds_a_launcher_that_the_checks_see(monkeypatch):
     monkeypatch.setenv("SPFDE_CONFIG_DIR", str(USER_CONFIG / "no-such-dir"))
     with pytest.raises(ConfigError, match="SPFDE_CONFIG_DIR=.*no-such-dir is not a directory"):
         precheck_overrides(["experiment=quickstart"])
+
+
+def test_a_user_sweep_preset_gets_a_dashboard(tmp_path, monkeypatch):
+    from spfde.dashboard import sweep_info
+
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /experiment: quickstart\n"
+        "hydra:\n  sweep:\n    dir: outputs/sweeps/mine\n  sweeper:\n    params:\n      freeze: 0,0.1,0.2\n")
+    monkeypatch.setenv("SPFDE_CONFIG_DIR", str(tmp_path / "conf"))
+    info = sweep_info("mine")
+    assert (info["group"], info["runs"], info["varies"]) == ("mine", 3, {"freeze": ["0", "0.1", "0.2"]})

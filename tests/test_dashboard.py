@@ -1,15 +1,21 @@
-"""Dashboards in code: the wandb workspace spec of a sweep serialises offline (no API call) and holds the
-panels and groupings an ablation needs; runs log a clean config for it."""
+"""Dashboards in code: the wandb workspace spec of a sweep serialises offline (no API call), holds the
+panels and groupings an ablation needs and passes wandb-workspaces' own validation, also for the ad-hoc sweep
+names the project makes; runs log a clean config for it."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from omegaconf import OmegaConf
 
-from spfde.dashboard import main, sweep_info
+from spfde.config import compose_config, run_name
+from spfde.dashboard import main, run_filter, sweep_info
 from spfde.log import run_tags, wandb_config, wandb_record
+from spfde.run import adhoc_sweep_dir
 from tests.helpers import make_cfg, quick_overrides
+from tests.test_sweeps import SWEEPS
 
 
 def dashboard(name: str, cwd, monkeypatch) -> dict:
@@ -25,6 +31,16 @@ def panels_of(spec: dict) -> dict[str, list[dict]]:
     return {s["name"]: s.get("panels", []) for s in sections}
 
 
+def validated(spec: dict):
+    """The workspace of a spec through wandb-workspaces' own models (as loading a saved view does), back to JSON."""
+    import wandb_workspaces.workspaces as ws
+    from wandb_workspaces.workspaces import internal
+
+    workspace = ws.Workspace._from_model(internal.View.model_validate(spec["workspace"]))
+    ws.Workspace(entity="e", project="p", name=workspace.name)  # the name check runs on construction
+    return workspace._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 @pytest.mark.parametrize("name", ["smoke", "grid_xy"])
 def test_sweep_dashboard_spec_names_the_panels_and_groupings(name, tmp_path, monkeypatch):
     spec = dashboard(name, tmp_path, monkeypatch)
@@ -32,9 +48,13 @@ def test_sweep_dashboard_spec_names_the_panels_and_groupings(name, tmp_path, mon
     assert [g["name"] for g in runset["grouping"]] == ["freeze.value", "sieve.value"]
     filters = json.dumps(runset["filters"])
     assert f'"value": "{name}"' in filters and '"jobType"' in filters and '"train"' in filters
+    # every run of the sweep shows (wandb-workspaces' default is 10: 15 of grid_xy's 25 cells hidden)
+    assert spec["runs"] == SWEEPS[name] and spec["workspace"]["spec"]["section"]["settings"]["maxRuns"] == SWEEPS[name]
     sections = panels_of(spec)
     assert set(sections) == {"trade-off", "over epochs", "memory", "per_layer"}
-    scatter, parallel = sections["trade-off"]
+    budget, scatter, parallel = sections["trade-off"]
+    # what a budget buys: accuracy against the training FLOPs spent so far (flops/total, cumulative per epoch)
+    assert (budget["config"]["xAxis"], budget["config"]["metrics"]) == ("flops/total", ["test/acc"])
     assert scatter["viewType"] == "Scatter Plot"
     assert (scatter["config"]["xAxis"], scatter["config"]["yAxis"]) == ("summary:train_flops", "summary:final_acc")
     assert parallel["viewType"] == "Parallel Coordinates Plot"
@@ -42,9 +62,72 @@ def test_sweep_dashboard_spec_names_the_panels_and_groupings(name, tmp_path, mon
         "config:freeze.value", "config:sieve.value", "config:sparsity.value.ratio", "summary:final_acc"]
     lines = {m for s in ("over epochs", "memory") for p in sections[s] for m in p["config"]["metrics"]}
     assert {"test/acc", "freeze/frozen_blocks", "sieve/partial_size", "memory/total", "memory/train_peak"} <= lines
-    assert all(p["config"]["xAxis"] == "epoch" for s in ("over epochs", "memory") for p in sections[s])
-    assert sections["per_layer"] == [] and spec["workspace"]["spec"]["section"]["settings"]["xAxis"] == "epoch"
-    assert spec["report"]["sections"].keys() == {"trade-off", "over epochs", "memory"}
+    assert all(p["config"]["xAxis"] == "epoch" for s in ("over epochs", "memory", "per_layer") for p in sections[s])
+    assert spec["workspace"]["spec"]["section"]["settings"]["xAxis"] == "epoch"
+    assert spec["report"]["sections"].keys() == {"trade-off", "over epochs", "memory", "per_layer"}
+    validated(spec)
+
+
+def test_per_layer_panels_draw_every_per_layer_series_of_a_run(tmp_path, monkeypatch):
+    """One panel per per-layer series; each panel's pattern takes every layer's series as a run logs it to wandb
+    (spfde.log.wandb_record) and no other series."""
+    sections = panels_of(dashboard("smoke", tmp_path, monkeypatch))
+    logged = wandb_record({"epoch": 1, "test/acc": 0.5, "sparsity/overall": 0.9, "sparsity/pruned": 3,
+                           **{f"{series}blocks.{i}.conv1": 0.1 for i in (1, 2) for series in
+                              ("sparsity/layer/", "sparsity/pruned/", "sparsity/grown/", "grad_norm/")}})
+    drawn = []
+    for panel in sections["per_layer"]:
+        assert panel["viewType"] == "Run History Line Plot" and panel["config"]["useMetricRegex"]
+        matched = sorted(k for k in logged if re.search(panel["config"]["metricRegex"], k))
+        assert len(matched) == 2, (panel["config"]["metricRegex"], matched)  # both layers, nothing else
+        drawn += matched
+    assert sorted(drawn) == sorted(k for k in logged if k.startswith("per_layer/"))
+
+
+def adhoc_sweep(args: list[str], cwd) -> str:
+    """A directory as `python -m spfde.run -m <args>` makes it (its name from spfde.run.adhoc_sweep_dir, Hydra's
+    multirun.yaml with the command line's overrides), without running it."""
+    path = cwd / adhoc_sweep_dir(["-m", *args])
+    cfg = compose_config([a for a in args if "," not in a], with_hydra=True)
+    cfg.hydra.overrides.task = list(args)
+    path.mkdir(parents=True)
+    OmegaConf.save(cfg, path / "multirun.yaml")
+    return str(path.relative_to(cwd))
+
+
+ADHOC = {  # command line -> jobs
+    "grid": (["experiment=quickstart", "freeze=0,0.1", "seed=0,1"], 4),
+    "plus": (["experiment=quickstart", "+recipe=paper", "sparsity=rigl,set", "sparsity.ratio=0.9,0.95"], 4),
+    "hashed": (["experiment=quickstart", "optim.lr=0.01,0.02,0.03", "optim.weight_decay=0.0001,0.0005",  # a name
+                "sparsity.ratio=0.8,0.9", "model.depth=8,14", "sieve_update=0.1,0.2", "freeze_fraction=0.5,0.6"], 96),
+}  # too long for a directory: shortened and hashed by run_name
+
+
+@pytest.mark.parametrize("case", sorted(ADHOC))
+def test_dashboards_of_adhoc_sweeps_pass_wandb_workspaces_validation(case, tmp_path, monkeypatch):
+    """Ad-hoc sweep names hold '=' and '+', which wandb-workspaces refuses in a name ('Emojis are not allowed')
+    and which its filter parser rewrites ('=' -> '=='): the spec is valid and filters on the exact group name."""
+    args, jobs = ADHOC[case]
+    monkeypatch.chdir(tmp_path)
+    directory = adhoc_sweep(args, tmp_path)
+    name = directory.rsplit("/", 1)[1]
+    assert "=" in name and name == run_name(",".join(sorted(args)))
+    main([directory])
+    spec = json.loads((tmp_path / directory / "dashboard.json").read_text())
+    assert spec["group"] == name  # the sweep directory's name: what its runs log as their wandb group
+    model = validated(spec)
+    assert model["spec"]["section"]["runSets"][0]["filters"]["filters"][0]["value"] == name
+    assert model["displayName"].startswith("SpFDE sweep ") and "=" not in model["displayName"]
+    assert spec["runs"] == jobs == spec["workspace"]["spec"]["section"]["settings"]["maxRuns"]
+
+
+def test_the_filter_keeps_any_group_name_exact():
+    """wandb-workspaces' own parser reads the filter back to the group name, whatever characters it holds."""
+    from wandb_workspaces import expr
+
+    for group in ("smoke", "epochs=3,freeze=0,0.1", "a<b>c!=d'e\\f", "+recipe=paper,x==y"):
+        tree = expr.expr_to_filters(run_filter({"group": group}))
+        assert [(f.key.name, f.value) for f in tree.filters] == [("group", group), ("jobType", "train")]
 
 
 def test_groupings_follow_what_the_sweep_varies(tmp_path, monkeypatch):
@@ -89,3 +172,4 @@ def test_the_readme_spec_of_the_smoke_sweep_is_current(tmp_path, monkeypatch):
 
     shown = json.loads((REPO / "docs" / "smoke" / "dashboard.json").read_text())
     assert without_ids(dashboard("smoke", tmp_path, monkeypatch)) == without_ids(shown)
+

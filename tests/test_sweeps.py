@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -160,6 +161,21 @@ def test_dashboard_of_a_finished_sweep_directory(smoke_sweep, tmp_path):
     spec = json.loads((tmp_path / "dashboard.json").read_text())
     assert spec["group"] == "smoke" and spec["groupby"] == ["freeze", "sieve"]
     assert spec["varies"] == {"freeze": ["0", "0.1"], "sieve": ["0", "0.2"]}
+    # every panel draws something: each series it names (a pattern for the per-layer ones) is among what the
+    # sweep's runs logged to wandb every epoch (CUDA peaks aside: a CPU run; gradient norms: with analysis.every)
+    from spfde.log import wandb_record
+
+    logged = {k for run in smoke_sweep.glob("*/metrics.jsonl") for r in read_metrics(run.parent)
+              for k in wandb_record(r)}
+    sections = {s["name"]: s["panels"] for s in spec["workspace"]["spec"]["section"]["panelBankConfig"]["sections"]}
+    for panels in sections.values():
+        for panel in panels:
+            config = panel["config"]
+            if config.get("useMetricRegex"):
+                drawn = [k for k in logged if re.search(config["metricRegex"], k)]
+                assert drawn or "grad_norm" in config["metricRegex"], config["metricRegex"]
+            elif panel["viewType"] == "Run History Line Plot":
+                assert {config["xAxis"], *config["metrics"]} - logged <= {"memory/train_peak", "memory/eval_peak"}
 
 
 @pytest.mark.slow
