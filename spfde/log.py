@@ -24,7 +24,8 @@ class RunLogger:
     epoch's metrics (the checkpoint stores them, so metrics.jsonl can always be rebuilt).
     wandb is offline unless logger.mode=online and never waits on a network; `finish` always runs."""
 
-    def __init__(self, cfg, run_dir: Path, run_id: str, records: list[dict] | None = None, write: bool = True):
+    def __init__(self, cfg, run_dir: Path, run_id: str, records: list[dict] | None = None, write: bool = True,
+                 runtime=None):
         self.run_dir, self.run_id, self.write = Path(run_dir), run_id, write  # write: rank 0 of several
         self.records = list(records or [])
         self.blocks, self.dataset_size = None, None  # for the epoch line; set by `start`
@@ -36,8 +37,8 @@ class RunLogger:
 
             self.wandb = wandb.init(
                 project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(self.run_dir),
-                id=run_id, resume="allow", name=self.run_dir.name, group=lcfg.group or cfg.experiment_name,
-                job_type="train", tags=[*lcfg.tags, *run_tags(cfg)], config=wandb_config(cfg),
+                id=run_id, resume="allow", name=self.run_dir.name, group=wandb_group(cfg),
+                job_type="train", tags=[*lcfg.tags, *run_tags(cfg)], config=wandb_config(cfg, runtime),
             )
             self.wandb.define_metric("epoch")
             self.wandb.define_metric("*", step_metric="epoch")
@@ -116,19 +117,45 @@ class RunLogger:
 
 
 def run_tags(cfg) -> list[str]:
-    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, freeze scheme, sieve method, seed."""
-    return [f"method={cfg.sparsity.name}", f"ratio={cfg.sparsity.ratio:g}", f"x={cfg.freeze:g}",
-            f"y={cfg.sieve:g}", f"scheme={cfg.freeze_scheme.name}", f"sieve_method={cfg.sieve_method}",
-            f"seed={cfg.seed}"]
+    """Tags that let a sweep's runs be filtered in wandb: method, ratio, x, y, seed, and the freeze scheme and sieve
+    method only where freezing and sieving are on (a scheme tag on a run without freezing would say what it did not)."""
+    return [f"method={cfg.sparsity.name}", f"ratio={cfg.sparsity.ratio:g}", f"x={cfg.freeze:g}", f"y={cfg.sieve:g}",
+            *([f"scheme={cfg.freeze_scheme.name}"] if cfg.freeze > 0 else []),
+            *([f"sieve_method={cfg.sieve_method}"] if cfg.sieve > 0 else []), f"seed={cfg.seed}"]
 
 
-def wandb_config(cfg) -> dict:
-    """The run's resolved config for wandb, with only the active method's options: the other methods'
-    unset `???` values would make mixed-type columns that break parallel-coordinates plots."""
+def wandb_group(cfg) -> str:
+    """The run's wandb group: `logger.group` (the sweep presets set it to their name); else, for a job of a -m
+    sweep, the sweep directory's name, so that an ad-hoc sweep is a group of its own and not mixed with single
+    runs of the same experiment (spfde.dashboard filters on the same name); else the experiment's name."""
+    if cfg.logger.group:
+        return str(cfg.logger.group)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(str(HydraConfig.get().sweep.dir)).name
+    return str(cfg.experiment_name)
+
+
+# keys that say how a run was launched, shown or logged, not what it computed: left out of the wandb config, where
+# they would be columns of no use (run_dir: the run's name says it; threads: its default 0 means "decided at start")
+NOT_LOGGED = ("run_dir", "logger", "progress", "plan", "threads", "fresh")
+
+
+def wandb_config(cfg, runtime=None) -> dict:
+    """The run's resolved config for wandb, as used: with `runtime` (spfde.build.Runtime) the device and precision
+    it resolved `auto` to; only the active method's options (the other methods' unset `???` values would make
+    mixed-type columns that break parallel-coordinates plots); no launch or logging settings (NOT_LOGGED)."""
     from spfde.sparse import METHODS
 
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     config["sparsity"] = {k: v for k, v in config["sparsity"].items() if k not in METHODS or k == cfg.sparsity.name}
+    for key in NOT_LOGGED:
+        config.pop(key, None)
+    if runtime is not None:
+        config["device"] = str(runtime.device)
+        config["precision"] = "bf16" if runtime.bf16 else "fp32"
     return _drop_missing(config)
 
 

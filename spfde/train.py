@@ -170,7 +170,7 @@ def train(cfg) -> dict:
              f"({data.train_size} train images) | {cfg.sparsity.name} at sparsity {target_sparsity(cfg.sparsity):g} | "
              f"{cfg.epochs} epochs x {len(data.train)} steps | device {device}"
              f"{' with CUDA graphs' if graphs else ''}{ranks}")
-    logger = RunLogger(cfg, run_dir, run_id, records, write=world.is_main)
+    logger = RunLogger(cfg, run_dir, run_id, records, write=world.is_main, runtime=rt)  # wandb: device as used
     logger.start(cfg, len(model.blocks), freeze_plan, data.train.dataset_size)  # freeze plan, sieve setting
     stop_handlers = catch_stop_signals()  # SIGTERM/SIGINT: one line, then stop (the checkpoint stays)
     summary = None

@@ -1,6 +1,6 @@
 """Dashboards in code: the wandb workspace spec of a sweep serialises offline (no API call), holds the
 panels and groupings an ablation needs and passes wandb-workspaces' own validation, also for the ad-hoc sweep
-names the project makes; runs log a clean config for it."""
+names the project makes; runs log to the group the dashboard filters on, with a clean config."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 import re
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from spfde.build import Runtime
 from spfde.config import compose_config, run_name
 from spfde.dashboard import main, run_filter, sweep_info
-from spfde.log import run_tags, wandb_config, wandb_record
+from spfde.log import RunLogger, run_tags, wandb_config, wandb_group, wandb_record
 from spfde.run import adhoc_sweep_dir
 from tests.helpers import make_cfg, quick_overrides
 from tests.test_sweeps import SWEEPS
@@ -148,11 +150,17 @@ def test_a_directory_that_is_no_sweep_is_a_one_line_error(tmp_path, capsys):
 
 def test_wandb_runs_get_a_clean_config_tags_and_collapsed_per_layer_series():
     cfg = make_cfg(quick_overrides("logger=wandb", "freeze=0.1", "freeze_scheme=resume", "sieve=0.2"))
-    config = wandb_config(cfg)
+    config = wandb_config(cfg, Runtime(torch.device("cpu"), cfg.precision, channels_last=False))
     assert "???" not in json.dumps(config)
     assert {k for k in config["sparsity"] if isinstance(config["sparsity"][k], dict)} == {"mest"}
     assert config["freeze"] == 0.1 and config["sparsity"]["ratio"] == 0.9
+    # what was used, not `auto`; nothing about how it was launched or logged
+    assert (cfg.device, cfg.precision, config["device"], config["precision"]) == ("cpu", "auto", "cpu", "fp32")
+    assert not {"run_dir", "logger", "progress", "plan", "threads", "fresh"} & set(config)
     assert {"scheme=resume", "sieve_method=circular", "x=0.1", "y=0.2"} <= set(run_tags(cfg))
+    # a scheme or sieve method tag only where freezing or sieving is on
+    plain = run_tags(make_cfg(quick_overrides("logger=wandb", "freeze_scheme=resume")))
+    assert plain == ["method=mest", "ratio=0.9", "x=0", "y=0", "seed=0"]
     record = wandb_record({"epoch": 1, "test/acc": 0.5, "sparsity/overall": 0.9, "sparsity/pruned": 3,
                            "sparsity/layer/blocks.1.conv1": 0.9, "sparsity/pruned/blocks.1.conv1": 3,
                            "grad_norm/blocks.1.conv1": 0.1})
@@ -173,3 +181,43 @@ def test_the_readme_spec_of_the_smoke_sweep_is_current(tmp_path, monkeypatch):
     shown = json.loads((REPO / "docs" / "smoke" / "dashboard.json").read_text())
     assert without_ids(dashboard("smoke", tmp_path, monkeypatch)) == without_ids(shown)
 
+
+class FakeWandb:
+    """wandb.init's arguments, and a run that takes define_metric calls."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    def init(self, **kwargs):
+        self.kwargs = kwargs
+        return self
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+
+def test_runs_of_an_adhoc_sweep_log_to_its_own_group(tmp_path, monkeypatch):
+    """A job of an ad-hoc -m sweep logs to the wandb group named after its sweep directory (not `quickstart`, which
+    every single quickstart run shares), the group the sweep's dashboard filters on."""
+    import wandb
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.chdir(tmp_path)
+    args = ["experiment=quickstart", "freeze=0,0.1", "seed=0,1"]
+    directory = adhoc_sweep(args, tmp_path)
+    job = [*quick_overrides("logger=wandb"), "freeze=0.1", "seed=1"]
+    fake = FakeWandb()
+    monkeypatch.setattr(wandb, "init", fake.init)
+    cfg = make_cfg(job, tmp_path / "run")
+    assert wandb_group(cfg) == "quickstart"  # a single run: its experiment
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+    HydraConfig.instance().set_config(compose_config([*job, "hydra.mode=MULTIRUN", f"hydra.sweep.dir='{directory}'"],
+                                                     with_hydra=True))
+    RunLogger(cfg, tmp_path / "run", "id", runtime=Runtime(torch.device("cpu"), "auto", channels_last=False))
+    assert fake.kwargs["group"] == sweep_info(directory)["group"] == directory.rsplit("/", 1)[1]
+    assert fake.kwargs["job_type"] == "train" and fake.kwargs["config"]["precision"] == "fp32"
+    assert "scheme=single_shot" in fake.kwargs["tags"] and not any(t.startswith("sieve_method") for t in
+                                                                    fake.kwargs["tags"])
+    # a sweep preset names its group itself (logger.group), as its dashboard does
+    smoke = compose_config(["+sweep=smoke"])
+    assert wandb_group(smoke) == sweep_info("smoke")["group"] == "smoke"
