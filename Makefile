@@ -54,9 +54,8 @@ ablation-freeze: install  ## paper check: freeze 0/0.1/0.2/0.3 x four schemes x 
 ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/random x 3 seeds + SpFDE 0.2+0.2 on digits (~12 min)
 	$(PY) -m spfde.bench ablation-sieve --seeds 0 1 2 --epochs 20 interval=2
 
-sweep-smoke: install  ## the tiny digits sweep (2 x 2 runs) with the local launcher, then its report
+sweep-smoke: install  ## the tiny digits sweep (2 x 2 runs, logged to wandb offline) with the local launcher; its report follows
 	$(PY) -m spfde.run -m +sweep=smoke launcher=local
-	$(PY) -m spfde.report outputs/sweeps/smoke
 
 slurm-up: ## start a single-node SLURM test cluster on this machine (root, Debian; idempotent)
 	bash tests/cluster/slurm-up.sh

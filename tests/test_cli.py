@@ -1,9 +1,11 @@
 """The command line as a user meets it: tab completion answers without loading torch, --help says what
-`dataset_recipe` is, and a user config directory (SPFDE_CONFIG_DIR) adds launchers that every check sees."""
+`dataset_recipe` is, a user config directory (SPFDE_CONFIG_DIR) adds launchers that every check sees, and
+`make sweep-smoke` does what it says."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -27,7 +29,6 @@ def test_tab_completion_imports_no_torch(tmp_path, monkeypatch):
     # -X importtime: one stderr line per imported module, "import time: self | cumulative | <indent>name"
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "hydra" in imported and not {m for m in imported if m.startswith(HEAVY)}
-
 
 
 @pytest.mark.slow
@@ -72,3 +73,14 @@ def test_a_user_sweep_preset_gets_a_dashboard(tmp_path, monkeypatch):
     monkeypatch.setenv("SPFDE_CONFIG_DIR", str(tmp_path / "conf"))
     info = sweep_info("mine")
     assert (info["group"], info["runs"], info["varies"]) == ("mine", 3, {"freeze": ["0", "0.1", "0.2"]})
+
+
+def test_make_sweep_smoke_runs_the_sweep_once_and_prints_its_report_once():
+    """The after-sweep callback writes and prints the report; the target runs nothing else (it ran the report
+    a second time). The preset logs to wandb (offline): its README dashboard filters on its runs."""
+    dry = subprocess.run(["make", "-n", "sweep-smoke", "PY=python"], cwd=REPO, capture_output=True, text=True)
+    commands = [line for line in dry.stdout.splitlines() if "spfde." in line]
+    assert commands == ["python -m spfde.run -m +sweep=smoke launcher=local"], dry.stdout
+    cfg = compose_config(["+sweep=smoke", "launcher=local"], with_hydra=True)
+    assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
+    assert "ReportAfterSweep" in cfg.hydra.callbacks.report._target_

@@ -219,5 +219,5 @@ def test_runs_of_an_adhoc_sweep_log_to_its_own_group(tmp_path, monkeypatch):
     assert "scheme=single_shot" in fake.kwargs["tags"] and not any(t.startswith("sieve_method") for t in
                                                                     fake.kwargs["tags"])
     # a sweep preset names its group itself (logger.group), as its dashboard does
-    smoke = compose_config(["+sweep=smoke"])
-    assert wandb_group(smoke) == sweep_info("smoke")["group"] == "smoke"
+    smoke = compose_config(["+sweep=smoke"])  # it logs (offline), so that its dashboard has runs to show
+    assert wandb_group(smoke) == sweep_info("smoke")["group"] == "smoke" and smoke.logger.name == "wandb"

@@ -126,6 +126,8 @@ def test_smoke_sweep_runs_with_the_local_launcher(smoke_sweep):
     assert names == ["freeze=0,sieve=0", "freeze=0,sieve=0.2", "freeze=0.1,sieve=0", "freeze=0.1,sieve=0.2"]
     assert list((smoke_sweep / ".submitit").iterdir())  # jobs went through submitit
     assert "SpFDE 10%+20%" in (smoke_sweep / "report" / "table.md").read_text()  # the after-sweep callback
+    # the preset logs to wandb (offline), so that the README's dashboard of it has runs to show
+    assert all(list((smoke_sweep / name / "wandb").glob("offline-run-*")) for name in names)
 
 
 @pytest.mark.slow
