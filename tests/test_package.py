@@ -37,9 +37,15 @@ def test_wheel_installs_outside_the_checkout_and_runs_the_quickstart(tmp_path):
 
     source = tmp_path / "src"  # a copy, so that building leaves the checkout clean
     shutil.copytree(REPO, source, symlinks=True, ignore=skip)
-    sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-        "-w", tmp_path / "dist", source], cwd=tmp_path)
-    (wheel,) = (tmp_path / "dist").glob("spfde-*.whl")
+    before = set(source.iterdir())
+    # built as the README says (`pip wheel --no-deps .` in the checkout): whatever it leaves there, the wheel
+    # included, is ignored by git
+    sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "."], cwd=source)
+    for left in set(source.iterdir()) - before:
+        name = left.name + ("/" if left.is_dir() else "")
+        ignored = subprocess.run(["git", "-C", REPO, "check-ignore", "-q", "--no-index", name])
+        assert ignored.returncode == 0, f"pip wheel leaves {name} in the checkout and git does not ignore it"
+    (wheel,) = source.glob("spfde-*.whl")
     venv = tmp_path / "venv"
     sh([sys.executable, "-m", "venv", venv], cwd=tmp_path)
     python = venv / "bin" / "python"
