@@ -1,6 +1,6 @@
 """The command line as a user meets it: tab completion answers without loading torch, --help says what
-`dataset_recipe` is, a user config directory (SPFDE_CONFIG_DIR) adds launchers that every check sees, and
-`make sweep-smoke` does what it says."""
+`dataset_recipe` is, a user config directory (SPFDE_CONFIG_DIR) adds launchers that every check sees, and the
+README and Makefile commands of the set-up and the smoke sweep do what they say."""
 
 from __future__ import annotations
 
@@ -73,6 +73,12 @@ def test_a_user_sweep_preset_gets_a_dashboard(tmp_path, monkeypatch):
     monkeypatch.setenv("SPFDE_CONFIG_DIR", str(tmp_path / "conf"))
     info = sweep_info("mine")
     assert (info["group"], info["runs"], info["varies"]) == ("mine", 3, {"freeze": ["0", "0.1", "0.2"]})
+
+
+def test_the_readme_set_up_says_to_activate_the_environment():
+    setup = (REPO / "README.md").read_text().split("## Set-up")[1].split("\n## ")[0]
+    assert "make install" in setup and "make test" in setup
+    assert setup.count("source .venv/bin/activate") == 1
 
 
 def test_make_sweep_smoke_runs_the_sweep_once_and_prints_its_report_once():
