@@ -131,6 +131,24 @@ def test_smoke_sweep_runs_with_the_local_launcher(smoke_sweep):
 
 
 @pytest.mark.slow
+def test_status_of_the_local_launcher_smoke_sweep(smoke_sweep):
+    """The preset's jobs in Hydra's order (each run's .hydra/hydra.yaml holds its job number), each with its
+    submitit job id, all finished with their summary's accuracy. (Before the relaunch below, which writes the
+    sweep's multirun.yaml again with Hydra's basic launcher.)"""
+    from omegaconf import OmegaConf
+
+    from spfde.status import sweep_status
+
+    status = sweep_status(smoke_sweep)
+    assert status["launcher"] == "submitit-local" and status["totals"] == {"finished": 4}
+    for num, row in enumerate(status["jobs"]):
+        run = smoke_sweep / row["run"]
+        assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.num == num
+        assert row["final_acc"] == json.loads((run / "summary.json").read_text())["final_acc"]
+        assert (smoke_sweep / ".submitit" / row["job_id"]).is_dir()
+
+
+@pytest.mark.slow
 def test_relaunched_sweep_does_not_train_again(smoke_sweep):
     before = {p: p.read_text() for p in smoke_sweep.glob("*/metrics.jsonl")}
     proc = run_cli(["-m", "+sweep=smoke", f"hydra.sweep.dir={smoke_sweep}"], cwd=smoke_sweep.parent)
@@ -178,23 +196,6 @@ def test_dashboard_of_a_finished_sweep_directory(smoke_sweep, tmp_path):
                 assert drawn or "grad_norm" in config["metricRegex"], config["metricRegex"]
             elif panel["viewType"] == "Run History Line Plot":
                 assert {config["xAxis"], *config["metrics"]} - logged <= {"memory/train_peak", "memory/eval_peak"}
-
-
-@pytest.mark.slow
-def test_status_of_the_local_launcher_smoke_sweep(smoke_sweep):
-    """The preset's jobs in Hydra's order (each run's .hydra/hydra.yaml holds its job number), each with its
-    submitit job id, all finished with their summary's accuracy."""
-    from omegaconf import OmegaConf
-
-    from spfde.status import sweep_status
-
-    status = sweep_status(smoke_sweep)
-    assert status["launcher"] == "submitit-local" and status["totals"] == {"finished": 4}
-    for num, row in enumerate(status["jobs"]):
-        run = smoke_sweep / row["run"]
-        assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.num == num
-        assert row["final_acc"] == json.loads((run / "summary.json").read_text())["final_acc"]
-        assert (smoke_sweep / ".submitit" / row["job_id"]).is_dir()
 
 
 # ------------------------------------------------------------------------------------ a real SLURM cluster
