@@ -13,7 +13,7 @@ from spfde.config import ConfigError, compose_config
 from spfde.validation import group_options, precheck_overrides
 from tests.helpers import REPO, run_cli
 
-USER_CONFIG = REPO / "examples" / "config"  # holds launcher/mycluster.yaml, the README's example
+USER_CONFIG = REPO / "docs" / "config"  # holds launcher/mycluster.yaml, the README's example
 HEAVY = ("torch", "wandb", "torchvision", "matplotlib", "spfde.train", "spfde.checkpoint", "spfde.data")
 
 

@@ -64,7 +64,7 @@ def test_wheel_installs_outside_the_checkout_and_runs_the_quickstart(tmp_path):
     # the user's own configs (SPFDE_CONFIG_DIR) work with the installed wheel: the precheck and the run see the
     # launcher (it changes nothing in a single run, and not the run directory's name)
     user_config = tmp_path / "my-config"
-    shutil.copytree(REPO / "examples" / "config", user_config)
+    shutil.copytree(REPO / "docs" / "config", user_config)
     cluster = sh([bin_dir / "spfde-run", "launcher=mycluster", "--cfg=hydra", "--package=hydra.launcher"],
                  cwd=elsewhere, SPFDE_CONFIG_DIR=user_config).stdout
     assert "partition: gpu" in cluster and "account: myproj" in cluster and "SlurmLauncher" in cluster
