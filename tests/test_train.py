@@ -79,14 +79,16 @@ def test_finished_run_does_not_train_again_and_fresh_archives(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_wandb_offline_logs_and_keeps_its_id(tmp_path):
-    summary = run_training(quick_overrides("epochs=1", "logger=wandb", "logger.log_checkpoints=true"), tmp_path)
+    summary = run_training(quick_overrides("epochs=2", "freeze=0.02", "sieve=0.2", "logger=wandb",
+                                           "logger.log_checkpoints=true"), tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and summary["run_id"] in runs[0].name
     # what the dashboards rely on, read from the offline run's record file
     records = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"???" not in records and b'"rigl"' not in records  # only the active method's options
-    for expected in (b"train", b"scheme=single_shot", b"sieve_method=circular", b"per_layer/sparsity/layer/",
-                     f"results-{summary['run_id']}".encode(), b"summary.json", b"last.pt"):
+    for expected in (b"method=mest", b"x=0.02", b"y=0.2", b"scheme=single_shot", b"sieve_method=circular",
+                     b"per_layer/sparsity/layer/", f"results-{summary['run_id']}".encode(), b"summary.json",
+                     b"last.pt"):
         assert expected in records, expected
     assert load_checkpoint(tmp_path / "last.pt")["run_id"] == summary["run_id"]
 
