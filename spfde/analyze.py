@@ -3,10 +3,12 @@ Sec. 3 figures from runs trained with `analysis.every=N`.
 
 Writes into --out (default: <first run>/analysis/figures), each figure as PNG and PDF:
   fig1a_structural_similarity.png  share of each layer's top-50% non-zero positions still present in
-                                   the final model, per epoch (first run)
+                                   the final model, per epoch (first run; up to 10 layers evenly spread
+                                   from first to last, each named in the legend)
   fig1b_cka.png                    linear CKA of one block's representation with the final model's, per
                                    epoch, one line per run (e.g. dense and several sparsity ratios)
   fig3b_grad_norm.png              each layer's gradient norm per epoch and its change between epochs
+                                   (the same layers; a panel without data says why)
   analysis.csv                     every number behind the figures
 """
 
@@ -42,6 +44,117 @@ def grad_norms(run: Path) -> tuple[list[int], dict[str, list[float]]]:
     return [r["epoch"] for r in records], {n: [r.get(f"grad_norm/{n}", float("nan")) for r in records] for n in names}
 
 
+MAX_LAYERS = 10  # lines per layer figure: more are not told apart by colour or legend
+
+
+def shown_layers(names: list[str]) -> list[str]:
+    """At most MAX_LAYERS layers, evenly spread from the first to the last (all of them when few enough)."""
+    if len(names) <= MAX_LAYERS:
+        return list(names)
+    picks = sorted({round(i * (len(names) - 1) / (MAX_LAYERS - 1)) for i in range(MAX_LAYERS)})
+    return [names[i] for i in picks]
+
+
+def layer_legend_title(shown: list[str], names: list[str]) -> str:
+    spread = "all" if len(shown) == len(names) else f"{len(shown)} of {len(names)}, evenly spread"
+    return f"layer ({spread}; early → late)"
+
+
+def empty_panel(ax, why: str) -> None:
+    """Say in the panel why it has nothing to draw, instead of axes around no data."""
+    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", wrap=True, fontsize=9, color="#444")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_structural_similarity(d: dict, label: str, path: Path):
+    """Fig. 1a: structural similarity of each layer (all layers, or MAX_LAYERS evenly spread, each named in the
+    legend) per epoch. Returns the figure's axes (closed)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from spfde.report import save_figure
+
+    names = list(d["structural_similarity"])
+    shown = shown_layers(names)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cmap = plt.get_cmap("viridis")
+    for i, name in enumerate(shown):
+        ax.plot(d["epochs"], d["structural_similarity"][name], marker=".", color=cmap(0.9 * i / max(1, len(shown) - 1)),
+                label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("structural similarity with the final model")
+    ax.set_title(f"Fig. 1a — top-50% non-zero positions kept ({label})", fontsize=10)
+    ax.legend(fontsize=7, title=layer_legend_title(shown, names), title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return ax
+
+
+def plot_cka(data: list[tuple[str, dict]], block_index: int, path: Path):
+    """Fig. 1b: CKA of one block with the final model per epoch, one line per run ((label, series) pairs)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from spfde.report import PALETTE, save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (label, d) in enumerate(data):
+        block = list(d["cka"])[block_index]
+        ax.plot(d["epochs"], d["cka"][block], marker=".", color=PALETTE[i % len(PALETTE)], label=f"{label} ({block})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("linear CKA with the final model")
+    ax.set_title("Fig. 1b — representation similarity of one block", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return ax
+
+
+def plot_grad_norms(epochs: list[int], norms: dict[str, list[float]], label: str, path: Path):
+    """Fig. 3b: each layer's gradient norm per epoch and its change between epochs (all layers, or MAX_LAYERS
+    evenly spread); a panel with nothing to draw says why. Returns the two axes (closed)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from spfde.report import save_figure
+
+    names = list(norms)
+    shown = shown_layers(names)
+    cmap = plt.get_cmap("viridis")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for i, name in enumerate(shown):
+        color = cmap(0.9 * i / max(1, len(shown) - 1))
+        values = norms[name]
+        a1.plot(epochs, values, marker=".", color=color, label=name)
+        a2.plot(epochs[1:], [abs(b - a) for a, b in zip(values, values[1:])], marker=".", color=color)
+    a1.set_title(f"Fig. 3b — gradient norm per layer ({label})", fontsize=10)
+    a1.set_ylabel("mean gradient norm over the epoch's steps")
+    a2.set_title("change of the gradient norm between epochs", fontsize=10)
+    a2.set_ylabel("|norm(epoch) − norm(epoch − 1)|")
+    for ax in (a1, a2):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if not names:
+        for ax in (a1, a2):
+            empty_panel(ax, "no gradient norms in metrics.jsonl:\ntrain with analysis.every=N to log them")
+    elif len(epochs) < 2:
+        empty_panel(a2, f"a change needs two epochs;\nthis run logged {len(epochs)}")
+    if names:
+        a2.legend(*a1.get_legend_handles_labels(), fontsize=7, title=layer_legend_title(shown, names),
+                  title_fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return a1, a2
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m spfde.analyze", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,11 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from spfde.report import save_figure
-
     missing = [run for run in args.runs if not run.is_dir()]
     if missing:
         print(f"spfde: error: no such run directory: {missing[0]}", file=sys.stderr)
@@ -78,55 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     first = args.runs[0]
 
-    # Fig. 1a: structural similarity of every layer of the first run
-    d = data[first]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
-    layers = list(d["structural_similarity"])
-    for i, (name, values) in enumerate(d["structural_similarity"].items()):
-        ax.plot(d["epochs"], values, color=cmap(i / max(1, len(layers) - 1)), label=name if i % 4 == 0 else None)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("structural similarity with the final model")
-    ax.set_title(f"Fig. 1a — top-50% non-zero positions kept ({run_label(first)})")
-    ax.legend(fontsize=6, title="layer (early → late)", title_fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    save_figure(fig, out / "fig1a_structural_similarity.png", dpi=120)
-    plt.close(fig)
-
-    # Fig. 1b: CKA of one block across runs
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, d in data.items():
-        block = list(d["cka"])[args.block]
-        ax.plot(d["epochs"], d["cka"][block], marker=".", label=f"{run_label(run)} ({block})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("linear CKA with the final model")
-    ax.set_title("Fig. 1b — representation similarity of one block")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    save_figure(fig, out / "fig1b_cka.png", dpi=120)
-    plt.close(fig)
-
-    # Fig. 3b: gradient norms and their change (first run)
-    epochs, norms = grad_norms(first)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (name, values) in enumerate(norms.items()):
-        color = cmap(i / max(1, len(norms) - 1))
-        a1.plot(epochs, values, color=color, label=name if i % 4 == 0 else None)
-        a2.plot(epochs[1:], [abs(b - a) for a, b in zip(values, values[1:])], color=color)
-    a1.set_title(f"Fig. 3b — gradient norm per layer ({run_label(first)})")
-    a1.set_ylabel("mean gradient norm over the epoch's steps")
-    a2.set_title("change of the gradient norm between epochs")
-    a2.set_ylabel("|norm(epoch) − norm(epoch − 1)|")
-    for ax in (a1, a2):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    a2.legend(*a1.get_legend_handles_labels(), fontsize=6, title="layer (early → late)", title_fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    save_figure(fig, out / "fig3b_grad_norm.png", dpi=120)
-    plt.close(fig)
+    plot_structural_similarity(data[first], run_label(first), out / "fig1a_structural_similarity.png")
+    plot_cka([(run_label(run), d) for run, d in data.items()], args.block, out / "fig1b_cka.png")
+    plot_grad_norms(*grad_norms(first), run_label(first), out / "fig3b_grad_norm.png")
 
     for run, d in data.items():
         for kind in ("structural_similarity", "cka"):

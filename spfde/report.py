@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -158,11 +159,12 @@ def load_run(run: Path, summary: dict | None = None) -> dict:
         "ratio": run_ratio(cfg),
         "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
         "sieve": get("sieve", 0.0), "sieve_method": get("sieve_method"), "epochs": get("epochs"),
-        "seed": get("seed", summary.get("seed")),
+        "seed": get("seed", summary.get("seed")), "experiment": get("experiment_name"),
         "final_acc": summary["final_acc"], "best_acc": summary.get("best_acc"),
         "final_acc5": summary.get("final_acc5"), "final_sparsity": summary.get("final_sparsity"),
         "train_flops": summary.get("train_flops"), "dense_train_flops": summary.get("dense_train_flops"),
-        "memory_min_bytes": summary.get("memory_min_bytes"), "memory_avg_bytes": summary.get("memory_avg_bytes"),
+        "inference_flops": summary.get("inference_flops"), "memory_min_bytes": summary.get("memory_min_bytes"),
+        "memory_avg_bytes": summary.get("memory_avg_bytes"),
         "memory_dst_min_bytes": summary.get("memory_dst_min_bytes"), "train_time_s": summary.get("train_time_s"),
         "sieve_seen_fraction": summary.get("sieve_seen_fraction"),
         "config": result_config(cfg) if cfg is not None else {"run_dir": str(run)},  # no config: its own group
@@ -219,8 +221,15 @@ def mean(values):
 
 
 def std(values):
+    """Sample standard deviation; None (undefined, a blank cell) for fewer than two values, never 0.0."""
     values = [v for v in values if v is not None]
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def natural_key(text) -> list:
+    """Sort key that orders the numbers inside a text by value: "x=0.1" < "x=0.15" < "x=0.2" < "x=10"."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(text))
+    return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
 
 
 def varying_keys(rows: list[dict]) -> list[str]:
@@ -255,12 +264,14 @@ def group(rows: list[dict]) -> list[dict]:
                   "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
                   "train_flops": mean([m["train_flops"] for m in members]),
                   "dense_train_flops": mean([m["dense_train_flops"] for m in members]),
+                  "inference_flops": mean([m["inference_flops"] for m in members]),
                   "memory_min_bytes": mean([m["memory_min_bytes"] for m in members]),
                   "memory_avg_bytes": mean([m["memory_avg_bytes"] for m in members]),
                   "memory_dst_min_bytes": mean([m["memory_dst_min_bytes"] for m in members]),
                   "train_time_s": mean([m["train_time_s"] for m in members])})
         out.append(g)
-    return sorted(out, key=lambda g: (str(g["dataset"]), str(g["model"]), g["label"], g["ratio"] or 0))
+    return sorted(out, key=lambda g: (str(g["dataset"]), natural_key(g["model"]), natural_key(g["label"]),
+                                      g["ratio"] or 0))
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -280,7 +291,7 @@ def flops_scale(values) -> tuple[float, str]:
 
 def acc_text(g: dict) -> str:
     """Mean accuracy (%), ± std where there are several seeds, and n."""
-    spread = f" ± {100 * g['acc_std']:.2f}" if g["seeds"] > 1 else ""
+    spread = f" ± {100 * g['acc_std']:.2f}" if g["acc_std"] is not None else ""
     return f"{100 * g['acc_mean']:.2f}{spread} (n={g['seeds']})"
 
 
@@ -345,10 +356,17 @@ def _by(rows: list[dict], keys: tuple) -> dict:
     return out
 
 
+# Okabe & Ito's colour-blind-safe qualitative palette (https://jfly.uni-koeln.de/color/), black first and yellow
+# last (weak on white); series beyond eight change marker as well as colour. Ordered quantities use viridis.
+PALETTE = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
+MARKERS = "osD^vP*Xh<>"
+
+
 def save_figure(fig, path: Path, dpi: int = 150) -> None:
-    """PNG for a quick look, PDF (vector) for a paper."""
+    """PNG for a quick look, PDF (vector) for a paper; the PDF without a creation date, so that the same
+    figure writes the same file."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
 
 
 def xy_grid(groups: list[dict]) -> list[dict] | None:
@@ -363,52 +381,102 @@ def xy_grid(groups: list[dict]) -> list[dict] | None:
 
 def describe(groups: list[dict]) -> str:
     """Model, dataset and ratio(s) of a set of groups, for figure titles."""
-    parts = [" / ".join(sorted({f"{g['model']} on {g['dataset']}" for g in groups}))]
+    parts = [" / ".join(sorted({f"{g['model']} on {g['dataset']}" for g in groups}, key=natural_key))]
     ratios = sorted({g["ratio"] for g in groups if g["ratio"]})
     if ratios:
         parts.append("sparsity " + ", ".join(f"{100 * r:g}%" for r in ratios))
     return ", ".join(parts)
 
 
-def plot_acc_vs_flops(groups: list[dict], path: Path) -> tuple[str, list[str]]:
+def n_text(members: list[dict]) -> str:
+    """The number of seeds behind a set of points: "n=3", or "n=1–3" when it differs."""
+    ns = sorted({g["seeds"] for g in members})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+
+
+def series_name(g: dict, groups: list[dict]) -> str:
+    """A row's label in a figure: the paper's name with its distinguishing keys (label()), and the model and
+    dataset when the figure holds more than one (table.md says them in its section headings)."""
+    parts = [g[k] for k in ("model", "dataset") if len({h[k] for h in groups}) > 1]
+    return ", ".join([g["label"], *map(str, parts)])
+
+
+def yerr(rows: list[dict]) -> list[float] | None:
+    """Error bars of std over seeds; none for a single seed (undefined, not zero)."""
+    if all(g["acc_std"] is None for g in rows):
+        return None
+    return [100 * g["acc_std"] if g["acc_std"] is not None else 0.0 for g in rows]
+
+
+def flops_axis(ax, values: list[float], label: str = "training FLOPs") -> None:
+    """Training FLOPs on x: a log axis with labels at 1, 2 and 5 per decade (no minor labels, which overlap) when
+    the values span a decade or more, otherwise a linear axis in units of the largest power of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    values = [v for v in values if v]
+    lo, hi = (min(values), max(values)) if values else (1.0, 1.0)
+    if hi / lo >= 10:
+        ax.set_xscale("log")
+        decades = math.log10(hi / lo)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 10 ** math.floor(math.log10(v)):g}e"
+                                                               f"{math.floor(math.log10(v))}" if v > 0 else ""))
+        ax.set_xlabel(f"{label} (log scale)")
+    else:
+        scale, unit = flops_scale(values)
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / scale:g}"))
+        ax.set_xlabel(f"{label} ({unit})")
+
+
+def accuracy_label(groups: list[dict]) -> str:
+    return "test accuracy (%, mean ± std over seeds)" if any(g["seeds"] > 1 for g in groups) \
+        else "test accuracy (%, one seed per point)"
+
+
+def plot_acc_vs_flops(groups: list[dict], path: Path, absolute: bool = False) -> tuple[str, list[str]]:
     """Accuracy (± std over seeds) against training cost. An x-by-y grid gets one line per freeze x across
-    the sieve values y, against the FLOPs saved relative to x = y = 0; anything else one series per row.
-    Returns the title and the legend entries."""
+    the sieve values y, against the FLOPs saved relative to x = y = 0 (or, `absolute`, against the training
+    FLOPs themselves); anything else one series per row against the training FLOPs. Legend entries say n (seeds)
+    and come in numeric order. Returns the title and the legend entries."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     grid = xy_grid(groups)
     if grid:
         base = [g for g in grid if g["freeze"] == 0 and g["sieve"] == 0]
         base_flops = base[0]["train_flops"] if base else max(g["train_flops"] for g in grid)
         ys = sorted({g["sieve"] for g in grid})
-        by_x = sorted(_by(grid, ("freeze",)).items())
-        markers = "osD^vP*Xh<>"
-        for i, (x, rows) in enumerate(by_x):
+        for i, (x, rows) in enumerate(sorted(_by(grid, ("freeze",)).items())):
             rows = sorted(rows, key=lambda g: g["sieve"])
-            saved = [100 * (1 - g["train_flops"] / base_flops) for g in rows]
-            color = plt.get_cmap("viridis")(0.85 * i / max(1, len(by_x) - 1))  # 0.85: no pale yellow line
-            ax.errorbar(saved, [100 * g["acc_mean"] for g in rows], yerr=[100 * g["acc_std"] for g in rows],
-                        color=color, capsize=3, label=f"freeze x = {x[0]:g}")
-            for g, s in zip(rows, saved):
-                ax.plot(s, 100 * g["acc_mean"], markers[ys.index(g["sieve"]) % len(markers)], color=color)
+            at = [g["train_flops"] if absolute else 100 * (1 - g["train_flops"] / base_flops) for g in rows]
+            color = PALETTE[i % len(PALETTE)]
+            ax.errorbar(at, [100 * g["acc_mean"] for g in rows], yerr=yerr(rows), color=color, capsize=3,
+                        label=f"freeze x = {x[0]:g} ({n_text(rows)})")
+            for g, s in zip(rows, at):
+                ax.plot(s, 100 * g["acc_mean"], MARKERS[ys.index(g["sieve"]) % len(MARKERS)], color=color, ms=7)
         for j, y in enumerate(ys):  # marker legend entries for y
-            ax.plot([], [], markers[j % len(markers)], color="gray", label=f"sieve y = {y:g}")
-        ax.set_xlabel("training FLOPs saved vs x = y = 0 (%)")
-        ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['method']}", fontsize=9)
+            ax.plot([], [], MARKERS[j % len(MARKERS)], color="gray", label=f"sieve y = {y:g}")
+        if absolute:
+            flops_axis(ax, [g["train_flops"] for g in grid])
+            ax.set_title(f"Accuracy vs training FLOPs — {describe(grid)}, {grid[0]['method']}", fontsize=9)
+        else:
+            ax.set_xlabel("training FLOPs saved vs x = y = 0 (%)")
+            ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['method']}", fontsize=9)
     else:
-        colors, markers = plt.get_cmap("tab20").colors, "osD^vP*Xh<>"
-        for i, (name, rows) in enumerate(_by(groups, ("label",)).items()):
+        series = sorted(_by(groups, ("label", "model", "dataset")).values(),
+                        key=lambda rows: natural_key(series_name(rows[0], groups)))
+        for i, rows in enumerate(series):
             rows = sorted(rows, key=lambda g: g["train_flops"] or 0)
-            ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows],
-                        yerr=[100 * g["acc_std"] for g in rows], marker=markers[i // len(colors) % len(markers)],
-                        color=colors[i % len(colors)], capsize=3, label=name[0])
-        ax.set_xscale("log")
-        ax.set_xlabel("training FLOPs")
+            ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows], yerr=yerr(rows),
+                        marker=MARKERS[i // len(PALETTE) % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
+                        capsize=3, label=f"{series_name(rows[0], groups)} ({n_text(rows)})")
+        flops_axis(ax, [g["train_flops"] for g in groups])
         ax.set_title(f"Accuracy vs training FLOPs — {describe(groups)}", fontsize=9)
-    ax.set_ylabel("test accuracy (%, mean ± std over seeds)")
+    ax.set_ylabel(accuracy_label(groups))
     ax.grid(alpha=0.3)
-    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the data
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the data
     save_figure(fig, path)
     plt.close(fig)
     return ax.get_title(), [t.get_text() for t in legend.get_texts()]
@@ -421,7 +489,8 @@ def text_color(rgba) -> str:
 
 
 def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
-    """x (freeze) by y (sieve) grids of accuracy (± std) and FLOPs saving, for the first set of runs that has one."""
+    """x (freeze) by y (sieve) grids of accuracy (± std where n > 1) and FLOPs saving, for the first set of runs
+    that has one; a labelled colour bar, n in the title (or in each cell when it differs)."""
     import matplotlib.pyplot as plt
 
     written = []
@@ -432,28 +501,35 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
             continue
         base = [g for g in members if g["freeze"] == 0 and g["sieve"] == 0]
         base_flops = base[0]["train_flops"] if base else max(g["train_flops"] for g in members)
-        for name, value, text in (
-                ("acc", lambda g: 100 * g["acc_mean"],
-                 lambda g: f"{100 * g['acc_mean']:.2f}\n±{100 * g['acc_std']:.2f}"),
+        same_n = len({g["seeds"] for g in members}) == 1
+
+        def acc_cell(g, same_n=same_n):
+            spread = f"\n± {100 * g['acc_std']:.2f}" if g["acc_std"] is not None else ""
+            return f"{100 * g['acc_mean']:.2f}{spread}" + ("" if same_n else f"\nn={g['seeds']}")
+
+        for name, value, text, what in (
+                ("acc", lambda g: 100 * g["acc_mean"], acc_cell,
+                 "test accuracy (%" + (", mean ± std" if any(g["seeds"] > 1 for g in members) else "") + ")"),
                 ("saving", lambda g, b=base_flops: 100 * (1 - g["train_flops"] / b),
-                 lambda g, b=base_flops: f"{100 * (1 - g['train_flops'] / b):.1f}")):
+                 lambda g, b=base_flops: f"{100 * (1 - g['train_flops'] / b):.1f}",
+                 "training FLOPs saved vs x = y = 0 (%)")):
             grid = [[math.nan] * len(xs) for _ in ys]
             cells = {}
             for g in members:
                 grid[ys.index(g["sieve"])][xs.index(g["freeze"])] = value(g)
                 cells[ys.index(g["sieve"]), xs.index(g["freeze"])] = text(g)
-            fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
-            im = ax.imshow(grid, origin="lower", cmap="viridis")
+            fig, ax = plt.subplots(figsize=(1.5 * len(xs) + 3, 1.1 * len(ys) + 2))
+            im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
             ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
-            ax.set_xlabel("freeze x")
-            ax.set_ylabel("sieve y")
+            ax.set_xlabel("freeze x (target FLOPs reduction by layer freezing)")
+            ax.set_ylabel("sieve y (share of data removed)")
             for (i, j), label_text in cells.items():
-                ax.text(j, i, label_text, ha="center", va="center", fontsize=7,
+                ax.text(j, i, label_text, ha="center", va="center", fontsize=10,
                         color=text_color(im.cmap(im.norm(grid[i][j]))))
-            what = "test accuracy (%, mean ± std)" if name == "acc" else "training FLOPs saved (%)"
-            ax.set_title(f"{what}\n{describe(members)}", fontsize=9)
-            fig.colorbar(im, ax=ax)
+            seeds = f", {n_text(members)} seeds per cell" if same_n else ""
+            ax.set_title(f"{what}\n{describe(members)}, {members[0]['method']}{seeds}", fontsize=9)
+            fig.colorbar(im, ax=ax).set_label(what)
             path = out / f"heatmap_{name}.png"
             save_figure(fig, path)
             plt.close(fig)
@@ -462,30 +538,56 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
     return written
 
 
-def plot_timeline(run: Path, path: Path) -> None:
+# the timeline's panels: (title, metrics key, default when a record lacks it, scale, step plot)
+TIMELINE = (("test accuracy (%)", "test/acc", math.nan, 100, False),
+            ("frozen blocks", "freeze/frozen_blocks", 0, 1, True),
+            ("data seen (share of the training set)", "sieve/seen_fraction", 1.0, 1, False),
+            ("sparsity (share of masked weights at 0)", "sparsity/overall", 0.0, 1, False))
+
+
+def plot_timeline(run: Path, path: Path) -> list[str]:
+    """Per run and epoch: accuracy, frozen blocks, share of the data seen and sparsity, one axis each (PNG and
+    PDF). Returns the panels' y labels."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     records, _ = read_metrics(run)
     epochs = [r["epoch"] for r in records]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.step(epochs, [r.get("freeze/frozen_blocks", 0) for r in records], where="post", label="frozen blocks")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("frozen blocks")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [r.get("sieve/seen_fraction", 1.0) for r in records], color="tab:orange",
-             label="data seen (share)")
-    ax2.plot(epochs, [r.get("sparsity/overall", 0.0) for r in records], color="tab:green", label="sparsity")
-    ax2.set_ylim(0, 1.05)
-    ax2.set_ylabel("share")
-    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="lower right")
-    ax.set_title(run.name[:80], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig, axes = plt.subplots(len(TIMELINE), 1, figsize=(8, 8.5), sharex=True)
+    for ax, (what, key, default, scale, step), color in zip(axes, TIMELINE, PALETTE[4:] + PALETTE):
+        values = [scale * r.get(key, default) for r in records]
+        if step:
+            ax.step(epochs, values, where="post", color=color)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.plot(epochs, values, marker=".", color=color)
+        if scale == 1 and not step:
+            ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel(what, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_title(run.name[:100], fontsize=9)
+    fig.align_ylabels(axes)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
+    return [ax.get_ylabel() for ax in axes]
+
+
+def write_figures(groups: list[dict], runs: list[Path], out: Path, timelines: bool = True) -> list[Path]:
+    """Every figure of the report (PNG and PDF); returns the PNGs."""
+    images = [out / "acc_vs_flops.png"]
+    plot_acc_vs_flops(groups, images[0])
+    if xy_grid(groups):  # the grid's figure is against FLOPs saved: the same against the training FLOPs themselves
+        images.append(out / "acc_vs_train_flops.png")
+        plot_acc_vs_flops(groups, images[-1], absolute=True)
+    images += plot_heatmaps(groups, out)
+    if timelines:
+        (out / "timelines").mkdir(exist_ok=True)
+        for run in runs:
+            images.append(out / "timelines" / f"{run.name[:100]}.png")
+            plot_timeline(run, images[-1])
+    return images
 
 
 def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, run: Path) -> str:
@@ -527,6 +629,9 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         print(f"spfde: error: no such directory: {missing[0]}", file=sys.stderr)
         sys.exit(2)
+    from spfde.report_html import write_index
+    from spfde.report_tex import latex_tables
+
     found = find_runs(args.paths)
     runs, rows, left_out = [], [], []
     for run in found:  # a damaged summary leaves its run out, named, and the report goes on
@@ -556,16 +661,16 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "config"} for r in rows])
     write_csv(out / "summary.csv", groups)
     (out / "table.md").write_text(markdown(groups))
-    images = [out / "acc_vs_flops.png"]
-    plot_acc_vs_flops(groups, images[0])
-    images += plot_heatmaps(groups, out)
-    if not args.no_timelines:
-        (out / "timelines").mkdir(exist_ok=True)
-        for run in runs:
-            plot_timeline(run, out / "timelines" / f"{run.name[:100]}.png")
+    experiments = sorted({str(r["experiment"]) for r in rows})
+    (out / "tables.tex").write_text(latex_tables(groups, experiments))
+    images = write_figures(groups, runs, out, timelines=not args.no_timelines)
     print(markdown(groups))
     print(f"{len(runs)} runs in {len(groups)} groups -> {out}" + (f" ({len(left_out)} left out or damaged, listed in "
                                                                f"left_out.txt)" if left_out else ""))
+    # last: the page shows every table and figure written above
+    sweeps = ", ".join(e for e in experiments if e != "None") or ", ".join(p.name for p in args.paths)
+    write_index(out, f"SpFDE report: {sweeps}", f"{len(runs)} runs in {len(groups)} groups, from "
+                f"{', '.join(map(str, args.paths))}", left_out)
     if args.wandb:
         where = log_to_wandb(groups, images, args.paths[0].name, out, runs[0])
         print(f"wandb (offline unless WANDB_MODE=online): {where}")
