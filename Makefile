@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke slurm-up slurm-down clean
+.PHONY: help install run test test-fast lint bench bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/
 
 sweep-smoke: install  ## the tiny digits sweep (2 x 2 runs, logged to wandb offline) with the local launcher; its report follows
 	$(PY) -m spfde.run -m +sweep=smoke launcher=local
+
+docs: install  ## regenerate docs/ (smoke sweep runs, report, dashboard spec; screenshot if chromium is here); ARGS=--report-only: no training
+	$(PY) docs/make_docs.py $(ARGS)
 
 slurm-up: ## start a single-node SLURM test cluster on this machine (root, Debian; idempotent)
 	bash tests/cluster/slurm-up.sh

@@ -198,6 +198,12 @@ def is_spfde_base(name) -> bool:
     return bool(method_of(name) and method_of(name).spfde_base)
 
 
+def method_name(row: dict) -> str:
+    """The sparse-training method's own name (e.g. "MEST (EM&S)"), without freezing or sieving."""
+    method = method_of(row["method"])
+    return method.label if method else str(row["method"])
+
+
 def paper_name(row: dict) -> str:
     method = method_of(row["method"])
     name = method.label if method else str(row["method"])
@@ -443,6 +449,7 @@ def plot_acc_vs_flops(groups: list[dict], path: Path, absolute: bool = False) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    drawn = []  # legend entries in the order drawn (numeric)
     grid = xy_grid(groups)
     if grid:
         base = [g for g in grid if g["freeze"] == 0 and g["sieve"] == 0]
@@ -452,31 +459,37 @@ def plot_acc_vs_flops(groups: list[dict], path: Path, absolute: bool = False) ->
             rows = sorted(rows, key=lambda g: g["sieve"])
             at = [g["train_flops"] if absolute else 100 * (1 - g["train_flops"] / base_flops) for g in rows]
             color = PALETTE[i % len(PALETTE)]
+            drawn.append(f"freeze x = {x[0]:g} ({n_text(rows)})")
             ax.errorbar(at, [100 * g["acc_mean"] for g in rows], yerr=yerr(rows), color=color, capsize=3,
-                        label=f"freeze x = {x[0]:g} ({n_text(rows)})")
+                        label=drawn[-1])
             for g, s in zip(rows, at):
                 ax.plot(s, 100 * g["acc_mean"], MARKERS[ys.index(g["sieve"]) % len(MARKERS)], color=color, ms=7)
         for j, y in enumerate(ys):  # marker legend entries for y
-            ax.plot([], [], MARKERS[j % len(MARKERS)], color="gray", label=f"sieve y = {y:g}")
+            drawn.append(f"sieve y = {y:g}")
+            ax.plot([], [], MARKERS[j % len(MARKERS)], color="gray", label=drawn[-1])
         if absolute:
             flops_axis(ax, [g["train_flops"] for g in grid])
-            ax.set_title(f"Accuracy vs training FLOPs — {describe(grid)}, {grid[0]['method']}", fontsize=9)
+            ax.set_title(f"Accuracy vs training FLOPs — {describe(grid)}, {method_name(grid[0])}", fontsize=9)
         else:
             ax.set_xlabel("training FLOPs saved vs x = y = 0 (%)")
-            ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {grid[0]['method']}", fontsize=9)
+            ax.set_title(f"Accuracy vs FLOPs saved — {describe(grid)}, {method_name(grid[0])}", fontsize=9)
     else:
         series = sorted(_by(groups, ("label", "model", "dataset")).values(),
                         key=lambda rows: natural_key(series_name(rows[0], groups)))
         for i, rows in enumerate(series):
             rows = sorted(rows, key=lambda g: g["train_flops"] or 0)
+            drawn.append(f"{series_name(rows[0], groups)} ({n_text(rows)})")
             ax.errorbar([g["train_flops"] for g in rows], [100 * g["acc_mean"] for g in rows], yerr=yerr(rows),
                         marker=MARKERS[i // len(PALETTE) % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
-                        capsize=3, label=f"{series_name(rows[0], groups)} ({n_text(rows)})")
+                        capsize=3, label=drawn[-1])
         flops_axis(ax, [g["train_flops"] for g in groups])
         ax.set_title(f"Accuracy vs training FLOPs — {describe(groups)}", fontsize=9)
     ax.set_ylabel(accuracy_label(groups))
     ax.grid(alpha=0.3)
-    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the data
+    handles, labels = ax.get_legend_handles_labels()  # lines before error bars: put back in the order drawn
+    order = sorted(range(len(labels)), key=lambda i: drawn.index(labels[i]))
+    legend = ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper left",
+                       bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the data
     save_figure(fig, path)
     plt.close(fig)
     return ax.get_title(), [t.get_text() for t in legend.get_texts()]
@@ -527,8 +540,9 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
             for (i, j), label_text in cells.items():
                 ax.text(j, i, label_text, ha="center", va="center", fontsize=10,
                         color=text_color(im.cmap(im.norm(grid[i][j]))))
-            seeds = f", {n_text(members)} seeds per cell" if same_n else ""
-            ax.set_title(f"{what}\n{describe(members)}, {members[0]['method']}{seeds}", fontsize=9)
+            n = members[0]["seeds"]
+            seeds = ("" if not same_n else ", one seed per cell" if n == 1 else f", n={n} seeds per cell")
+            ax.set_title(f"{what}\n{describe(members)}, {method_name(members[0])}{seeds}", fontsize=9)
             fig.colorbar(im, ax=ax).set_label(what)
             path = out / f"heatmap_{name}.png"
             save_figure(fig, path)
@@ -538,11 +552,12 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
     return written
 
 
-# the timeline's panels: (title, metrics key, default when a record lacks it, scale, step plot)
-TIMELINE = (("test accuracy (%)", "test/acc", math.nan, 100, False),
-            ("frozen blocks", "freeze/frozen_blocks", 0, 1, True),
-            ("data seen (share of the training set)", "sieve/seen_fraction", 1.0, 1, False),
-            ("sparsity (share of masked weights at 0)", "sparsity/overall", 0.0, 1, False))
+# the timeline's panels: (y label, what it shows, metrics key, default when a record lacks it, scale, step plot)
+TIMELINE = (("test acc. (%)", "test accuracy after each epoch", "test/acc", math.nan, 100, False),
+            ("frozen blocks", "blocks frozen by progressive layer freezing", "freeze/frozen_blocks", 0, 1, True),
+            ("data seen", "share of the training set seen so far (circular data sieving)", "sieve/seen_fraction",
+             1.0, 1, False),
+            ("sparsity", "share of the masked weights that are zero", "sparsity/overall", 0.0, 1, False))
 
 
 def plot_timeline(run: Path, path: Path) -> list[str]:
@@ -553,22 +568,25 @@ def plot_timeline(run: Path, path: Path) -> list[str]:
 
     records, _ = read_metrics(run)
     epochs = [r["epoch"] for r in records]
-    fig, axes = plt.subplots(len(TIMELINE), 1, figsize=(8, 8.5), sharex=True)
-    for ax, (what, key, default, scale, step), color in zip(axes, TIMELINE, PALETTE[4:] + PALETTE):
+    fig, axes = plt.subplots(len(TIMELINE), 1, figsize=(8, 9), sharex=True)
+    colors = (PALETTE[4], PALETTE[5], PALETTE[3], PALETTE[6])
+    for ax, (ylabel, what, key, default, scale, step), color in zip(axes, TIMELINE, colors):
         values = [scale * r.get(key, default) for r in records]
         if step:
-            ax.step(epochs, values, where="post", color=color)
+            ax.step(epochs, values, where="post", color=color, lw=2)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         else:
-            ax.plot(epochs, values, marker=".", color=color)
+            ax.plot(epochs, values, marker="o", ms=4, color=color, lw=2)
         if scale == 1 and not step:
             ax.set_ylim(-0.03, 1.03)
-        ax.set_ylabel(what, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(what, fontsize=9, loc="left")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_title(run.name[:100], fontsize=9)
+    fig.suptitle(f"Timeline of {run.name[:100]}", fontsize=10)
     fig.align_ylabels(axes)
+    fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return [ax.get_ylabel() for ax in axes]

@@ -78,3 +78,25 @@ def test_analyze_writes_the_three_figures(tmp_path):
     assert beyond.returncode == 2 and "--block 5 is not a block of" in beyond.stderr  # depth 8: blocks 0..4
     missing = run_cli([str(tmp_path)], cwd=tmp_path, module="spfde.analyze")
     assert missing.returncode == 2 and "analysis.every" in missing.stderr
+
+
+def test_fig3b_says_why_a_panel_is_empty_and_fig1a_names_the_layers_it_draws(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spfde.analyze import MAX_LAYERS, plot_grad_norms, plot_structural_similarity
+
+    a1, a2 = plot_grad_norms([3], {"conv1": [0.5], "fc": [0.2]}, "mest 90%", tmp_path / "one_epoch.png")
+    assert [t.get_text() for t in a2.texts] == ["a change needs two epochs;\nthis run logged 1"]
+    assert list(a2.get_xticks()) == [] and not a1.texts  # no 1.900 ... 2.100 ticks around nothing
+    a1, a2 = plot_grad_norms([1, 2], {}, "dense", tmp_path / "none.png")
+    assert all("analysis.every" in ax.texts[0].get_text() for ax in (a1, a2))
+    assert (tmp_path / "none.pdf").exists()
+
+    layers = [f"blocks.{i}.conv" for i in range(23)]
+    ax = plot_structural_similarity({"epochs": [1, 2], "structural_similarity": {n: [0.5, 1.0] for n in layers}},
+                                    "mest 90%", tmp_path / "fig1a.png")
+    named = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(ax.get_lines()) == len(named) == MAX_LAYERS and named[0] == layers[0] and named[-1] == layers[-1]
+    assert [line.get_label() for line in ax.get_lines()] == named  # every line drawn is named, no other
+    assert "10 of 23" in ax.get_legend().get_title().get_text()

@@ -13,15 +13,21 @@ from spfde.report import ReportError, find_runs, group, load_run, main
 from tests.helpers import make_cfg, quick_overrides
 
 
-def fake_run(root: Path, name: str, overrides: list[str], acc: float = 0.9) -> Path:
-    """A finished run as spfde.run leaves it: the resolved config.yaml and a summary.json."""
+def fake_run(root: Path, name: str, overrides: list[str], acc: float = 0.9, flops: float = 1e12,
+             epochs: int = 0) -> Path:
+    """A finished run as spfde.run leaves it: the resolved config.yaml and a summary.json (and, with `epochs`,
+    a metrics.jsonl of that many epochs)."""
     run = root / name
     run.mkdir(parents=True)
     cfg = make_cfg(quick_overrides(*overrides), run)
     OmegaConf.save(cfg, run / "config.yaml", resolve=True)
     (run / "summary.json").write_text(json.dumps({
-        "final_acc": acc, "best_acc": acc, "train_flops": 1e12, "dense_train_flops": 2e12, "memory_min_bytes": 2**20,
-        "memory_avg_bytes": 2**21, "memory_dst_min_bytes": 2**22, "train_time_s": 1.0, "seed": cfg.seed}))
+        "final_acc": acc, "best_acc": acc, "train_flops": flops, "dense_train_flops": 2e12, "inference_flops": 1e9,
+        "memory_min_bytes": 2**20, "memory_avg_bytes": 2**21, "memory_dst_min_bytes": 2**22, "train_time_s": 1.0,
+        "seed": cfg.seed}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "test/acc": acc * e / epochs, "freeze/frozen_blocks": e // 2, "sieve/seen_fraction": 0.8,
+         "sparsity/overall": 0.9}) + "\n" for e in range(1, epochs + 1)))
     return run
 
 
@@ -92,10 +98,224 @@ def test_grid_figure_has_one_line_per_x_and_vector_copies(tmp_path):
     groups = groups_of(tmp_path / "runs")
     assert len(groups) == 4 and xy_grid(groups) == groups
     title, legend = plot_acc_vs_flops(groups, tmp_path / "acc_vs_flops.png")
-    assert sorted(legend) == ["freeze x = 0", "freeze x = 0.1", "sieve y = 0", "sieve y = 0.2"]
+    assert legend == ["freeze x = 0 (n=2)", "freeze x = 0.1 (n=2)", "sieve y = 0", "sieve y = 0.2"]
     assert "resnet8-w1 on digits" in title and "90%" in title
     assert (tmp_path / "acc_vs_flops.pdf").read_bytes().startswith(b"%PDF")
     assert xy_grid(groups[:3]) is None  # not a full grid: one series per row instead
     _title, legend = plot_acc_vs_flops(groups[:3], tmp_path / "rows.png")
     assert len(legend) == 3
     assert text_color((0.99, 0.9, 0.14)) == "black" and text_color((0.27, 0.0, 0.33)) == "white"  # viridis ends
+
+
+def captured_figures(monkeypatch) -> list:
+    """Every figure spfde.report saves, kept open for inspection (matplotlib objects, not pixels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import spfde.report
+
+    figures = []
+    real = spfde.report.save_figure
+
+    def keep(fig, path, dpi=150):
+        real(fig, path, dpi)
+        figures.append(fig)
+
+    monkeypatch.setattr(spfde.report, "save_figure", keep)
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    return figures
+
+
+def test_one_seed_has_no_std_anywhere(tmp_path, monkeypatch):
+    from spfde.report import plot_heatmaps, write_csv
+
+    for x in (0, 0.1):
+        for y in (0, 0.2):
+            fake_run(tmp_path / "runs", f"x{x}y{y}", [f"freeze={x}", f"sieve={y}"], acc=0.5 + x + y)
+    fake_run(tmp_path / "runs", "x0y0s1", ["freeze=0", "sieve=0", "seed=1"], acc=0.7)
+    groups = groups_of(tmp_path / "runs")
+    single = [g for g in groups if g["seeds"] == 1]
+    assert len(single) == 3 and all(g["acc_std"] is None for g in single)  # undefined, not 0.0
+    write_csv(tmp_path / "summary.csv", groups)
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    column = rows[0].split(",").index("acc_std")
+    assert [r.split(",")[column] for r in rows[1:]].count("") == 3
+    from spfde.report import markdown
+
+    table = markdown(groups)
+    assert "±0.00" not in table.replace(" ", "") and table.count("±") == 2  # the two-seed cell, in both tables
+    figures = captured_figures(monkeypatch)
+    plot_heatmaps(groups, tmp_path)
+    acc_map = figures[0].axes[0]
+    cells = [t.get_text() for t in acc_map.texts]
+    assert sum("±" in c for c in cells) == 1 and sum("n=2" in c for c in cells) == 1  # n differs: said per cell
+    assert figures[0].axes[1].get_ylabel().startswith("test accuracy (%")  # the colour bar says what it measures
+    assert figures[1].axes[1].get_ylabel() == "training FLOPs saved vs x = y = 0 (%)"
+    assert min(t.get_fontsize() for t in acc_map.texts) >= 9
+
+
+def test_legends_are_in_numeric_order_and_name_every_varying_key(tmp_path, monkeypatch):
+    from spfde.report import plot_acc_vs_flops
+
+    for x in (0, 0.1, 0.15, 0.2):
+        for y in (0, 0.2):
+            fake_run(tmp_path / "grid", f"x{x}y{y}", [f"freeze={x}", f"sieve={y}"], flops=1e12 * (1 - x - y / 2))
+    _title, legend = plot_acc_vs_flops(groups_of(tmp_path / "grid"), tmp_path / "grid.png")
+    assert legend == ["freeze x = 0 (n=1)", "freeze x = 0.1 (n=1)", "freeze x = 0.15 (n=1)", "freeze x = 0.2 (n=1)",
+                      "sieve y = 0", "sieve y = 0.2"]
+    # rows of two models: each series names its model (table.md says it in the section heading)
+    fake_run(tmp_path / "rows", "vgg", ["model=vgg19", "model.depth=11", "epochs=3"], flops=3e12)
+    fake_run(tmp_path / "rows", "resnet", ["seed=0"], flops=1e12)
+    fake_run(tmp_path / "rows", "resnet1", ["seed=1"], acc=0.8, flops=1e12)
+    fake_run(tmp_path / "rows", "spfde10", ["freeze=0.1", "sieve=0.1"], flops=8e11)
+    fake_run(tmp_path / "rows", "spfde5", ["freeze=0.05", "sieve=0.05"], flops=9e11)
+    figures = captured_figures(monkeypatch)
+    _title, legend = plot_acc_vs_flops(groups_of(tmp_path / "rows"), tmp_path / "rows.png")
+    assert legend == ["MEST (EM&S) (epochs=2), resnet8-w1 (n=2)", "MEST (EM&S) (epochs=3), vgg11-w1 (n=1)",
+                      "SpFDE 5%+5% (epochs=2), resnet8-w1 (n=1)", "SpFDE 10%+10% (epochs=2), resnet8-w1 (n=1)"]
+    assert figures[0].axes[0].get_ylabel() == "test accuracy (%, mean ± std over seeds)"
+
+
+def test_log_flops_axis_labels_do_not_overlap(tmp_path, monkeypatch):
+    from spfde.report import plot_acc_vs_flops
+
+    for i, flops in enumerate((1.3e10, 2.2e10, 4.7e10, 9e10, 2.1e11)):
+        fake_run(tmp_path / "runs", f"r{i}", [f"sparsity.ratio=0.{5 + i}"], flops=flops)
+    figures = captured_figures(monkeypatch)
+    plot_acc_vs_flops(groups_of(tmp_path / "runs"), tmp_path / "acc.png")
+    ax = figures[0].axes[0]
+    assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
+    renderer = figures[0].canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    labels = [t for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+              if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(labels) >= 2
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+
+
+def test_timeline_has_accuracy_and_separate_axes_in_png_and_pdf(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spfde.report import plot_timeline
+
+    run = fake_run(tmp_path, "run", ["freeze=0.1", "sieve=0.2"], epochs=4)
+    labels = plot_timeline(run, tmp_path / "timeline.png")
+    assert labels == ["test acc. (%)", "frozen blocks", "data seen", "sparsity"]
+    assert (tmp_path / "timeline.pdf").read_bytes().startswith(b"%PDF")
+
+
+def balanced(tex: str) -> None:
+    """Braces balance (escaped ones aside), environments nest, and every tabular row has its column count."""
+    import re
+
+    depth = 0
+    for i, c in enumerate(tex):
+        if c in "{}" and tex[i - 1] != "\\":
+            depth += 1 if c == "{" else -1
+            assert depth >= 0, tex[max(0, i - 80):i + 1]
+    assert depth == 0
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", tex):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack.pop() == env
+    assert not stack
+    for spec, body in re.findall(r"\\begin\{tabular\}\{(\w+)\}(.*?)\\end\{tabular\}", tex, re.S):
+        for row in body.split("\\\\\n"):
+            row = re.sub(r"\\(toprule|midrule|bottomrule|cmidrule\(lr\)\{[\d-]+\})", "", row).strip()
+            if row:
+                spans = sum(int(n) - 1 for n in re.findall(r"\\multicolumn\{(\d+)\}", row))
+                assert len(re.findall(r"(?<!\\)&", row)) + spans == len(spec) - 1, row
+
+
+def test_tables_tex_in_the_paper_layout_for_table2_and_table3(tmp_path):
+    from spfde.report import main
+
+    for ratio in (0.9, 0.95):
+        for seed in (0, 1, 2):
+            fake_run(tmp_path / "t2", f"mest{ratio}s{seed}", ["experiment_name=table2", f"sparsity.ratio={ratio}",
+                                                             f"seed={seed}"], acc=0.7 + seed / 100)
+            fake_run(tmp_path / "t2", f"set{ratio}s{seed}", ["experiment_name=table2", "sparsity=set",
+                                                            f"sparsity.ratio={ratio}", f"seed={seed}"], flops=9e11)
+    fake_run(tmp_path / "t2", "spfde", ["experiment_name=table2", "freeze=0.2", "sieve=0.2"], flops=7e11)
+    main([str(tmp_path / "t2"), "--no-timelines"])
+    tex = (tmp_path / "t2" / "report" / "tables.tex").read_text()
+    balanced(tex)
+    assert tex.count("\\toprule") == tex.count("\\midrule") == tex.count("\\bottomrule") == 2
+    paper = tex.split("\\end{table}")[0]
+    assert "\\multicolumn{2}{c}{90\\%} & \\multicolumn{2}{c}{95\\%}" in paper and "FLOPs & Acc. (\\%)" in paper
+    assert "MEST (EM\\&S) & 1 & 71.00 $\\pm$ 1.00 ($n=3$) & 1 & 71.00 $\\pm$ 1.00 ($n=3$) \\\\" in paper
+    assert "SpFDE 20\\%+20\\% & 0.7 & 90.00 ($n=1$) &  &  \\\\" in paper  # one seed: no std; no 95% run
+    assert "$\\times 10^{12}$" in paper and "resnet8-w1 on digits" in paper
+
+    fake_run(tmp_path / "t3", "dense", ["experiment_name=table3", "sparsity=dense", "sparsity.ratio=0"], flops=3e12)
+    fake_run(tmp_path / "t3", "rigl", ["experiment_name=table3", "sparsity=rigl", "sparsity.ratio=0.8"], flops=7e11)
+    fake_run(tmp_path / "t3", "mest", ["experiment_name=table3", "sparsity.ratio=0.8"], flops=9e11)
+    main([str(tmp_path / "t3"), "--no-timelines"])
+    tex = (tmp_path / "t3" / "report" / "tables.tex").read_text()
+    balanced(tex)
+    paper = tex.split("\\end{table}")[0]
+    assert "Method & Training FLOPs ($\\times 10^{12}$) & Inference FLOPs ($\\times 10^{9}$) & Top-1 acc." in paper
+    body = paper.split("\\midrule", 1)[1]
+    assert body.index("Dense &") < body.index("Sparsity ratio 80\\%") < body.index("MEST (EM\\&S) & 0.9") \
+        < body.index("RigL & 0.7")
+    assert "one seed ($n=1$), no std" in paper and "$\\pm$" not in tex
+
+    fake_run(tmp_path / "other", "a_b", ["optim.lr=0.05"])  # any other sweep: the grouped table only
+    main([str(tmp_path / "other"), "--no-timelines"])
+    tex = (tmp_path / "other" / "report" / "tables.tex").read_text()
+    balanced(tex)
+    assert tex.count("\\begin{table}") == 1 and "All configurations" in tex and "\\&" in tex
+
+
+@pytest.mark.slow
+def test_index_html_shows_every_table_and_figure_and_the_notes(tmp_path):
+    from html.parser import HTMLParser
+
+    from spfde.report import main
+
+    root = tmp_path / "my_sweep"
+    for x in (0, 0.1):
+        for y in (0, 0.2):
+            fake_run(root, f"x{x}y{y}", [f"freeze={x}", f"sieve={y}", "experiment_name=my_sweep"], epochs=3)
+    (root / "unfinished").mkdir()
+    (root / "unfinished" / "config.yaml").write_text("seed: 0\n")
+    (root / "x0y0" / "metrics.jsonl").write_text((root / "x0y0" / "metrics.jsonl").read_text() + "{broken\n")
+    main([str(root)])
+    out = root / "report"
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.tags, self.text, self.title, self.open = [], [], [], None, None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.open = tag
+            self.refs += [v for k, v in attrs if k in ("src", "href") and not v.startswith("#")]
+
+        def handle_endtag(self, tag):
+            self.open = None
+
+        def handle_data(self, data):
+            self.text.append(data)
+            if self.open == "title":
+                self.title = data
+
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    assert page.title == "SpFDE report: my_sweep"
+    assert "script" not in page.tags and not any(r.startswith(("http:", "https:", "//")) for r in page.refs)
+    assert all((out / r).is_file() for r in page.refs), [r for r in page.refs if not (out / r).is_file()]
+    pngs = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    assert len(pngs) == 8 and pngs <= set(page.refs)  # 2 accuracy plots, 2 heatmaps, 4 timelines
+    assert {"table.md", "summary.csv", "runs.csv", "tables.tex", "timelines/x0.1y0.2.pdf"} <= set(page.refs)
+    markdown_tables = sum(line.startswith("|---") for line in (out / "table.md").read_text().splitlines())
+    assert page.tags.count("table") == markdown_tables + 2  # every table of table.md, and the two CSVs
+    text = " ".join(page.text)
+    assert "unfinished: " in text and "damaged: " in text and "All groups" in text and "MEST (EM&amp;S)" not in text
