@@ -71,9 +71,8 @@ def plot_structural_similarity(d: dict, label: str, path: Path):
     """Fig. 1a: structural similarity of each layer (all layers, or MAX_LAYERS evenly spread, each named in the
     legend) per epoch. Returns the figure's axes (closed)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    from spfde.report import save_figure
+    from spfde.report import epoch_axis, save_figure
 
     names = list(d["structural_similarity"])
     shown = shown_layers(names)
@@ -82,13 +81,12 @@ def plot_structural_similarity(d: dict, label: str, path: Path):
     for i, name in enumerate(shown):
         ax.plot(d["epochs"], d["structural_similarity"][name], marker=".", color=cmap(0.9 * i / max(1, len(shown) - 1)),
                 label=name)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax, d["epochs"])
     ax.set_ylabel("structural similarity with the final model")
     ax.set_title(f"Fig. 1a — top-50% non-zero positions kept ({label})", fontsize=10)
     ax.legend(fontsize=7, title=layer_legend_title(shown, names), title_fontsize=8, loc="upper left",
               bbox_to_anchor=(1.02, 1), borderaxespad=0)
     ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save_figure(fig, path, dpi=120)
     plt.close(fig)
     return ax
@@ -97,20 +95,18 @@ def plot_structural_similarity(d: dict, label: str, path: Path):
 def plot_cka(data: list[tuple[str, dict]], block_index: int, path: Path):
     """Fig. 1b: CKA of one block with the final model per epoch, one line per run ((label, series) pairs)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    from spfde.report import PALETTE, save_figure
+    from spfde.report import PALETTE, epoch_axis, save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (label, d) in enumerate(data):
         block = list(d["cka"])[block_index]
         ax.plot(d["epochs"], d["cka"][block], marker=".", color=PALETTE[i % len(PALETTE)], label=f"{label} ({block})")
-    ax.set_xlabel("epoch")
+    epoch_axis(ax, [e for _, d in data for e in d["epochs"]])
     ax.set_ylabel("linear CKA with the final model")
     ax.set_title("Fig. 1b — representation similarity of one block", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save_figure(fig, path, dpi=120)
     plt.close(fig)
     return ax
@@ -120,9 +116,8 @@ def plot_grad_norms(epochs: list[int], norms: dict[str, list[float]], label: str
     """Fig. 3b: each layer's gradient norm per epoch and its change between epochs (all layers, or MAX_LAYERS
     evenly spread); a panel with nothing to draw says why. Returns the two axes (closed)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    from spfde.report import save_figure
+    from spfde.report import epoch_axis, save_figure
 
     names = list(norms)
     shown = shown_layers(names)
@@ -138,8 +133,7 @@ def plot_grad_norms(epochs: list[int], norms: dict[str, list[float]], label: str
     a2.set_title("change of the gradient norm between epochs", fontsize=10)
     a2.set_ylabel("|norm(epoch) − norm(epoch − 1)|")
     for ax in (a1, a2):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, epochs)
         ax.grid(alpha=0.3)
     if not names:
         for ax in (a1, a2):

@@ -552,6 +552,18 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
     return written
 
 
+def epoch_axis(ax, epochs: list) -> None:
+    """Whole epochs on x; a single epoch gets its one tick (not 2.84 ... 3.16 around it)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    if len(set(epochs)) == 1:
+        ax.set_xticks(list(set(epochs)))
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 # the timeline's panels: (y label, what it shows, metrics key, default when a record lacks it, scale, step plot)
 TIMELINE = (("test acc. (%)", "test accuracy after each epoch", "test/acc", math.nan, 100, False),
             ("frozen blocks", "blocks frozen by progressive layer freezing", "freeze/frozen_blocks", 0, 1, True),
@@ -582,8 +594,7 @@ def plot_timeline(run: Path, path: Path) -> list[str]:
         ax.set_ylabel(ylabel)
         ax.set_title(what, fontsize=9, loc="left")
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("epoch")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    epoch_axis(axes[-1], epochs)
     fig.suptitle(f"Timeline of {run.name[:100]}", fontsize=10)
     fig.align_ylabels(axes)
     fig.tight_layout()

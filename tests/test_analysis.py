@@ -89,6 +89,7 @@ def test_fig3b_says_why_a_panel_is_empty_and_fig1a_names_the_layers_it_draws(tmp
     a1, a2 = plot_grad_norms([3], {"conv1": [0.5], "fc": [0.2]}, "mest 90%", tmp_path / "one_epoch.png")
     assert [t.get_text() for t in a2.texts] == ["a change needs two epochs;\nthis run logged 1"]
     assert list(a2.get_xticks()) == [] and not a1.texts  # no 1.900 ... 2.100 ticks around nothing
+    assert list(a1.get_xticks()) == [3]  # one epoch, one tick
     a1, a2 = plot_grad_norms([1, 2], {}, "dense", tmp_path / "none.png")
     assert all("analysis.every" in ax.texts[0].get_text() for ax in (a1, a2))
     assert (tmp_path / "none.pdf").exists()
