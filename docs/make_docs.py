@@ -78,9 +78,23 @@ def report(out: Path) -> None:
         os.chdir(cwd)
 
 
+def without_ids(node):
+    """A dashboard spec without its panel ids, which are random on every build."""
+    if isinstance(node, dict):
+        return {k: without_ids(v) for k, v in node.items() if k != "__id__"}
+    return [without_ids(v) for v in node] if isinstance(node, list) else node
+
+
 def dashboard() -> None:
-    subprocess.run([sys.executable, "-m", "spfde.dashboard", "smoke", "--out", str(SMOKE / "dashboard.json")],
-                   cwd=REPO, env=env(), check=True)
+    """The smoke sweep's dashboard spec; the committed file stays when only its random panel ids would change."""
+    path = REPO / SMOKE / "dashboard.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "spfde.dashboard", "smoke", "--out", f"{tmp}/dashboard.json"],
+                       cwd=REPO, env=env(), check=True)
+        made = Path(tmp, "dashboard.json").read_text()
+    if not path.exists() or without_ids(json.loads(made)) != without_ids(json.loads(path.read_text())):
+        path.write_text(made)
+        print(f"dashboard spec -> {SMOKE / 'dashboard.json'}")
 
 
 def screenshot() -> None:
@@ -89,7 +103,7 @@ def screenshot() -> None:
         print(f"chromium is not installed: {SMOKE / 'report.png'} stays as it is")
         return
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={REPO / SMOKE / 'report.png'}", "--window-size=1200,1600",
+                    f"--screenshot={REPO / SMOKE / 'report.png'}", "--window-size=1200,2200",
                     (REPO / REPORT / "index.html").as_uri()], check=True, capture_output=True)
     print(f"screenshot -> {SMOKE / 'report.png'}")
 

@@ -5,14 +5,19 @@ Finds every run directory (one holding `summary.json`) under the given paths, gr
 config is the same except for the seed (keys that cannot change results aside; a repeated seed in a group is
 an error), and writes into --out (default: the first path's `report/`):
   runs.csv       one row per run
-  summary.csv    one row per group: mean ± std of accuracy over seeds, training FLOPs, memory, time, the
-                 config keys that vary between groups
+  summary.csv    one row per group: mean ± std of accuracy over seeds (std blank for one seed: undefined),
+                 training FLOPs, memory, time, the config keys that vary between groups
   table.md       the paper's layout (method rows; per sparsity: training FLOPs and accuracy), and the
                  full grouped table
+  tables.tex     the same as LaTeX booktabs tables (spfde.report_tex): Table 2's or Table 3's layout for
+                 those sweeps (experiment_name table2/table3), then the grouped table
   acc_vs_flops.png/.pdf     accuracy ± std against training cost: for an x-by-y grid one line per x
-                            against the FLOPs saved, otherwise one series per row
+                            against the FLOPs saved, otherwise one series per row against the training FLOPs
+  acc_vs_train_flops.png/.pdf   for a grid, the same lines against the training FLOPs themselves
   heatmap_acc.png/.pdf, heatmap_saving.png/.pdf   x (freeze) by y (sieve) grids, when the runs span one
-  timelines/<run>.png   per run: frozen blocks, share of the data seen, sparsity per epoch
+  timelines/<run>.png/.pdf  per run and epoch: accuracy, frozen blocks, share of the data seen, sparsity
+  index.html     one page with the notes, every table and every figure above (spfde.report_html), offline
+Figures say n (seeds), draw no error bar for one seed and use Okabe & Ito's colour-blind-safe palette.
 With --wandb the grouped table (and the figures) are logged as one wandb run of job type `report` in the
 runs' logger.project/entity, under <out>/wandb (offline unless WANDB_MODE says otherwise).
 """
@@ -693,13 +698,14 @@ def main(argv: list[str] | None = None) -> None:
     experiments = sorted({str(r["experiment"]) for r in rows})
     (out / "tables.tex").write_text(latex_tables(groups, experiments))
     images = write_figures(groups, runs, out, timelines=not args.no_timelines)
+    # last: the page shows every table and figure written above
+    sweeps = ", ".join(e for e in experiments if e != "None") or ", ".join(p.name for p in args.paths)
+    page = write_index(out, f"SpFDE report: {sweeps}", f"{len(runs)} runs in {len(groups)} groups, from "
+                       f"{', '.join(map(str, args.paths))}", left_out)
     print(markdown(groups))
     print(f"{len(runs)} runs in {len(groups)} groups -> {out}" + (f" ({len(left_out)} left out or damaged, listed in "
                                                                f"left_out.txt)" if left_out else ""))
-    # last: the page shows every table and figure written above
-    sweeps = ", ".join(e for e in experiments if e != "None") or ", ".join(p.name for p in args.paths)
-    write_index(out, f"SpFDE report: {sweeps}", f"{len(runs)} runs in {len(groups)} groups, from "
-                f"{', '.join(map(str, args.paths))}", left_out)
+    print(f"every table and figure on one page: {page}")
     if args.wandb:
         where = log_to_wandb(groups, images, args.paths[0].name, out, runs[0])
         print(f"wandb (offline unless WANDB_MODE=online): {where}")

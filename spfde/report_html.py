@@ -1,9 +1,9 @@
 """report/index.html: one page with every table and figure of a report folder, readable offline.
 
 It takes what the folder holds when it is written (so it is written last): the notes (runs left out, damaged,
-unfinished), every Markdown file's tables (table.md), every CSV as a table, every PNG figure (top level first,
-then sub-folders such as timelines/) shown with <img> from beside the page, each with a link to its PDF, and
-links to the other files (tables.tex, ...). Plain HTML and inline CSS: no script, no network.
+unfinished), every Markdown file's tables (table.md), every PNG figure (top level first, then sub-folders such
+as timelines/) shown with <img> from beside the page, each with a link to its PDF, every CSV as a table (the
+data), and links to the other files (tables.tex, ...). Plain HTML and inline CSS: no script, no network.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,s
 max-width:1200px;padding:0 1em;color:#111;line-height:1.4}h1{font-size:1.6em}
 h2{border-bottom:1px solid #ccc;padding-bottom:.2em;
 margin-top:2em}h3{font-size:1.05em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
-th,td{border:1px solid #bbb;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#eee}
+th,td{border:1px solid #bbb;padding:.25em .5em;text-align:left;vertical-align:top;white-space:nowrap}th{background:#eee}
 tr:nth-child(even) td{background:#f7f7f7}figure{margin:1em 0 2em}img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#444}.notes li{font-family:monospace;font-size:.85em}.scroll{overflow-x:auto}
 nav a{margin-right:1em}"""
@@ -64,25 +64,28 @@ def csv_html(path: Path) -> str:
 
 def write_index(out: Path, title: str, subtitle: str, notes: list[str]) -> Path:
     """Write out/index.html from the files in `out`."""
-    tables = sorted(out.glob("*.md")) + sorted(out.glob("*.csv"))
+    tables, data = sorted(out.glob("*.md")), sorted(out.glob("*.csv"))  # the paper's tables first, the data last
     figures = sorted(out.glob("*.png")) + sorted(p for p in out.glob("*/*.png") if p.parent.name != "wandb")
     others = sorted(p for p in out.iterdir() if p.is_file() and p.suffix not in (".md", ".csv", ".png", ".pdf")
                     and p.name != "index.html")
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{e(title)}</title>\n"
              f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>{e(title)}</h1>\n<p>{e(subtitle)}</p>",
              '<nav><a href="#notes">notes</a><a href="#tables">tables</a><a href="#figures">figures</a>'
-             '<a href="#files">files</a></nav>',
+             '<a href="#data">data</a><a href="#files">files</a></nav>',
              '<h2 id="notes">Notes</h2>']
     if notes:
         parts.append("<p>Runs left out (damaged summary, unfinished) or damaged in part:</p><ul class=\"notes\">"
                      + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     else:
         parts.append("<p>Every run found is in the report: none left out, damaged or unfinished.</p>")
+    def section(paths):
+        for path in paths:
+            rel = path.relative_to(out).as_posix()
+            parts.append(f'<h3><a href="{e(rel)}">{e(rel)}</a></h3>')
+            parts.append(markdown_html(path.read_text()) if path.suffix == ".md" else csv_html(path))
+
     parts.append('<h2 id="tables">Tables</h2>')
-    for path in tables:
-        rel = path.relative_to(out).as_posix()
-        parts.append(f'<h3><a href="{e(rel)}">{e(rel)}</a></h3>')
-        parts.append(markdown_html(path.read_text()) if path.suffix == ".md" else csv_html(path))
+    section(tables)
     parts.append('<h2 id="figures">Figures</h2>')
     for path in figures:
         rel = path.relative_to(out).as_posix()
@@ -90,6 +93,8 @@ def write_index(out: Path, title: str, subtitle: str, notes: list[str]) -> Path:
         link = f' (<a href="{e(pdf.relative_to(out).as_posix())}">PDF</a>)' if pdf.exists() else ""
         parts.append(f'<figure><img src="{e(rel)}" alt="{e(path.stem)}" loading="lazy">'
                      f"<figcaption>{e(rel)}{link}</figcaption></figure>")
+    parts.append('<h2 id="data">Data</h2>')
+    section(data)
     parts.append('<h2 id="files">Other files</h2><ul>'
                  + "".join(f'<li><a href="{e(p.name)}">{e(p.name)}</a></li>' for p in others) + "</ul>")
     parts.append("</body>\n</html>\n")
