@@ -275,7 +275,7 @@ def group(rows: list[dict]) -> list[dict]:
                   "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
                   "train_flops": mean([m["train_flops"] for m in members]),
                   "dense_train_flops": mean([m["dense_train_flops"] for m in members]),
-                  "inference_flops": mean([m["inference_flops"] for m in members]),
+                  "inference_flops": mean([m.get("inference_flops") for m in members]),
                   "memory_min_bytes": mean([m["memory_min_bytes"] for m in members]),
                   "memory_avg_bytes": mean([m["memory_avg_bytes"] for m in members]),
                   "memory_dst_min_bytes": mean([m["memory_dst_min_bytes"] for m in members]),
@@ -707,7 +707,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                f"left_out.txt)" if left_out else ""))
     print(f"every table and figure on one page: {page}")
     if args.wandb:
-        where = log_to_wandb(groups, images, args.paths[0].name, out, runs[0])
+        summary_figures = [p for p in images if p.parent == out]  # not one timeline per run
+        where = log_to_wandb(groups, summary_figures, args.paths[0].name, out, runs[0])
         print(f"wandb (offline unless WANDB_MODE=online): {where}")
 
 
