@@ -548,7 +548,7 @@ def plot_heatmaps(groups: list[dict], out: Path) -> list[Path]:
             n = members[0]["seeds"]
             seeds = ("" if not same_n else ", one seed per cell" if n == 1 else f", n={n} seeds per cell")
             ax.set_title(f"{what}\n{describe(members)}, {method_name(members[0])}{seeds}", fontsize=9)
-            fig.colorbar(im, ax=ax).set_label(what)
+            fig.colorbar(im, ax=ax).set_label("mean test accuracy (%)" if name == "acc" else what)  # colour: the mean
             path = out / f"heatmap_{name}.png"
             save_figure(fig, path)
             plt.close(fig)
