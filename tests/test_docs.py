@@ -37,6 +37,7 @@ def test_the_committed_report_is_what_the_report_makes_of_the_committed_runs(tmp
             assert (tmp_path / "report" / name).read_text() == (committed / name).read_text(), f"{name}: {STALE}"
 
 
+@pytest.mark.slow
 def test_the_committed_runs_are_what_todays_code_configures_and_costs():
     from spfde.config import compose_config
     from spfde.plan import build_plan
