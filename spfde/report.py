@@ -12,6 +12,8 @@ an error), and writes into --out (default: the first path's `report/`):
   acc_vs_flops.png/.pdf     accuracy ± std against training cost: for an x-by-y grid one line per x
                             against the FLOPs saved, otherwise one series per row
   heatmap_acc.png/.pdf, heatmap_saving.png/.pdf   x (freeze) by y (sieve) grids, when the runs span one
+  pareto.csv, pareto.png/.pdf   the configurations not dominated in mean accuracy vs mean training FLOPs
+                                (spfde.pareto), and every configuration against absolute FLOPs with the front
   timelines/<run>.png   per run: frozen blocks, share of the data seen, sparsity per epoch
 With --wandb the grouped table (and the figures) are logged as one wandb run of job type `report` in the
 runs' logger.project/entity, under <out>/wandb (offline unless WANDB_MODE says otherwise).
@@ -28,6 +30,7 @@ import sys
 from pathlib import Path
 
 from spfde.checkpoint import read_summary
+from spfde.pareto import write_pareto
 
 # the columns of the grouped table; the grouping itself uses the whole resolved config (see config_key)
 KEYS = ("model", "dataset", "method", "ratio", "freeze", "freeze_scheme", "sieve", "sieve_method", "epochs")
@@ -559,6 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     images = [out / "acc_vs_flops.png"]
     plot_acc_vs_flops(groups, images[0])
     images += plot_heatmaps(groups, out)
+    images += write_pareto(groups, out)
     if not args.no_timelines:
         (out / "timelines").mkdir(exist_ok=True)
         for run in runs:
