@@ -98,11 +98,11 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_pareto(groups: list[dict], out: Path) -> list[Path]:
-    """The report's front: `pareto.csv` and `pareto.png`/`.pdf` in `out`; returns the PNG (for --wandb)."""
-    from spfde.report import describe, write_csv
+def write_pareto(groups: list[dict], out: Path, title: str = "") -> list[Path]:
+    """The report's front: `pareto.csv` and `pareto.png`/`.pdf` in `out` (`title`: what the runs are); returns
+    the PNG (for --wandb)."""
+    from spfde.report import write_csv
 
-    rows = front_rows(groups)
-    write_csv(out / "pareto.csv", rows)
-    plot_front(groups, out / "pareto.png", describe(groups))
+    write_csv(out / "pareto.csv", front_rows(groups))
+    plot_front(groups, out / "pareto.png", title)
     return [out / "pareto.png"]

@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     images = [out / "acc_vs_flops.png"]
     plot_acc_vs_flops(groups, images[0])
     images += plot_heatmaps(groups, out)
-    images += write_pareto(groups, out)
+    images += write_pareto(groups, out, describe(groups))
     if not args.no_timelines:
         (out / "timelines").mkdir(exist_ok=True)
         for run in runs:
