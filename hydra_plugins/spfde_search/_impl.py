@@ -2,11 +2,13 @@
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, DiscreteUniformDistribution, UniformDistribution
 from optuna.trial import Trial, TrialState
 
@@ -20,6 +22,10 @@ class SearchImpl(OptunaSweeperImpl):
         self.on_grid: set = set()
 
     def sweep(self, arguments: list[str]) -> None:
+        # the sweep directory holds the study; multirun.yaml as Hydra's basic sweeper saves it (spfde.dashboard)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         self.continue_study()
         super().sweep(arguments)
 
@@ -39,6 +45,7 @@ class SearchImpl(OptunaSweeperImpl):
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params)
         self.n_trials = max(0, self.n_trials - finished)
+        self.job_idx = len(trials)  # Hydra's job numbers (#N in the log) go on from the former launches'
         sampler_cfg = self.config.hydra.sweeper.sampler
         if trials and sampler_cfg.get("seed") is not None:
             self.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
