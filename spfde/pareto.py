@@ -83,9 +83,11 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
         ax.step([g[FLOPS] for g in front], [100 * g[ACC] for g in front], where="post", color="tab:red",
                 label="Pareto front")
         ax.plot([g[FLOPS] for g in front], [100 * g[ACC] for g in front], "o", color="tab:red")
+        labels: dict[tuple, list[str]] = {}  # identical points share one label ("a / b")
         for g in front:
-            ax.annotate(point_label(g, shown), (g[FLOPS], 100 * g[ACC]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+            labels.setdefault((g[FLOPS], g[ACC]), []).append(point_label(g, shown))
+        for (f, a), names in labels.items():
+            ax.annotate(" / ".join(names), (f, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
     flops = [g[FLOPS] for g in points]
     if flops and min(flops) > 0 and max(flops) / min(flops) > 10:
         ax.set_xscale("log")
