@@ -184,7 +184,8 @@ def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is
         holder.wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert "Continuing the study of 5 trials (4 finished, 1 stopped while running" in log
+    assert "Continuing the study of 6 trials (4 finished, 1 stopped while running: their values again, 1 queued): " \
+           "2 trials to go" in log
     assert "This run already finished" in log and "is in use by" in log
     trials = study_of(sweep_dir).trials
     assert len(trials) == 7 and trials[4].state == TrialState.FAIL  # the stopped one

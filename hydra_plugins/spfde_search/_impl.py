@@ -49,10 +49,11 @@ class SearchImpl(OptunaSweeperImpl):
         sampler_cfg = self.config.hydra.sweeper.sampler
         if trials and sampler_cfg.get("seed") is not None:
             self.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
+        queued = sum(t.state == TrialState.WAITING for t in trials)  # study.enqueue_trial(): they run first
         if trials:
             log.info(f"Continuing the study of {len(trials)} trials ({finished} finished"
                      + (f", {len(stale)} stopped while running: their values again" if stale else "")
-                     + f"): {self.n_trials} trials to go")
+                     + (f", {queued} queued" if queued else "") + f"): {self.n_trials} trials to go")
 
     def _configure_trials(self, trials: list[Trial], search_space_distributions: dict[str, BaseDistribution],
                           fixed_params: dict[str, Any]) -> Sequence[Sequence[str]]:
