@@ -172,7 +172,9 @@ def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is
     study.enqueue_trial({"freeze": 0.002, "sieve": 0.002})
     busy = sweep_dir / "epochs=2,experiment=quickstart,freeze=0.002,model.depth=8,sieve=0.002"
     busy.mkdir()
-    before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.jsonl")}
+    # what only training writes (a finished run rewrites metrics.jsonl from its checkpoint when it is found again)
+    written = ("*/summary.json", "*/last.pt")
+    before = {p: p.stat().st_mtime_ns for w in written for p in sweep_dir.glob(w)}
     holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
                                f"lock_run_dir({str(busy)!r}); print('locked', flush=True); time.sleep(120)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -193,4 +195,4 @@ def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is
     failed = [t for t in trials[5:] if t.params == {"freeze": 0.002, "sieve": 0.002}]
     assert again[0].state == TrialState.COMPLETE and again[0].values == done.values
     assert failed[0].state == TrialState.FAIL and failed[0].values is None
-    assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.jsonl")} == before  # nothing trained
+    assert len(before) == 8 and {p: p.stat().st_mtime_ns for w in written for p in sweep_dir.glob(w)} == before
