@@ -18,10 +18,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,search]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with torch and the package (editable) + dev tools
+install: $(VENV)/.installed  ## create .venv with torch and the package (editable) + dev tools + the search extra
 
 run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via ARGS="..."
 	$(PY) -m spfde.run experiment=quickstart $(ARGS)
@@ -67,7 +67,7 @@ slurm-down: ## stop it
 	bash tests/cluster/slurm-down.sh
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check spfde tests
+	$(VENV)/bin/ruff check spfde tests hydra_plugins
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

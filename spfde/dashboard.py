@@ -52,7 +52,9 @@ def sweep_values(overrides: list[str]) -> dict[str, list[str]]:
             key = "sparsity.name"
         elif is_group(key):  # a config group: its choice is <group>.name
             key = f"{key}.name"
-        if o.is_sweep_override():
+        if o.value_type.name == "INTERVAL_SWEEP":  # drawn by a search (+search=...): the ends of its interval
+            out[key] = [str(o.value().start), str(o.value().end)]
+        elif o.is_sweep_override():
             out[key] = [str(v) for v in o.sweep_string_iterator()]
         else:  # a later plain value (the command line after the preset's params) pins the key
             out.pop(key, None)
@@ -89,6 +91,7 @@ def sweep_info(target: str) -> dict:
     # the wandb group its runs log to (spfde.log.wandb_group): a preset's logger.group, else the sweep directory's name
     group = cfg.logger.get("group") or directory.name
     runs = math.prod(len(values) for values in varies.values())  # Hydra's basic sweeper: every combination
+    runs = OmegaConf.select(cfg, "hydra.sweeper.n_trials", default=runs)  # a search: its trials
     return {"name": directory.name, "dir": directory, "varies": varies, "group": str(group), "runs": runs,
             "project": cfg.logger.project, "entity": cfg.logger.get("entity")}
 

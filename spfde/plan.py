@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [a for a in args if not a.startswith("-") and not is_hydra(a)]  # Hydra's settings plan nothing
     try:
         if {"-m", "--multirun"} & set(args):
-            print(plan_sweep(overrides))
+            from spfde.search import plan_search  # a search (+search=...): its trials and FLOPs range, not a grid
+
+            print(plan_search([a for a in args if not a.startswith("-")]) or plan_sweep(overrides))
             return
         cfg = compose_checked(overrides)
         check_before_work(cfg, data=False)

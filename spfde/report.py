@@ -15,6 +15,8 @@ an error), and writes into --out (default: the first path's `report/`):
                             against the FLOPs saved, otherwise one series per row against the training FLOPs
   acc_vs_train_flops.png/.pdf   for a grid, the same lines against the training FLOPs themselves
   heatmap_acc.png/.pdf, heatmap_saving.png/.pdf   x (freeze) by y (sieve) grids, when the runs span one
+  pareto.csv, pareto.png/.pdf   the configurations not dominated in mean accuracy vs mean training FLOPs
+                                (spfde.pareto), and every configuration against absolute FLOPs with the front
   timelines/<run>.png/.pdf  per run and epoch: accuracy, frozen blocks, share of the data seen, sparsity
   index.html     one page with the notes, every table and every figure above (spfde.report_html), offline
 Figures say n (seeds), draw no error bar for one seed and use Okabe & Ito's colour-blind-safe palette.
@@ -34,6 +36,7 @@ import sys
 from pathlib import Path
 
 from spfde.checkpoint import read_summary
+from spfde.pareto import write_pareto
 
 # the columns of the grouped table; the grouping itself uses the whole resolved config (see config_key)
 KEYS = ("model", "dataset", "method", "ratio", "freeze", "freeze_scheme", "sieve", "sieve_method", "epochs")
@@ -698,6 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     experiments = sorted({str(r["experiment"]) for r in rows})
     (out / "tables.tex").write_text(latex_tables(groups, experiments))
     images = write_figures(groups, runs, out, timelines=not args.no_timelines)
+    images += write_pareto(groups, out, describe(groups))
     # last: the page shows every table and figure written above
     sweeps = ", ".join(e for e in experiments if e != "None") or ", ".join(p.name for p in args.paths)
     page = write_index(out, f"SpFDE report: {sweeps}", f"{len(runs)} runs in {len(groups)} groups, from "

@@ -55,19 +55,23 @@ def in_basic_sweep() -> bool:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     from spfde.distributed import shutdown
     from spfde.rundir import Stopped
+    from spfde.search import search_objectives, trial_values
     from spfde.train import train
     from spfde.validation import validate
 
     errors = user_errors()
+    objectives = search_objectives()  # a trial of a search (+search=...): what the sweeper asks for; else None
     try:
         validate(cfg)
         summary = train(cfg)
     except errors as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         to_log_files(f"spfde: error: {e}")
+        if objectives is not None:
+            raise  # Hydra hands the error to the sweeper: the trial is FAIL in the study, the search goes on
         if in_basic_sweep():
             return None  # the sweep's other jobs still run (one process runs them all)
         sys.exit(2)
@@ -78,7 +82,7 @@ def main(cfg: DictConfig) -> float | None:
         raise
     finally:
         shutdown()  # a torchrun / multi-task SLURM rank leaves its process group
-    return summary["final_acc"]
+    return summary["final_acc"] if objectives is None else trial_values(summary, objectives)
 
 
 def adhoc_sweep_dir(args: list[str]) -> str | None:

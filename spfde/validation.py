@@ -117,7 +117,10 @@ def precheck_overrides(args: list[str]) -> None:
     and validates (Hydra's multi-line composition errors become one line), then `check_before_work`. With
     -m every job of the sweep is checked before the first one starts or is queued (one line per bad job).
     Other Hydra flags are left to Hydra itself."""
+    from spfde.search import check_search, check_search_installed
+
     overrides = [a for a in args if not a.startswith("-")]
+    check_search_installed(overrides)  # +search=... without the `search` extra: one line naming it
     check_output_dirs(parse_overrides(overrides))
     check_user_config_dir()
     flags = [a for a in args if a.startswith("-")]
@@ -130,6 +133,7 @@ def precheck_overrides(args: list[str]) -> None:
         jobs, drawn = checked_sweep(overrides)
         if drawn:
             check_sweeper_draws(drawn[0], [*jobs[0][0], *settings])
+        check_search([*jobs[0][0], *settings])
 
 
 def check_sweeper_draws(drawn: str, job: list[str]) -> None:
@@ -306,6 +310,23 @@ def sweep_jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:
     return [list(job) for job in itertools.product(*values.values())], standins
 
 
+def sample_values(o) -> list[str]:
+    """A few values of a sweep override (parsed), as `key=value` overrides: both ends of an interval() (also
+    under tag(log, ...)), the first and last of a range(), every value of a list, choice() or glob()."""
+    key = o.get_key_element()
+    if o.value_type.name == "INTERVAL_SWEEP":
+        v = o.value()
+        return [f"{key}={v.start}", f"{key}={v.end}"]
+    if o.value_type.name == "GLOB_CHOICE_SWEEP":
+        return [f"{key}={v}" for v in o.value().filter(group_options(o.key_or_group))]
+    if not o.is_sweep_override():
+        return [o.input_line]
+    values = list(o.sweep_string_iterator())
+    if o.value_type.name == "RANGE_SWEEP":
+        values = list(dict.fromkeys(values[:1] + values[-1:]))
+    return [f"{key}={v}" for v in values]
+
+
 def checked_sweep(overrides: list[str], data: bool = True,
                   outcome: str = "none started") -> tuple[list[tuple[list[str], DictConfig]], list[str]]:
     """Check every job of `-m overrides` (`check_before_work` once per configuration: seeds share it) and
@@ -317,6 +338,11 @@ def checked_sweep(overrides: list[str], data: bool = True,
             compose_checked([*jobs[0], standin], values=False)
         except ConfigError as e:
             raise ConfigError(f"{given}: {e} ({outcome})") from None
+        for end in sample_values(parse_overrides([given])[0]):  # a drawing sweeper may draw either end
+            try:
+                check_before_work(compose_checked([*jobs[0], end]), data=False)
+            except ConfigError as e:
+                raise ConfigError(f"{given} at {end}: {e} ({outcome})") from None
     errors, checked, configs = [], set(), []
     for job in jobs:
         try:

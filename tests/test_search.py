@@ -1,0 +1,198 @@
+"""Searches of the x%+y% trade-off (`+search=pareto`, Hydra's Optuna sweeper): a small search runs and stores its
+study, a relaunch continues it without training anything again (a trial a stopped launch left running gets its
+finished run back), a failed trial is FAIL in the study; the report's Pareto front; the precheck and the plan of
+a search; `pareto_front` on hand-made groups."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from spfde.config import ConfigError
+from spfde.pareto import pareto_front, point_label, write_pareto
+from spfde.search import check_objectives, installed, search_objectives, trial_values
+from tests.helpers import REPO, quick_overrides, run_cli
+
+needs_search = pytest.mark.skipif(not installed(), reason="the search extra is not installed (pip install '.[search]')")
+BOX = ["+search=pareto", "freeze=interval(0.0,0.03)"]  # 2 epochs of ResNet-8 reach 3% by freezing
+
+
+# ----------------------------------------------------------------------------- the front itself
+
+
+def g(acc, flops, n=1, std=0.0, **extra):
+    return {"acc_mean": acc, "train_flops": flops, "seeds": n, "acc_std": std, "freeze": 0.1, "sieve": 0.2,
+            "method": "mest", "ratio": 0.9, **extra}
+
+
+def test_pareto_front_keeps_ties_ignores_std_and_sorts_by_flops():
+    a, b = g(0.9, 10, n=3, std=0.01), g(0.9, 10)  # identical points: neither dominates the other
+    better_std = g(0.8, 10, n=3, std=0.0001)  # dominated by a however small its spread
+    top, cheap = g(0.95, 20), g(0.7, 5)
+    same_acc_dearer = g(0.7, 6)  # as accurate as `cheap`, more FLOPs
+    no_flops = g(0.99, None)
+    front = pareto_front([top, better_std, a, same_acc_dearer, b, cheap, no_flops])
+    assert [id(x) for x in front] == [id(cheap), id(a), id(b), id(top)]
+    assert pareto_front([g(0.5, 1)]) == [g(0.5, 1)]  # one configuration (n = 1) is its own front
+    assert point_label(g(0.2, 1, freeze=0.2, sieve=0.15), []) == "20%+15%"
+    assert point_label(g(0.2, 1, method="rigl"), ["method", "ratio"]) == "10%+20% (rigl, 90% sparse)"
+
+
+def test_pareto_csv_and_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    groups = [g(0.9, 10, n=3, std=0.01, label="A"), g(0.8, 12, n=3, std=0.02, label="B"), g(0.7, 5, label="C")]
+    assert write_pareto(groups, tmp_path) == [tmp_path / "pareto.png"]
+    rows = list(csv.DictReader(open(tmp_path / "pareto.csv")))
+    assert [r["label"] for r in rows] == ["C", "A"] and rows[1]["n"] == "3" and float(rows[1]["acc_std"]) == 0.01
+    assert (tmp_path / "pareto.pdf").stat().st_size > 0
+
+
+def test_trial_values_are_what_the_sweeper_asks_for_and_never_made_up():
+    summary = {"final_acc": 0.5, "train_flops": 2e9, "best_acc": float("nan")}
+    assert trial_values(summary, ["final_acc", "train_flops"]) == (0.5, 2e9)
+    assert trial_values(summary, ["final_acc"]) == 0.5
+    with pytest.raises(ValueError, match="no finite best_acc"):
+        trial_values(summary, ["best_acc"])
+    assert search_objectives() is None  # outside a search (plain runs, grid sweeps): the final accuracy, as always
+    hydra = OmegaConf.create({"sweeper": {"objectives": ["final_acc"], "direction": ["maximize", "minimize"]}})
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.objectives=\['final_acc'\] and .* one entry each"):
+        check_objectives(hydra)
+    hydra.sweeper.objectives = ["final_acc", "flops"]
+    with pytest.raises(ConfigError, match="'flops' is not a result a trial can return; choose from final_acc,"):
+        check_objectives(hydra)
+
+
+# ----------------------------------------------------------------------------- before anything starts
+
+
+@needs_search
+@pytest.mark.slow
+def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
+    from spfde.validation import precheck_overrides
+
+    precheck_overrides(["-m", *quick_overrides(), *BOX])
+    with pytest.raises(ConfigError, match=r"freeze=interval\(0.0,0.5\) at freeze=0.5: freeze=0.5 cannot be reached"):
+        precheck_overrides(["-m", *quick_overrides(), "+search=pareto", "freeze=interval(0.0,0.5)"])
+    monkeypatch.setattr("spfde.search.installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"^\+search=pareto needs Hydra's Optuna sweeper.*pip install 'spfde\[search"):
+        precheck_overrides(["-m", *quick_overrides(), *BOX])
+
+
+@needs_search
+@pytest.mark.slow
+def test_plan_of_a_search_prints_its_trials_and_flops_range(capsys):
+    from spfde.plan import main
+
+    main(["-m", *quick_overrides(), *BOX, "hydra.sweeper.n_trials=6"])
+    out = capsys.readouterr().out
+    corners = re.findall(r"^\s+([\d.e+]+)\s+[\d.]+%\s+(freeze=\S+ sieve=\S+)$", out, re.M)
+    assert [c for _, c in corners] == ["freeze=0.0 sieve=0.0", "freeze=0.0 sieve=0.3", "freeze=0.03 sieve=0.0",
+                                       "freeze=0.03 sieve=0.3"]
+    flops = [float(f) for f, _ in corners]
+    assert "6 trials in batches of 4 (2 batches)" in out
+    assert f"plans {min(flops):.4g} to {max(flops):.4g} training FLOPs" in out and min(flops) < max(flops)
+
+
+# ----------------------------------------------------------------------------- a real search
+
+
+def study_of(sweep_dir):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name="pareto", storage=f"sqlite:///{sweep_dir}/study.db")
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """A 4-trial search (2 per batch) on digits with the basic launcher, run once."""
+    cwd = tmp_path_factory.mktemp("search")
+    sweep_dir = cwd / "search"
+    args = ["-m", *quick_overrides(), *BOX, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}"]
+    proc = run_cli(args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir, args
+
+
+@needs_search
+@pytest.mark.slow
+def test_search_runs_its_trials_as_run_directories_and_stores_the_study(search):
+    from optuna.trial import TrialState
+
+    sweep_dir, _ = search
+    trials = study_of(sweep_dir).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:  # each trial is a run directory named by its values (on the 0.001 grid) with its summary
+        name = f"epochs=2,experiment=quickstart,freeze={round(t.params['freeze'], 3)!r},model.depth=8," \
+               f"sieve={round(t.params['sieve'], 3)!r}"
+        assert re.fullmatch(r".*freeze=0\.\d{1,3},.*sieve=0\.\d{1,3}", name)
+        summary = json.loads((sweep_dir / name / "summary.json").read_text())
+        assert t.values == [summary["final_acc"], summary["train_flops"]]
+
+
+@needs_search
+@pytest.mark.slow
+def test_report_front_holds_only_non_dominated_configurations(search):
+    sweep_dir, _ = search
+    report = sweep_dir / "report"
+    groups = [{"acc": float(r["acc_mean"]), "flops": float(r["train_flops"]), "label": r["label"]}
+              for r in csv.DictReader(open(report / "summary.csv"))]
+    front = {r["label"] for r in csv.DictReader(open(report / "pareto.csv"))}
+    assert front and (report / "pareto.png").is_file() and (report / "pareto.pdf").is_file()
+    for x in groups:
+        dominated = any(o["acc"] >= x["acc"] and o["flops"] <= x["flops"] and (o["acc"], o["flops"]) !=
+                        (x["acc"], x["flops"]) for o in groups)
+        assert (x["label"] in front) == (not dominated), x
+
+
+@needs_search
+@pytest.mark.slow
+def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is_fail(search):
+    """Relaunched with n_trials=6 after 4: two trials to go. One is a trial a stopped launch left running (with the
+    values of a finished run): it is FAIL and its values run again, finding that run finished. The other's run
+    directory is held by another process: that trial fails, FAIL in the study without values (not zeros)."""
+    from optuna.trial import TrialState
+
+    sweep_dir, args = search
+    study = study_of(sweep_dir)
+    done = study.trials[0]
+    study.enqueue_trial(done.params)
+    stopped = study.ask()  # left RUNNING, as by a launcher killed while the trial trained
+    stopped.suggest_float("freeze", 0.0, 0.03, step=0.001)
+    stopped.suggest_float("sieve", 0.0, 0.3, step=0.001)
+    study.enqueue_trial({"freeze": 0.002, "sieve": 0.002})
+    busy = sweep_dir / "epochs=2,experiment=quickstart,freeze=0.002,model.depth=8,sieve=0.002"
+    busy.mkdir()
+    # what only training writes (a finished run rewrites metrics.jsonl from its checkpoint when it is found again)
+    written = ("*/summary.json", "*/last.pt")
+    before = {p: p.stat().st_mtime_ns for w in written for p in sweep_dir.glob(w)}
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
+                               f"lock_run_dir({str(busy)!r}); print('locked', flush=True); time.sleep(120)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = run_cli([a.replace("n_trials=4", "n_trials=6") for a in args], cwd=sweep_dir.parent)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "Continuing the study of 6 trials (4 finished, 1 stopped while running: their values again, 1 queued): " \
+           "2 trials to go" in log
+    assert "This run already finished" in log and "is in use by" in log
+    trials = study_of(sweep_dir).trials
+    assert len(trials) == 7 and trials[4].state == TrialState.FAIL  # the stopped one
+    again = [t for t in trials[5:] if t.params == done.params]
+    failed = [t for t in trials[5:] if t.params == {"freeze": 0.002, "sieve": 0.002}]
+    assert again[0].state == TrialState.COMPLETE and again[0].values == done.values
+    assert failed[0].state == TrialState.FAIL and failed[0].values is None
+    assert len(before) == 8 and {p: p.stat().st_mtime_ns for w in written for p in sweep_dir.glob(w)} == before
