@@ -10,21 +10,80 @@ the dataset config; the model lives on the meta device, so even ResNet-50 plans 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import sys
 
-from spfde.build import build_core
+from omegaconf import OmegaConf
+
+from spfde.build import build_core, meta_model
 from spfde.config import ConfigError
-from spfde.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table, memory_model
+from spfde.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
 from spfde.sieve import SieveError, check_sieve, oneshot_epoch, partial_size, sieve_epochs
 from spfde.sparse import SparsityError, target_sparsity
-from spfde.validation import check_before_work, checked_sweep, compose_checked, is_hydra
+from spfde.validation import check_before_work, compose_checked, is_hydra
 
 
-def build_plan(cfg) -> dict:
+def planned_data(cfg) -> tuple:
+    """The config with the data sizes the run will read, and a line saying where they come from. Image folders
+    are counted as the run counts them (`list_image_folder`: file names only, nothing opened or decoded) when
+    dataset.root holds train/ and val/; otherwise, and for every other data set, the dataset config's sizes."""
+    from spfde.data import FOLDERS, DataError
+    from spfde.data.folders import find_image_folder
+
+    d = cfg.dataset
+    if d.name in FOLDERS:
+        try:
+            root = find_image_folder(d)
+        except DataError:
+            return cfg, (f"data: {d.train_size} training images, {d.num_classes} classes, from the dataset config "
+                         f"(dataset.root={d.root or '(unset)'} has no train/ and val/ to count)")
+        try:
+            train, test, classes = count_folder(str(root), d.name, d.num_classes)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        cfg = copy.deepcopy(cfg)
+        cfg.dataset.train_size, cfg.dataset.test_size, cfg.dataset.num_classes = train, test, classes
+        return cfg, f"data: {train} training images ({test} val), {classes} classes, counted in {root}"
+    return cfg, (f"data: {d.train_size} training images ({d.test_size} test), {d.num_classes} classes "
+                 f"({d.name}'s sizes from its dataset config)")
+
+
+@functools.lru_cache(maxsize=64)
+def count_folder(root: str, name: str, num_classes: int) -> tuple[int, int, int]:
+    """(train images, val images, classes) of an image folder, once per folder in a process (a sweep's jobs
+    share the count). Headers are not read (on_bad_file=skip): the run checks them itself before it starts."""
+    from omegaconf import OmegaConf
+
+    from spfde.data.folders import list_image_folder
+
+    d = OmegaConf.create({"name": name, "root": root, "num_classes": num_classes, "on_bad_file": "skip"})
+    listing = list_image_folder(d)
+    return listing.train_images, listing.val_images, len(listing.classes)
+
+
+_TABLES: dict[tuple, list[list[float]]] = {}
+
+
+def planned_table(cfg, cost_model, method, batches_per_epoch, max_frozen: int, frozen_densities: bool = True):
+    """`flops_table`, once per cost model, method schedule, batches and frozen depth in a process: a sweep's jobs
+    that differ in the freezing target or the seed share their tables (read-only)."""
+    key = (id(cost_model), type(method).__name__, OmegaConf.to_yaml(cfg.sparsity), repr(method.schedule),
+           tuple(tuple(b) for b in batches_per_epoch), max_frozen, frozen_densities)
+    if key not in _TABLES:
+        _TABLES[key] = flops_table(cost_model, method, batches_per_epoch, max_frozen, frozen_densities)
+    return _TABLES[key]
+
+
+def build_plan(cfg, conventions=MEMORY_CONVENTIONS) -> dict:
+    """The plan of one run. `conventions`: the memory conventions it reports (a sweep plan asks for the one it
+    shows: measuring the other's activations at every frozen depth is most of a plan's time)."""
     from spfde.data.folders import planned_image_size
+    from spfde.validation import check_dense_layers
 
+    cfg, data_line = planned_data(cfg)  # image folders: the folder's own counts
     d = cfg.dataset
     size = planned_image_size(d)  # image folders: dataset.image_size 0 = read from the images
     input_shape = (d.channels, size, size)
@@ -35,8 +94,9 @@ def build_plan(cfg) -> dict:
     batches = batches_per_epoch[0]
     core = build_core(cfg, d.num_classes, d.channels, size, len(batches), device="meta")
     model, method, cost_model, memory = core.model, core.method, core.cost_model, core.memory_model
-    memories_of = {c: memory if c == cfg.cost.memory else memory_model(c, model, input_shape, cfg.cost.memory_batch)
-                   for c in MEMORY_CONVENTIONS}
+    check_dense_layers(cfg, model)
+    memories_of = {c: meta_model(cfg, d.num_classes, input_shape, c)[2] for c in MEMORY_CONVENTIONS
+                   if c in conventions or c == cfg.cost.memory}
     notes = []
 
     if method.runs_in_rounds:
@@ -51,15 +111,15 @@ def build_plan(cfg) -> dict:
     else:
         densities_of = None
         candidates = candidate_blocks(model, cfg.freeze_fraction) if cfg.freeze > 0 else 0
-        table = flops_table(cost_model, method, batches_per_epoch, candidates)
-        unsieved = flops_table(cost_model, method, [epoch_batches(samples, cfg.batch_size)] * cfg.epochs, 0) \
+        table = planned_table(cfg, cost_model, method, batches_per_epoch, candidates)
+        unsieved = planned_table(cfg, cost_model, method, [epoch_batches(samples, cfg.batch_size)] * cfg.epochs, 0) \
             if cfg.sieve > 0 else table
     if type(method).planning_note(cfg):
         notes.append(type(method).planning_note(cfg))
 
     freeze = None
     if cfg.freeze > 0:  # solved on the back-propagation FLOPs saved (paper Alg. 1), see spfde.freeze
-        bp_table = flops_table(cost_model, method, batches_per_epoch, candidates, frozen_densities=False)
+        bp_table = planned_table(cfg, cost_model, method, batches_per_epoch, candidates, frozen_densities=False)
         freeze = solve(cfg.freeze_scheme.name, cfg.freeze, bp_table, cfg.epochs, cfg.interval, candidates,
                        scheme_options(cfg))
     frozen = freeze.frozen if freeze else [0] * len(table)
@@ -87,7 +147,7 @@ def build_plan(cfg) -> dict:
     targets = {n: c / method.masks.masks[n].numel() for n, c in method.targets.items()}
     block_flops = cost_model.block_forward()
     plan = {
-        "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
+        "data": data_line, "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
         "ratio": target_sparsity(cfg.sparsity),
         "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
         "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
@@ -131,8 +191,16 @@ def fmt_bytes(x: float) -> str:
     return f"{x / 2**20:.1f} MiB"
 
 
+def fmt_change(new: float, base: float) -> str:
+    """`new` against `base` as a signed percentage, "-42.7%" or "+0.3%"; a change that rounds to zero is "0.0%"
+    (never "-0.0%")."""
+    text = f"{100 * (new / base - 1):+.1f}%"
+    return "0.0%" if text in ("+0.0%", "-0.0%") else text
+
+
 def render(plan: dict) -> str:
-    lines = [f"SpFDE plan: {plan['model']} on {plan['dataset']} ({plan['train_size']} training images) — "
+    lines = [plan["data"],
+             f"SpFDE plan: {plan['model']} on {plan['dataset']} ({plan['train_size']} training images) — "
              f"{plan['sparsity']} at sparsity {plan['ratio']:g}, {plan['epochs']} epochs x {plan['steps_per_epoch']} "
              f"steps of {plan['batch_size']}", "", "Per-block forward FLOPs (dense, per sample):",
              f"  {'block':<22}{'MFLOPs':>10}{'share':>9}"]
@@ -144,7 +212,7 @@ def render(plan: dict) -> str:
               f"   (planned = {100 * plan['train_flops'] / plan['dense_train_flops']:.1f}% of dense)",
               f"  without freezing                {fmt_flops(plan['train_flops_no_freeze'])}",
               f"  without freezing and sieving    {fmt_flops(plan['train_flops_no_freeze_sieve'])}"
-              f"   (saving {100 * (1 - plan['train_flops'] / plan['train_flops_no_freeze_sieve']):.1f}%)"]
+              f"   (planned {fmt_change(plan['train_flops'], plan['train_flops_no_freeze_sieve'])})"]
     if plan["init_flops"]:
         lines.append(f"  of which mask selection at init {fmt_flops(plan['init_flops'])}")
     lines += [f"Inference FLOPs per sample:       {fmt_flops(plan['inference_flops'])} "
@@ -153,8 +221,8 @@ def render(plan: dict) -> str:
     for c, m in plan["memory_conventions"].items():
         lines.append(f"  {c + ' convention' + (' (used)' if c == plan['memory_convention'] else ''):<28}"
                      f"minimum {fmt_bytes(m['min_bytes'])}, average {fmt_bytes(m['avg_bytes'])}; plain DST minimum "
-                     f"{fmt_bytes(m['dst_min_bytes'])} (min -{100 * (1 - m['min_bytes'] / m['dst_min_bytes']):.1f}%, "
-                     f"avg -{100 * (1 - m['avg_bytes'] / m['dst_min_bytes']):.1f}%)")
+                     f"{fmt_bytes(m['dst_min_bytes'])} (min {fmt_change(m['min_bytes'], m['dst_min_bytes'])}, "
+                     f"avg {fmt_change(m['avg_bytes'], m['dst_min_bytes'])})")
     lines += ["  most frozen, at the target density: "
               + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in plan["memory_breakdown_min"].items() if k != "total")]
     changes = []
@@ -194,25 +262,87 @@ def render(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_configs(overrides: list[str]) -> list[tuple[list[str], object]]:
+    """The jobs of `-m overrides` with their checked configs, as `checked_sweep` gives them, fast: Hydra composes
+    once per distinct choice of config groups (and +/~ overrides), and each job's plain `key=value` overrides
+    are set on a copy of that composition, as Hydra sets command-line values after composing; then `validate`.
+    A job whose values do not apply that way is composed by `compose_checked` itself (its error, word for
+    word). The seeds of one configuration share its config object (that of its first seed: plans do not depend
+    on the seed). The data, model and freeze checks are the plan's own (build_plan)."""
+    from spfde.config import compose_config
+    from spfde.validation import is_group, parse_overrides, sweep_jobs, validate
+
+    jobs, standins = sweep_jobs(overrides)
+    if standins:
+        given = next(iter(standins))
+        raise ConfigError(f"{given} is drawn by another sweeper during the sweep: spfde.plan -m plans the jobs of "
+                          "a grid (a=1,2, choice, range, glob); plan a few of its values instead (one run each)")
+    composed: dict[tuple, object] = {}
+    configs: dict[tuple, object] = {}  # a job's config but for its seed
+    out, errors = [], []
+    for job in jobs:
+        values = [o for o in job if not o.startswith(("+", "~")) and not is_group(o.split("=", 1)[0])]
+        groups = tuple(o for o in job if o not in values)
+        seeds = [o for o in values if o.split("=", 1)[0] == "seed"]
+        config = (groups, tuple(o for o in values if o not in seeds))
+        try:
+            if config in configs and all(isinstance(o.value(), int) for o in parse_overrides(seeds)):
+                # another seed of a checked configuration: the same config (copying it is most of the time)
+                out.append((job, configs[config]))
+                continue
+            if groups not in composed:
+                composed[groups] = compose_config(list(groups))
+            cfg = copy.deepcopy(composed[groups])
+            for o in parse_overrides(values):
+                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
+            validate(cfg)
+            configs[config] = cfg
+        except Exception:  # noqa: BLE001 - composed the slow way below, which says what is wrong in one line
+            try:
+                cfg = compose_checked(job)
+            except ConfigError as e:
+                errors.append((" ".join(job), str(e)))
+                continue
+        out.append((job, cfg))
+    alike = {e for _, e in errors}
+    if errors and len(errors) == len(jobs) and len(alike) == 1:
+        raise ConfigError(f"{alike.pop()} (all {len(jobs)} sweep jobs; nothing planned)")
+    if errors:
+        raise ConfigError(f"{len(errors)} of {len(jobs)} sweep jobs are invalid, nothing planned:\n  "
+                          + "\n  ".join(f"job {job}: {e}" for job, e in errors))
+    return out
+
+
+def sweep_plans(overrides: list[str]) -> list[tuple[tuple, list, dict]]:
+    """(configuration overrides, its jobs' configs, its plan) for each configuration of a sweep (seeds share one)."""
+    configs: dict[tuple, list] = {}
+    for job, cfg in sweep_configs(overrides):
+        configs.setdefault(tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") != "seed"), []).append(cfg)
+    plans, errors = [], []
+    for config, members in configs.items():
+        try:
+            plans.append((config, members, build_plan(members[0], conventions=(members[0].cost.memory,))))
+        except (ConfigError, SparsityError, FreezeError, SieveError) as e:
+            errors.append((" ".join(config), str(e)))
+    if errors:
+        raise ConfigError(f"{len(errors)} of {len(configs)} sweep configurations cannot be planned:\n  "
+                          + "\n  ".join(f"{config or '(defaults)'}: {e}" for config, e in errors))
+    return plans
+
+
 def plan_sweep(overrides: list[str]) -> str:
     """Job count and total planned training FLOPs of a sweep; one plan per configuration (seeds share it)."""
-    jobs, left = checked_sweep(overrides, data=False, outcome="nothing planned")
-    if left:
-        raise ConfigError(f"{left[0]} is drawn by another sweeper during the sweep: spfde.plan -m plans the jobs of "
-                          "a grid (a=1,2, choice, range, glob); plan a few of its values instead (one run each)")
-    configs: dict[tuple, list] = {}
-    for job, cfg in jobs:
-        configs.setdefault(tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") != "seed"), []).append(cfg)
+    plans = sweep_plans(overrides)
+    jobs = sum(len(members) for _, members, _ in plans)
     lines, total = [f"{'training FLOPs':>15}{'vs dense':>10}{'memory avg':>13}{'jobs':>6}  overrides"], 0.0
-    for config, members in configs.items():
-        plan = build_plan(members[0])
+    for config, members, plan in plans:
         total += plan["train_flops"] * len(members)
         shown = " ".join(config) or "(defaults)"
         share = plan["train_flops"] / plan["dense_train_flops"]
         memory = fmt_bytes(plan["memory_avg_bytes"])
         lines.append(f"{fmt_flops(plan['train_flops']):>15}{100 * share:>9.1f}%{memory:>13}{len(members):>6}  {shown}")
-    lines += ["", f"{len(jobs)} jobs ({len(configs)} configurations"
-                  + (f", {len(jobs) // len(configs)} seeds each" if len(jobs) > len(configs) else "") + "); "
+    lines += ["", f"{jobs} jobs ({len(plans)} configurations"
+                  + (f", {jobs // len(plans)} seeds each" if jobs > len(plans) else "") + "); "
                   f"total planned training FLOPs {fmt_flops(total)}"]
     return "\n".join(lines)
 
@@ -229,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             print(plan_sweep(overrides))
             return
         cfg = compose_checked(overrides)
-        check_before_work(cfg, data=False)
+        check_before_work(planned_data(cfg)[0], data=False)  # with an image folder's own counts
         plan = build_plan(cfg)
     except (ConfigError, SparsityError, FreezeError, SieveError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
