@@ -147,7 +147,8 @@ def build_plan(cfg, conventions=MEMORY_CONVENTIONS) -> dict:
     targets = {n: c / method.masks.masks[n].numel() for n, c in method.targets.items()}
     block_flops = cost_model.block_forward()
     plan = {
-        "data": data_line, "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
+        "data": data_line, "num_classes": d.num_classes, "input_shape": list(input_shape),
+        "model": cfg.model.name, "dataset": d.name, "sparsity": cfg.sparsity.name,
         "ratio": target_sparsity(cfg.sparsity),
         "epochs": len(table), "steps_per_epoch": len(batches), "batch_size": cfg.batch_size, "train_size": samples,
         "train_flops": train, "train_flops_no_freeze": no_freeze, "train_flops_no_freeze_sieve": no_freeze_sieve,
@@ -183,6 +184,34 @@ def build_plan(cfg, conventions=MEMORY_CONVENTIONS) -> dict:
     return plan
 
 
+def add_estimate(cfg, plan: dict) -> dict:
+    """The plan with `estimated_s` (total and parts) and `estimate` (device, step times), from the run's parts
+    timed on its device (spfde.calibrate; cached per shape)."""
+    from spfde.calibrate import calibrate, estimate, used_depths
+
+    cfg = planned_data(cfg)[0]
+    times, measured = calibrate(cfg, plan["num_classes"], tuple(plan["input_shape"]), used_depths(plan))
+    e = estimate(cfg, plan, times)
+    plan["estimated_s"] = {"total": e["total_s"], **{k[:-2]: v for k, v in e["parts"].items()}}
+    plan["estimate"] = {k: v for k, v in e.items() if k not in ("total_s", "parts")} | {
+        "measured_now": measured, "cache": cfg.plan.calibration_file}
+    return plan
+
+
+def render_estimate(plan: dict) -> list[str]:
+    from spfde.calibrate import fmt_duration
+
+    t, e = plan["estimated_s"], plan["estimate"]
+    steps = ", ".join(f"{k} frozen {1000 * v:.1f} ms" for k, v in sorted(e["step_s"].items()))
+    source = (f"measured now ({e['measured_now']} times), cached in {e['cache']}" if e["measured_now"]
+              else f"from the cache {e['cache']}")
+    return [f"Estimated wall-clock on {e['device']}{' with CUDA graphs' if e['cuda_graphs'] else ''}: "
+            f"{fmt_duration(t['total'])} = {t['total'] / 3600:.4g} {e['unit']} (start-up {fmt_duration(t['startup'])}, "
+            f"training {fmt_duration(t['train'])}, evaluation {fmt_duration(t['eval'])}, other per-epoch work "
+            f"{fmt_duration(t['epoch_work'])})",
+            f"  step time by frozen blocks: {steps}; {source}"]
+
+
 def fmt_flops(x: float) -> str:
     return f"{x:.4g}"
 
@@ -215,6 +244,8 @@ def render(plan: dict) -> str:
               f"   (planned {fmt_change(plan['train_flops'], plan['train_flops_no_freeze_sieve'])})"]
     if plan["init_flops"]:
         lines.append(f"  of which mask selection at init {fmt_flops(plan['init_flops'])}")
+    if "estimated_s" in plan:
+        lines += render_estimate(plan)
     lines += [f"Inference FLOPs per sample:       {fmt_flops(plan['inference_flops'])} "
               f"(dense {fmt_flops(plan['dense_inference_flops'])})", "",
               f"Training memory (batch {plan['memory_batch']}, fp32; cost.memory={plan['memory_convention']}):"]
@@ -361,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose_checked(overrides)
         check_before_work(planned_data(cfg)[0], data=False)  # with an image folder's own counts
         plan = build_plan(cfg)
+        if cfg.plan.calibrate:
+            add_estimate(cfg, plan)
     except (ConfigError, SparsityError, FreezeError, SieveError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -93,6 +93,16 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
     _check(cfg.cost.memory in ("paper", "autograd"), f"cost.memory must be paper or autograd, got {cfg.cost.memory!r}")
     _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
+    _check(cfg.plan.calibration_steps >= 1, f"plan.calibration_steps must be >= 1, got {cfg.plan.calibration_steps}")
+    _check(0 <= cfg.plan.budget <= 1, f"plan.budget is a fraction of the run's training FLOPs without freezing and "
+                                      f"sieving, in (0, 1] (0 = off), got {cfg.plan.budget}")
+    _check(cfg.plan.budget_hours >= 0, f"plan.budget_hours must be >= 0 (0 = off), got {cfg.plan.budget_hours}")
+    _check(not (cfg.plan.budget and cfg.plan.budget_hours), "plan.budget and plan.budget_hours are two budgets: "
+                                                            "give one of them")
+    _check(not cfg.plan.budget_hours or cfg.plan.calibrate, "plan.budget_hours needs measured step times: add "
+                                                            "plan.calibrate=true")
+    _check(not cfg.plan.results or cfg.plan.budget or cfg.plan.budget_hours,
+           "plan.results chooses among a sweep's runs within a budget: add plan.budget=<fraction> or plan.budget_hours")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
