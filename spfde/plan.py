@@ -18,6 +18,7 @@ import sys
 from omegaconf import OmegaConf
 
 from spfde.build import build_core, meta_model
+from spfde.calibrate import fmt_duration
 from spfde.config import ConfigError
 from spfde.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
@@ -199,8 +200,6 @@ def add_estimate(cfg, plan: dict) -> dict:
 
 
 def render_estimate(plan: dict) -> list[str]:
-    from spfde.calibrate import fmt_duration
-
     t, e = plan["estimated_s"], plan["estimate"]
     steps = ", ".join(f"{k} frozen {1000 * v:.1f} ms" for k, v in sorted(e["step_s"].items()))
     source = (f"measured now ({e['measured_now']} times), cached in {e['cache']}" if e["measured_now"]
@@ -361,21 +360,67 @@ def sweep_plans(overrides: list[str]) -> list[tuple[tuple, list, dict]]:
     return plans
 
 
-def plan_sweep(overrides: list[str]) -> str:
-    """Job count and total planned training FLOPs of a sweep; one plan per configuration (seeds share it)."""
+def plan_sweep(overrides: list[str], hydra_args: list[str] = ()) -> str:
+    """Job count and total planned training FLOPs of a sweep; one plan per configuration (seeds share it). With
+    plan.calibrate=true also each job's estimated wall-clock, the total device-hours and the longest job, and on
+    SLURM the jobs whose estimate exceeds hydra.launcher.timeout_min."""
     plans = sweep_plans(overrides)
     jobs = sum(len(members) for _, members, _ in plans)
-    lines, total = [f"{'training FLOPs':>15}{'vs dense':>10}{'memory avg':>13}{'jobs':>6}  overrides"], 0.0
+    calibrated = plans[0][1][0].plan.calibrate
+    for _, members, plan in plans if calibrated else []:
+        add_estimate(members[0], plan)  # each distinct shape and depth is timed once (the cache)
+    lines = [f"{'training FLOPs':>15}{'vs dense':>10}{'memory avg':>13}" + (f"{'estimated':>12}" if calibrated else "")
+             + f"{'jobs':>6}  overrides"]
+    total = 0.0
     for config, members, plan in plans:
         total += plan["train_flops"] * len(members)
         shown = " ".join(config) or "(defaults)"
         share = plan["train_flops"] / plan["dense_train_flops"]
         memory = fmt_bytes(plan["memory_avg_bytes"])
-        lines.append(f"{fmt_flops(plan['train_flops']):>15}{100 * share:>9.1f}%{memory:>13}{len(members):>6}  {shown}")
+        estimated = f"{fmt_duration(plan['estimated_s']['total']):>12}" if calibrated else ""
+        lines.append(f"{fmt_flops(plan['train_flops']):>15}{100 * share:>9.1f}%{memory:>13}{estimated}"
+                     f"{len(members):>6}  {shown}")
     lines += ["", f"{jobs} jobs ({len(plans)} configurations"
                   + (f", {jobs // len(plans)} seeds each" if jobs > len(plans) else "") + "); "
                   f"total planned training FLOPs {fmt_flops(total)}"]
+    if calibrated:
+        lines += sweep_hours(plans, hydra_args)
     return "\n".join(lines)
+
+
+def sweep_hours(plans: list, hydra_args) -> list[str]:
+    """Total device-hours, the longest job and, on SLURM, the jobs over the time limit (with the limit to use)."""
+    from spfde.calibrate import timeout_minutes
+
+    first = plans[0][2]["estimate"]
+    seconds = sum(plan["estimated_s"]["total"] * len(members) for _, members, plan in plans)
+    config, _, longest = max(plans, key=lambda p: p[2]["estimated_s"]["total"])
+    lines = [f"estimated on {first['device']}: {seconds / 3600:.4g} {first['unit']} in all; longest job "
+             f"{fmt_duration(longest['estimated_s']['total'])} ({' '.join(config) or '(defaults)'})"]
+    limit = slurm_timeout(list(plans[0][0]), hydra_args)
+    if limit is not None:
+        over = [(c, p) for c, _, p in plans if p["estimated_s"]["total"] > 60 * limit]
+        for c, p in over:
+            lines.append(f"warning: {' '.join(c) or '(defaults)'}: estimated {fmt_duration(p['estimated_s']['total'])} "
+                         f"exceeds hydra.launcher.timeout_min={limit} (each seed's job is requeued and resumes); "
+                         f"use hydra.launcher.timeout_min={timeout_minutes(p['estimated_s']['total'])}")
+        if over:
+            worst = max(p["estimated_s"]["total"] for _, p in over)
+            lines.append(f"  for the whole sweep: hydra.launcher.timeout_min={timeout_minutes(worst)}")
+        else:
+            lines.append(f"every job's estimate is within hydra.launcher.timeout_min={limit}")
+    return lines
+
+
+def slurm_timeout(job: list[str], hydra_args) -> int | None:
+    """hydra.launcher.timeout_min of the sweep's launcher when it submits to SLURM (launcher=slurm or a user's
+    launcher config built on submitit_slurm); None for other launchers."""
+    from spfde.config import compose_config
+
+    launcher = compose_config([*job, *hydra_args], with_hydra=True).hydra.launcher
+    if "slurm" not in str(launcher.get("_target_", "")).lower():
+        return None
+    return int(launcher.timeout_min)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -385,12 +430,19 @@ def main(argv: list[str] | None = None) -> None:
               f"{__doc__}")
         return
     overrides = [a for a in args if not a.startswith("-") and not is_hydra(a)]  # Hydra's settings plan nothing
+    hydra_args = [a for a in args if not a.startswith("-") and is_hydra(a)]  # but a sweep's time limit is one
     try:
         if {"-m", "--multirun"} & set(args):
-            print(plan_sweep(overrides))
+            print(plan_sweep(overrides, hydra_args))
             return
         cfg = compose_checked(overrides)
         check_before_work(planned_data(cfg)[0], data=False)  # with an image folder's own counts
+        if cfg.plan.budget or cfg.plan.budget_hours:
+            from spfde import budget
+
+            answer = budget.solve(cfg, overrides)
+            print(json.dumps(answer) if cfg.plan.format == "json" else budget.render(answer))
+            return
         plan = build_plan(cfg)
         if cfg.plan.calibrate:
             add_estimate(cfg, plan)
