@@ -128,7 +128,7 @@ def meta_model(cfg, num_classes: int, input_shape: tuple, convention: str | None
     FLOP counts and the measured activations are shared by every plan of that shape."""
     from omegaconf import OmegaConf
 
-    key = (OmegaConf.to_yaml(cfg.model), num_classes, tuple(input_shape), cfg.cost.memory_batch)
+    key = (repr(OmegaConf.to_container(cfg.model)), num_classes, tuple(input_shape), cfg.cost.memory_batch)
     if key not in _META_MODELS:
         with torch.device("meta"):
             model = build_model(cfg.model, num_classes, input_shape[0])

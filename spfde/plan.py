@@ -71,7 +71,9 @@ _TABLES: dict[tuple, list[list[float]]] = {}
 def planned_table(cfg, cost_model, method, batches_per_epoch, max_frozen: int, frozen_densities: bool = True):
     """`flops_table`, once per cost model, method schedule, batches and frozen depth in a process: a sweep's jobs
     that differ in the freezing target or the seed share their tables (read-only)."""
-    key = (id(cost_model), type(method).__name__, OmegaConf.to_yaml(cfg.sparsity), repr(method.schedule),
+    sp = cfg.sparsity  # what the method's planned densities read: its own options and the shared ones
+    method_options = (sp.name, sp.ratio, sp.distribution, tuple(sp.dense_layers), str(sp.get(sp.name)))
+    key = (id(cost_model), type(method).__name__, method_options, repr(method.schedule),
            tuple(tuple(b) for b in batches_per_epoch), max_frozen, frozen_densities)
     if key not in _TABLES:
         _TABLES[key] = flops_table(cost_model, method, batches_per_epoch, max_frozen, frozen_densities)
