@@ -23,6 +23,7 @@ from tests.test_report import fake_run
 # ------------------------------------------------------------------ image folders are counted
 
 
+@pytest.mark.slow
 def test_plan_of_an_image_folder_counts_its_images_and_classes(tmp_path):
     root = write_folder(tmp_path / "f", size=(28, 28), classes=2, per_class=30)  # 60 train, 20 val images
     base = ["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=28", "model=resnet32",
@@ -53,6 +54,7 @@ def test_changes_print_one_sign_and_never_minus_zero():
 # ------------------------------------------------------------------ the fast sweep plan
 
 
+@pytest.mark.slow
 def test_fast_sweep_plan_gives_each_job_the_plain_plan(monkeypatch):
     sweep = [*quick_overrides("epochs=4"), "freeze=0,0.1", "sieve=0,0.2", "seed=0,1"]
     fast = sweep_plans(sweep)
@@ -141,7 +143,7 @@ def test_sweep_estimates_warn_about_the_slurm_time_limit(tmp_path, fake_measure,
 
 @pytest.mark.slow
 def test_real_calibration_times_every_part(tmp_path):
-    cfg = make_cfg(quick_overrides("freeze=0.1", "epochs=4", "plan.calibration_steps=1",
+    cfg = make_cfg(quick_overrides("plan.calibration_steps=1",
                                    f"plan.calibration_file={tmp_path / 'c.json'}"))
     plan = spfde.plan.add_estimate(cfg, build_plan(cfg))
     assert set(plan["estimate"]["step_s"]) == {row["frozen_blocks"] for row in plan["schedule"]}
@@ -175,15 +177,17 @@ def test_the_chosen_pair_meets_the_budget(solved):
     assert choice["command"].endswith(f"freeze={choice['freeze']:g} sieve={choice['sieve']:g}")
 
 
-def test_an_impossible_budget_names_the_smallest_reachable_fraction(solved, capsys):
-    with pytest.raises(SystemExit):
-        spfde.plan.main(quick_overrides("epochs=4", "plan.budget=0.1"))
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "plan.budget=0.1 is out of reach: the smallest reachable fraction is" in err
+def test_an_impossible_budget_names_the_smallest_reachable_fraction(solved):
+    cfg = make_cfg(quick_overrides("epochs=4", "plan.budget=0.1"))
+    with pytest.raises(ConfigError) as e:
+        budget.solve(cfg, [])
+    assert len(str(e.value).splitlines()) == 1
+    assert "plan.budget=0.1 is out of reach: the smallest reachable fraction is" in str(e.value)
     rows, _ = budget.candidates(solved[0])
-    assert f"{min(r['fraction'] for r in rows):.3f}" in err
+    assert f"{min(r['fraction'] for r in rows):.3f} of the run without freezing and sieving" in str(e.value)
 
 
+@pytest.mark.slow
 def test_results_pick_the_best_measured_pair_within_the_budget(solved, tmp_path):
     cfg, answer = solved
     inside = sorted(answer["candidates"], key=lambda r: r["fraction"])
