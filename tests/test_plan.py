@@ -23,7 +23,6 @@ from tests.test_report import fake_run
 # ------------------------------------------------------------------ image folders are counted
 
 
-@pytest.mark.slow
 def test_plan_of_an_image_folder_counts_its_images_and_classes(tmp_path):
     root = write_folder(tmp_path / "f", size=(28, 28), classes=2, per_class=30)  # 60 train, 20 val images
     base = ["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=28", "model=resnet32",
@@ -54,7 +53,6 @@ def test_changes_print_one_sign_and_never_minus_zero():
 # ------------------------------------------------------------------ the fast sweep plan
 
 
-@pytest.mark.slow
 def test_fast_sweep_plan_gives_each_job_the_plain_plan(monkeypatch):
     sweep = [*quick_overrides("epochs=4"), "freeze=0,0.1", "sieve=0,0.2", "seed=0,1"]
     fast = sweep_plans(sweep)
@@ -141,7 +139,6 @@ def test_sweep_estimates_warn_about_the_slurm_time_limit(tmp_path, fake_measure,
     assert "warning" not in quiet
 
 
-@pytest.mark.slow
 def test_real_calibration_times_every_part(tmp_path):
     cfg = make_cfg(quick_overrides("plan.calibration_steps=1",
                                    f"plan.calibration_file={tmp_path / 'c.json'}"))
@@ -187,7 +184,6 @@ def test_an_impossible_budget_names_the_smallest_reachable_fraction(solved):
     assert f"{min(r['fraction'] for r in rows):.3f} of the run without freezing and sieving" in str(e.value)
 
 
-@pytest.mark.slow
 def test_results_pick_the_best_measured_pair_within_the_budget(solved, tmp_path):
     cfg, answer = solved
     inside = sorted(answer["candidates"], key=lambda r: r["fraction"])
