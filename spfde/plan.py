@@ -5,7 +5,14 @@ dense training and against the same run without freezing and sieving), inference
 memory (minimum and average over the run, and the plain-DST minimum). `plan.format=json` prints one
 JSON object instead. With `-m` (a sweep: `-m +sweep=grid_xy`, `-m freeze=0,0.1 seed=0,1`) it plans every
 job and prints the job count and the sweep's total planned training FLOPs. Needs no data: sizes come from
-the dataset config; the model lives on the meta device, so even ResNet-50 plans in seconds.
+the dataset config (an image folder's are counted in dataset.root, file names only); the model lives on the
+meta device, so even ResNet-50 plans in seconds, and a sweep's jobs share one model build and FLOP table.
+
+plan.calibrate=true: also the estimated wall-clock, from the run's own step timed on its device at each frozen
+depth (spfde/calibrate.py; cached in plan.calibration_file); with -m per job, in device-hours, and with a SLURM
+launcher a warning for each job over hydra.launcher.timeout_min.
+plan.budget=F (or plan.budget_hours=H with calibration): the (freeze, sieve) pairs within the budget and the
+one to run (spfde/budget.py); plan.results=<sweep dir> chooses by measured accuracy instead.
 """
 
 from __future__ import annotations
