@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
+.PHONY: help install run test test-fast lint bench bench-plan bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench: install  ## benchmarks that print numbers and ratios (methods vs dense, f
 	$(PY) -m spfde.bench freeze-step
 	$(PY) -m spfde.bench memory
 	$(PY) -m spfde.bench table2-flops
+
+bench-plan: install  ## spfde.plan's calibrated wall-clock estimates vs real CPU runs (3 configs), as ratios; extra overrides via ARGS="..."
+	$(PY) -m spfde.bench plan $(ARGS)
 
 bench-gpu: install  ## on a GPU: harness vs bare model img/s (batch 64, 512), freezing speed-up and memory, SpFDE wall-clock
 	$(PY) -m spfde.bench gpu $(ARGS)

@@ -6,6 +6,7 @@
     python -m spfde.bench table2-flops
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 30]
     python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
+    python -m spfde.bench plan [overrides ...]
     python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 12800] [--json PATH] [overrides ...]
     python -m spfde.bench data [--generate 3840] [--batch-size 256] [--steps 30] [--json PATH] [overrides ...]
 
@@ -20,6 +21,11 @@ under MEST's README soft bounds (our default) and its EM&S script's bounds (plan
 ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
 seeds — accuracy, training FLOPs and wall-clock.
 ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
+plan: `spfde.plan plan.calibrate=true`'s wall-clock estimate against the real run, on the CPU, for three configs
+(quickstart; quickstart with freeze=0.2 sieve=0.2; ResNet-32 width 1 on FakeData for 3 epochs): each is planned
+with calibration (its own calibration file, measured afresh), then trained; prints estimated and measured
+wall-clock of the run (spfde.train.train, start-up included, Python's imports not) and their ratio. Extra
+overrides apply to all three (e.g. model.depth=8 epochs=6 to shorten it on a busy machine).
 gpu: in one process, on the configured model (default ResNet-32 2x, CIFAR-100-shaped FakeData): the bare
 model's training step (eager and CUDA-graphed) as the anchor, then the harness's own epoch loop for dense,
 MEST, MEST with all candidate blocks frozen and MEST with a sieved loader, as img/s and ratios to the
@@ -460,6 +466,43 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool
             "capture_s": capture_s, "graphs": graphs}
 
 
+PLAN_CONFIGS = {  # the three configs of `bench plan`
+    "quickstart": ["experiment=quickstart"],
+    "quickstart freeze=0.2 sieve=0.2": ["experiment=quickstart", "freeze=0.2", "sieve=0.2"],
+    "resnet32-w1 fake, 3 epochs": ["experiment=quickstart", "dataset=fake", "epochs=3"],
+}
+
+
+def plan_estimates(extra: list[str]) -> str:
+    """Estimated (spfde.plan, calibrated) vs measured (spfde.train) wall-clock of the PLAN_CONFIGS on the CPU."""
+    import time
+
+    from spfde.plan import add_estimate, build_plan
+
+    lines = ["| config | estimated | measured | estimated / measured | training steps: estimated / measured | "
+             "estimate's parts: start-up, training, evaluation, other per-epoch work |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, overrides) in enumerate(PLAN_CONFIGS.items()):
+            overrides = [*overrides, "device=cpu", *extra, f"plan.calibration_file={tmp}/calibration-{i}.json"]
+            cfg = compose_config(["logger=none", "progress=false", *overrides])
+            with open_dict(cfg):
+                cfg.run_dir = str(Path(tmp) / f"run-{i}")
+            validate(cfg)
+            plan = add_estimate(cfg, build_plan(cfg))
+            est = plan["estimated_s"]
+            print(f"  {name}: estimated {est['total']:.1f} s; training it ...", flush=True)
+            start = time.perf_counter()
+            _, records = run_once(overrides, Path(tmp) / f"run-{i}")
+            measured = time.perf_counter() - start
+            trained = sum(r["time/train_s"] for r in records)  # the epochs' training loops, as the run times them
+            parts = ", ".join(f"{est[k]:.1f}" for k in ("startup", "train", "eval", "epoch_work"))
+            lines.append(f"| {name} | {est['total']:.1f} s | {measured:.1f} s | {est['total'] / measured:.2f} | "
+                         f"{est['train']:.1f} / {trained:.1f} s | {parts} s |")
+            print(lines[-1], flush=True)
+    return (f"# spfde.plan plan.calibrate=true vs the real run, {plan['estimate']['device']}, overrides {extra}\n"
+            + "\n".join(lines))
+
+
 def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_epochs: int,
         extra: list[str], json_path: str | None = None) -> Report:
     """See the module doc; prints each table as soon as it is measured. Most important first: the paper's
@@ -704,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("plan", help="spfde.plan's calibrated wall-clock estimate vs real CPU runs, as ratios")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for all three, e.g. model.depth=8")
     p = sub.add_parser("gpu", help="harness vs bare model img/s, freezing speed-up and memory, SpFDE wall-clock")
     # defaults sized for a short GPU window (tests/gpu/session.sh: ~2.5 min on an H200)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
@@ -735,6 +780,8 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_freeze(args.seeds, args.epochs, args.overrides))
     elif args.bench == "ablation-sieve":
         print(ablation_sieve(args.seeds, args.epochs, args.overrides))
+    elif args.bench == "plan":
+        print(plan_estimates(args.overrides))
     elif args.bench in ("gpu", "data"):
         if args.bench == "gpu":
             report = gpu(args.batch_sizes, args.train_size, args.steps, args.run_size, args.run_epochs,

@@ -97,23 +97,47 @@ class Core:
     memory_model: MemoryModel
 
 
+# meta-device models with their cost and memory models, by shape: the jobs of a sweep plan share one build, its
+# FLOP counts and its measured activations (a meta model holds no values, and a sparse method does not change it)
+_META_MODELS: dict[tuple, tuple] = {}
+
+
 def build_core(cfg, num_classes: int, channels: int, image_size: int, steps_per_epoch: int, device,
                channels_last: bool = False, sync_bn: bool = False) -> Core:
     """Model, optimizer, sparse method and cost models. `device="meta"` builds them without memory or data
-    (how `spfde.plan` sizes even ResNet-50 in seconds)."""
-    with torch.device("meta") if str(device) == "meta" else nullcontext():
-        model = build_model(cfg.model, num_classes, channels)
-    if str(device) != "meta":
-        model = model.to(device)
-    if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    (how `spfde.plan` sizes even ResNet-50 in seconds), once per model and input shape (see meta_model)."""
+    input_shape = (channels, image_size, image_size)
+    if str(device) == "meta":
+        model, cost_model, memory = meta_model(cfg, num_classes, input_shape)
+    else:
+        model = build_model(cfg.model, num_classes, channels).to(device)
+        if sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        cost_model = CostModel(model, input_shape)
+        memory = memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch)
     optimizer = build_optimizer(model, cfg.optim)
     method = build_method(cfg, model, optimizer, steps_per_epoch=steps_per_epoch)
-    input_shape = (channels, image_size, image_size)
-    memory = memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch)
-    return Core(model, optimizer, method, CostModel(model, input_shape), memory)
+    return Core(model, optimizer, method, cost_model, memory)
+
+
+def meta_model(cfg, num_classes: int, input_shape: tuple, convention: str | None = None):
+    """The model on the meta device with its cost model and the memory model of `convention` (default
+    cfg.cost.memory), built once per model config, classes, input shape and memory batch in this process: the
+    FLOP counts and the measured activations are shared by every plan of that shape."""
+    from omegaconf import OmegaConf
+
+    key = (repr(OmegaConf.to_container(cfg.model)), num_classes, tuple(input_shape), cfg.cost.memory_batch)
+    if key not in _META_MODELS:
+        with torch.device("meta"):
+            model = build_model(cfg.model, num_classes, input_shape[0])
+        _META_MODELS[key] = (model, CostModel(model, input_shape), {})
+    model, cost_model, memories = _META_MODELS[key]
+    convention = convention or cfg.cost.memory
+    if convention not in memories:
+        memories[convention] = memory_model(convention, model, input_shape, cfg.cost.memory_batch)
+    return model, cost_model, memories[convention]
 
 
 @dataclass

@@ -213,8 +213,19 @@ class DistributedConfig:
 
 
 @dataclass
-class PlanConfig:
-    format: str = "table"  # table | json (python -m spfde.plan)
+class PlanConfig:  # python -m spfde.plan
+    format: str = "table"  # table | json
+    # time the run's own training step (each frozen depth it uses), evaluation and start-up on the configured
+    # device and precision, and print the estimated wall-clock next to the FLOPs (false: instant, FLOPs only)
+    calibrate: bool = False
+    calibration_steps: int = 10  # timed steps per frozen depth, after a warm-up epoch of the same length
+    # measured times per (device, model, input size, batch, precision, depth, ...), so each shape is timed once
+    calibration_file: str = "outputs/plan-calibration.json"
+    # budget solver: list the (freeze, sieve) pairs on a 0.05 grid (each <= 0.5) whose planned training FLOPs are
+    # at most this fraction of the same run without freezing and sieving, and choose one (README: Cost); 0 = off
+    budget: float = 0.0
+    budget_hours: float = 0.0  # the same with a wall-clock budget in hours (needs plan.calibrate=true); 0 = off
+    results: str = ""  # a sweep directory: choose the best measured mean accuracy among its finished pairs instead
 
 
 @dataclass

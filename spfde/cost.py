@@ -93,16 +93,25 @@ def flops_table(cost_model: CostModel, method, batches_per_epoch: list[list[int]
     (fewer under sieving). With frozen_densities=False frozen layers keep the density they would train
     at, so table[e][0] - table[e][k] is exactly the back-propagation the frozen prefix skips (the saving
     the paper's Alg. 1 solves on; MEST's pruning of a frozen block to its target is not credited)."""
-    table = []
+    from spfde.sparse.base import SparseMethod
+
+    # most methods never take a dense-gradient step: no need to ask at each of the run's steps
+    asks = type(method).dense_grad_step is not SparseMethod.dense_grad_step
+    frozen_of = [frozenset(method.masks.in_blocks(range(k))) if frozen_densities else frozenset()
+                 for k in range(max_frozen + 1)]
+    table, steps_of = [], {}
     for e, batches in enumerate(batches_per_epoch):
         steps = len(batches)
-        dense_grad_samples = sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
+        dense_grad_samples = asks and sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
         row = []
         for k in range(max_frozen + 1):
-            frozen = frozenset(method.masks.in_blocks(range(k))) if frozen_densities else frozenset()
+            frozen = frozen_of[k]
             densities = method.planned_densities(e, frozen)
-            per_sample = cost_model.step(densities, k, False)
-            extra = cost_model.step(densities, k, True) - per_sample if dense_grad_samples else 0.0
+            key = (tuple(densities.items()), k)
+            if key not in steps_of:  # densities change a few times a run: count each configuration once
+                steps_of[key] = (cost_model.step(densities, k, False), cost_model.step(densities, k, True))
+            per_sample, dense_grad = steps_of[key]
+            extra = dense_grad - per_sample if dense_grad_samples else 0.0
             row.append(sum(batches) * per_sample + dense_grad_samples * extra)
         table.append(row)
     return table
@@ -119,6 +128,7 @@ class MemoryModel:
         self.activation_dtype = activation_dtype
         self.params = [(name, p.numel(), block_of(name)) for name, p in model.named_parameters()]
         self._activations: dict[int, tuple[int, int]] = {}
+        self._breakdowns: dict[tuple, dict[str, int]] = {}  # a plan asks for the same few many times
 
     def activations(self, frozen_blocks: int) -> tuple[int, int]:
         """(bytes saved for backward, bytes of activation gradients), measured on a meta-device step
@@ -129,6 +139,12 @@ class MemoryModel:
         return self._activations[frozen_blocks]
 
     def breakdown(self, densities: dict[str, float], frozen_blocks: int = 0) -> dict[str, int]:
+        key = (tuple(densities.items()), frozen_blocks)
+        if key not in self._breakdowns:
+            self._breakdowns[key] = self._breakdown(densities, frozen_blocks)
+        return dict(self._breakdowns[key])
+
+    def _breakdown(self, densities: dict[str, float], frozen_blocks: int) -> dict[str, int]:
         weights = grads = 0
         for name, numel, block in self.params:
             layer = name.rsplit(".", 1)[0]
@@ -148,9 +164,13 @@ class PaperMemoryModel(MemoryModel):
     gradients (one per conv/linear output) exist only for trainable layers. Weights and weight
     gradients are counted as in MemoryModel."""
 
+    _outputs: list[tuple[int, int]] | None = None  # (block, bytes) of every conv/linear output
+
     def activations(self, frozen_blocks: int) -> tuple[int, int]:
         if frozen_blocks not in self._activations:
-            outputs = layer_outputs(self.model, self.input_shape, self.batch)
+            if self._outputs is None:  # the same outputs at every frozen depth: one meta forward
+                self._outputs = layer_outputs(self.model, self.input_shape, self.batch)
+            outputs = self._outputs
             saved = sum(nbytes for _, nbytes in outputs)
             grads = sum(nbytes for block, nbytes in outputs if block >= frozen_blocks)
             self._activations[frozen_blocks] = (saved, grads)

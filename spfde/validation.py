@@ -93,6 +93,16 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.cost.memory_batch >= 1, f"cost.memory_batch must be >= 1, got {cfg.cost.memory_batch}")
     _check(cfg.cost.memory in ("paper", "autograd"), f"cost.memory must be paper or autograd, got {cfg.cost.memory!r}")
     _check(cfg.plan.format in ("table", "json"), f"plan.format must be table or json, got {cfg.plan.format!r}")
+    _check(cfg.plan.calibration_steps >= 1, f"plan.calibration_steps must be >= 1, got {cfg.plan.calibration_steps}")
+    _check(0 <= cfg.plan.budget <= 1, f"plan.budget is a fraction of the run's training FLOPs without freezing and "
+                                      f"sieving, in (0, 1] (0 = off), got {cfg.plan.budget}")
+    _check(cfg.plan.budget_hours >= 0, f"plan.budget_hours must be >= 0 (0 = off), got {cfg.plan.budget_hours}")
+    _check(not (cfg.plan.budget and cfg.plan.budget_hours), "plan.budget and plan.budget_hours are two budgets: "
+                                                            "give one of them")
+    _check(not cfg.plan.budget_hours or cfg.plan.calibrate, "plan.budget_hours needs measured step times: add "
+                                                            "plan.calibrate=true")
+    _check(not cfg.plan.results or cfg.plan.budget or cfg.plan.budget_hours,
+           "plan.results chooses among a sweep's runs within a budget: add plan.budget=<fraction> or plan.budget_hours")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
@@ -409,31 +419,28 @@ def check_model(cfg: DictConfig) -> None:
     """The model and its sparse method built on the meta device, as the run will build them: the
     method's targets (a layer left with no weights), `sparsity.dense_layers` (each pattern names a conv or
     linear layer), and with freezing the plan's solver (a target out of reach)."""
-    import torch
-
-    from spfde.build import build_core, build_optimizer
+    from spfde.build import build_core
     from spfde.cost import epoch_batches
+    from spfde.data.folders import planned_image_size
     from spfde.freeze import FreezeError, make_freeze_plan
-    from spfde.models import build_model
     from spfde.sieve import sieve_epochs
-    from spfde.sparse import SparsityError, build_method
-    from spfde.sparse.masks import masked_layers
+    from spfde.sparse import SparsityError
 
     d = cfg.dataset
     batches = [epoch_batches(n, cfg.batch_size) for n in sieve_epochs(cfg, d.train_size)]
-    try:
-        if cfg.freeze > 0:  # the cost model too: the solver needs the FLOPs of each block
-            from spfde.data.folders import planned_image_size
-
-            core = build_core(cfg, d.num_classes, d.channels, planned_image_size(d), len(batches[0]), device="meta")
-            model = core.model
-            make_freeze_plan(cfg, model, core.method, core.cost_model, batches)
-        else:
-            with torch.device("meta"):
-                model = build_model(cfg.model, d.num_classes, d.channels)
-            build_method(cfg, model, build_optimizer(model, cfg.optim), len(batches[0]))
+    try:  # one meta build per model and input shape in a process (spfde.build.meta_model)
+        core = build_core(cfg, d.num_classes, d.channels, planned_image_size(d), len(batches[0]), device="meta")
+        if cfg.freeze > 0:  # the solver needs the FLOPs of each block
+            make_freeze_plan(cfg, core.model, core.method, core.cost_model, batches)
     except (SparsityError, FreezeError) as e:
         raise ConfigError(str(e)) from None
+    check_dense_layers(cfg, core.model)
+
+
+def check_dense_layers(cfg: DictConfig, model) -> None:
+    """Each `sparsity.dense_layers` pattern names a conv or linear layer of the model."""
+    from spfde.sparse.masks import masked_layers
+
     layers = list(masked_layers(model, []))
     for pattern in cfg.sparsity.dense_layers:
         _check(any(fnmatch(name, pattern) for name in layers),

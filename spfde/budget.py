@@ -1,0 +1,181 @@
+"""The budget solver of `spfde.plan`: which layer-freezing target x and data-sieving fraction y to run.
+
+`plan.budget=F` (a fraction of the plain sparse run's training FLOPs, i.e. the same run with freeze=0 sieve=0)
+or `plan.budget_hours=H` (calibrated wall-clock): every pair (x, y) on a 0.05 grid with x, y <= 0.5 is planned
+(pairs the freezing solver or the sieve's check refuse are left out) and those within the budget are listed.
+
+The choice (README, Training cost): in the paper's Table 2 SpFDE's accuracy falls as its saving grows
+(15%+15% > 20%+20% > 25%+25% at every sparsity), and every SpFDE configuration it reports, in Tables 2 and 3,
+splits the saving evenly between freezing and sieving (x = y). So among the pairs within the budget we take the
+ones as even as the grid allows (|x - y| <= 0.05, else the least uneven), and of those the one that saves the
+least (the most planned FLOPs, or hours, within the budget). With `plan.results=<sweep dir>` the choice is
+instead the finished configuration of that sweep with the best measured mean test accuracy within the budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+
+from spfde.config import ConfigError
+from spfde.freeze import FreezeError
+from spfde.sieve import SieveError
+
+STEP = 0.05
+LARGEST = 0.5
+GRID = [round(STEP * i, 2) for i in range(int(round(LARGEST / STEP)) + 1)]
+
+
+def unevenness(x: float, y: float) -> int:
+    """Grid steps between x and y beyond one (0: as even as the grid allows)."""
+    return max(0, int(round(abs(x - y) / STEP)) - 1)
+
+
+def candidates(cfg, pairs=None, calibrated: bool = False) -> tuple[list[dict], dict]:
+    """Every plannable (x, y) pair of `pairs` (default: the grid) with its planned FLOPs, their fraction of the
+    plain run's and, with `calibrated`, its estimated wall-clock; and the plain run's plan."""
+    from spfde.calibrate import calibrate, estimate, used_depths
+    from spfde.plan import build_plan, planned_data
+
+    work = copy.deepcopy(planned_data(cfg)[0])  # one copy (an image folder counted once), set pair by pair
+    convention = (cfg.cost.memory,)
+    work.freeze, work.sieve = 0.0, 0.0
+    plain = build_plan(work, conventions=convention)
+    base = plain["train_flops_no_freeze_sieve"]
+    out, plans = [], []
+    for x, y in pairs if pairs is not None else [(x, y) for x in GRID for y in GRID]:
+        work.freeze, work.sieve = float(x), float(y)
+        try:
+            plan = build_plan(work, conventions=convention)
+        except (FreezeError, SieveError):
+            continue  # out of reach for the solver, or too few samples left: not a candidate
+        out.append({"freeze": x, "sieve": y, "train_flops": plan["train_flops"], "fraction": plan["train_flops"] / base,
+                    "saving": 1 - plan["train_flops"] / base})
+        plans.append(plan)
+    if calibrated and plans:  # every depth any pair uses, timed in one go (or read from the cache)
+        depths = sorted({k for plan in plans for k in used_depths(plan)})
+        times, _ = calibrate(work, plain["num_classes"], tuple(plain["input_shape"]), depths)
+        for row, plan in zip(out, plans):
+            work.freeze, work.sieve = float(row["freeze"]), float(row["sieve"])
+            e = estimate(work, plan, times)
+            row["estimated_s"], row["unit"] = e["total_s"], e["unit"]
+    return out, plain
+
+
+def within(rows: list[dict], cfg) -> list[dict]:
+    if cfg.plan.budget_hours:
+        return [r for r in rows if r["estimated_s"] <= 3600 * cfg.plan.budget_hours]
+    return [r for r in rows if r["fraction"] <= cfg.plan.budget + 1e-12]
+
+
+def out_of_reach(rows: list[dict], cfg) -> ConfigError:
+    if cfg.plan.budget_hours:
+        best = min(rows, key=lambda r: r["estimated_s"])
+        return ConfigError(f"plan.budget_hours={cfg.plan.budget_hours:g} is out of reach: the fastest pair on the grid "
+                           f"(freeze={best['freeze']:g} sieve={best['sieve']:g}) is estimated at "
+                           f"{best['estimated_s'] / 3600:.3g} h")
+    best = min(rows, key=lambda r: r["fraction"])
+    return ConfigError(f"plan.budget={cfg.plan.budget:g} is out of reach: the smallest reachable fraction is "
+                       f"{best['fraction']:.3f} of the run without freezing and sieving (freeze={best['freeze']:g} "
+                       f"sieve={best['sieve']:g}, each at most {LARGEST:g})")
+
+
+def choose(rows: list[dict], cfg) -> dict:
+    """The README's rule: as even a split as the grid allows, then the least saving within the budget."""
+    cost = "estimated_s" if cfg.plan.budget_hours else "train_flops"
+    best = min(rows, key=lambda r: (unevenness(r["freeze"], r["sieve"]), -r[cost], r["freeze"]))
+    return {**best, "rule": "the most even split of x and y (|x - y| <= 0.05 where the grid allows), then the least "
+                            "saving within the budget (paper Table 2: accuracy falls as the saving grows; its SpFDE "
+                            "configurations all split it evenly)"}
+
+
+def measured(cfg, results: str) -> tuple[list[dict], int]:
+    """The sweep's finished configurations that match this run but for freeze and sieve: their (x, y), mean test
+    accuracy and seed count (spfde.report's grouping); and how many finished configurations did not match."""
+    from pathlib import Path
+
+    from spfde.report import find_runs, group, load_run, model_label
+    from spfde.sparse import target_sparsity
+
+    root = Path(results).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"plan.results={results}: no such directory (give a sweep directory, e.g. "
+                          "outputs/sweeps/grid_xy)")
+    runs = find_runs([root])
+    if not runs:
+        raise ConfigError(f"plan.results={results} holds no finished run (no summary.json under it)")
+    want = {"model": model_label(cfg.model.name, cfg.model.depth, cfg.model.width), "dataset": cfg.dataset.name,
+            "method": cfg.sparsity.name, "epochs": cfg.epochs, "ratio": target_sparsity(cfg.sparsity)}
+    groups = group([load_run(r) for r in runs])
+    same = [g for g in groups if all(g.get(k) == v if k != "ratio" else abs((g.get(k) or 0) - v) < 1e-9
+                                     for k, v in want.items())]
+    return ([{"freeze": float(g["freeze"] or 0), "sieve": float(g["sieve"] or 0), "acc_mean": g["acc_mean"],
+              "acc_std": g["acc_std"], "seeds": g["seeds"], "label": g["label"]} for g in same],
+            len(groups) - len(same))
+
+
+def command(overrides: list[str], x: float, y: float) -> str:
+    """`python -m spfde.run` with the plan's overrides, freeze and sieve set to the choice (plan.* dropped)."""
+    keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in ("freeze", "sieve")
+            and not o.lstrip("+~").startswith("plan.")]
+    return shlex.join(["python", "-m", "spfde.run", *keep, f"freeze={x:g}", f"sieve={y:g}"])
+
+
+def solve(cfg, overrides: list[str]) -> dict:
+    """The solver's answer: `candidates` (within the budget), `choice` (with its command) and the budget."""
+    calibrated = bool(cfg.plan.budget_hours)
+    rows, plain = candidates(cfg, calibrated=calibrated)
+    if not rows:
+        raise ConfigError("no (freeze, sieve) pair on the grid can be planned for this run (the freezing solver and "
+                          "the sieve's check refuse them all)")
+    fitting = within(rows, cfg)
+    if not fitting:
+        raise out_of_reach(rows, cfg)
+    answer = {"budget": cfg.plan.budget or None, "budget_hours": cfg.plan.budget_hours or None,
+              "plain_train_flops": plain["train_flops_no_freeze_sieve"], "grid_pairs": len(GRID) ** 2,
+              "plannable_pairs": len(rows), "candidates": fitting}
+    if cfg.plan.results:
+        found, other = measured(cfg, cfg.plan.results)
+        planned = {(r["freeze"], r["sieve"]): r for r in candidates(cfg, [(g["freeze"], g["sieve"]) for g in found],
+                                                                     calibrated)[0]}
+        inside = {k: r for k, r in planned.items() if within([r], cfg)}
+        usable = [g for g in found if (g["freeze"], g["sieve"]) in inside]
+        if not usable:
+            raise ConfigError(f"plan.results={cfg.plan.results}: none of its {len(found)} finished configurations of "
+                              f"this run ({other} others skipped: another model, data, method, sparsity or length) "
+                              "is within the budget")
+        best = max(usable, key=lambda g: g["acc_mean"])
+        choice = {**inside[(best["freeze"], best["sieve"])], "acc_mean": best["acc_mean"], "acc_std": best["acc_std"],
+                  "seeds": best["seeds"], "measured_configurations": len(usable), "skipped_configurations": other,
+                  "rule": f"the best measured mean test accuracy among the {len(usable)} finished configurations of "
+                          f"{cfg.plan.results} within the budget"}
+    else:
+        choice = choose(fitting, cfg)
+    choice["command"] = command(overrides, choice["freeze"], choice["sieve"])
+    answer["choice"] = choice
+    return answer
+
+
+def render(answer: dict) -> str:
+    from spfde.calibrate import fmt_duration
+
+    hours = answer["budget_hours"] is not None
+    budget = (f"{answer['budget_hours']:g} h of wall-clock" if hours else
+              f"{answer['budget']:g} x the training FLOPs without freezing and sieving "
+              f"({answer['plain_train_flops']:.4g})")
+    lines = [f"Budget: {budget}. {len(answer['candidates'])} of {answer['plannable_pairs']} plannable (x, y) pairs on "
+             f"the grid ({answer['grid_pairs']} pairs, step {STEP:g}, each <= {LARGEST:g}) meet it:",
+             f"  {'freeze x':>8}  {'sieve y':>7}  {'planned FLOPs':>13}  {'fraction':>8}  {'saving':>7}"
+             + (f"  {'estimated':>10}" if hours else "")]
+    for r in sorted(answer["candidates"], key=lambda r: (r["freeze"], r["sieve"])):
+        lines.append(f"  {r['freeze']:>8g}  {r['sieve']:>7g}  {r['train_flops']:>13.4g}  {r['fraction']:>8.3f}  "
+                     f"{100 * r['saving']:>6.1f}%" + (f"  {fmt_duration(r['estimated_s']):>10}" if hours else ""))
+    c = answer["choice"]
+    lines += ["", f"Choice: freeze={c['freeze']:g} sieve={c['sieve']:g}: planned {c['train_flops']:.4g} FLOPs, "
+                  f"{c['fraction']:.3f} of the plain run (saving {100 * c['saving']:.1f}%)"
+              + (f", estimated {fmt_duration(c['estimated_s'])}" if "estimated_s" in c else "")
+              + (f"; measured test accuracy {c['acc_mean']:.4f} ± {c['acc_std']:.4f} over {c['seeds']} seed"
+                 f"{'s' if c['seeds'] != 1 else ''}" if "acc_mean" in c else ""),
+              f"  rule: {c['rule']}",
+              f"  run it: {c['command']}"]
+    return "\n".join(lines)
