@@ -316,9 +316,10 @@ def test_index_html_shows_every_table_and_figure_and_the_notes(tmp_path):
     assert "script" not in page.tags and not any(r.startswith(("http:", "https:", "//")) for r in page.refs)
     assert all((out / r).is_file() for r in page.refs), [r for r in page.refs if not (out / r).is_file()]
     pngs = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
-    assert len(pngs) == 3 and pngs <= set(page.refs)  # accuracy vs FLOPs, 2 timelines
-    assert {"table.md", "summary.csv", "runs.csv", "tables.tex", "timelines/x0.1y0.pdf"} <= set(page.refs)
+    assert len(pngs) == 4 and pngs <= set(page.refs)  # accuracy vs FLOPs, the Pareto front, 2 timelines
+    assert {"table.md", "summary.csv", "runs.csv", "pareto.csv", "tables.tex", "pareto.pdf",
+            "timelines/x0.1y0.pdf"} <= set(page.refs)
     markdown_tables = sum(line.startswith("|---") for line in (out / "table.md").read_text().splitlines())
-    assert page.tags.count("table") == markdown_tables + 2  # every table of table.md, and the two CSVs
+    assert page.tags.count("table") == markdown_tables + 3  # every table of table.md, and the three CSVs
     text = " ".join(page.text)
     assert "unfinished: " in text and "damaged: " in text and "All groups" in text and "MEST (EM&amp;S)" not in text
