@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -83,8 +84,18 @@ def test_wandb_offline_logs_and_keeps_its_id(tmp_path):
                                            "logger.log_checkpoints=true"), tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and summary["run_id"] in runs[0].name
-    # what the dashboards rely on, read from the offline run's record file
-    records = next(runs[0].glob("run-*.wandb")).read_bytes()
+    # wandb's service process writes the record file on its own time after run.finish(), at the latest when it
+    # shuts down (a real run's process exit): shut it down here, as the exit would, before reading the file
+    import wandb
+
+    wandb.teardown()
+    # what the dashboards rely on, read from the offline run's record file (given a few seconds to land)
+    record_file = next(runs[0].glob("run-*.wandb"))
+    for _ in range(60):
+        if b"last.pt" in record_file.read_bytes():  # the results artifact is logged last
+            break
+        time.sleep(0.5)
+    records = record_file.read_bytes()
     assert b"???" not in records and b'"rigl"' not in records  # only the active method's options
     for expected in (b"method=mest", b"x=0.02", b"y=0.2", b"scheme=single_shot", b"sieve_method=circular",
                      b"per_layer/sparsity/layer/", f"results-{summary['run_id']}".encode(), b"summary.json",
