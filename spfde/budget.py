@@ -106,11 +106,15 @@ def measured(cfg, results: str) -> tuple[list[dict], int]:
         raise ConfigError(f"plan.results={results} holds no finished run (no summary.json under it)")
     want = {"model": model_label(cfg.model.name, cfg.model.depth, cfg.model.width), "dataset": cfg.dataset.name,
             "method": cfg.sparsity.name, "epochs": cfg.epochs, "ratio": target_sparsity(cfg.sparsity)}
+    from spfde.pareto import pareto_front
+
     groups = group([load_run(r) for r in runs])
     same = [g for g in groups if all(g.get(k) == v if k != "ratio" else abs((g.get(k) or 0) - v) < 1e-9
                                      for k, v in want.items())]
+    front = [id(g) for g in pareto_front(same)]  # the report's front of these configurations (pareto.csv)
     return ([{"freeze": float(g["freeze"] or 0), "sieve": float(g["sieve"] or 0), "acc_mean": g["acc_mean"],
-              "acc_std": g["acc_std"], "seeds": g["seeds"], "label": g["label"]} for g in same],
+              "acc_std": g["acc_std"], "seeds": g["seeds"], "label": g["label"], "on_front": id(g) in front}
+             for g in same],
             len(groups) - len(same))
 
 
@@ -146,7 +150,8 @@ def solve(cfg, overrides: list[str]) -> dict:
                               "is within the budget")
         best = max(usable, key=lambda g: g["acc_mean"])
         choice = {**inside[(best["freeze"], best["sieve"])], "acc_mean": best["acc_mean"], "acc_std": best["acc_std"],
-                  "seeds": best["seeds"], "measured_configurations": len(usable), "skipped_configurations": other,
+                  "seeds": best["seeds"], "on_front": best["on_front"],
+                  "measured_configurations": len(usable), "skipped_configurations": other,
                   "rule": f"the best measured mean test accuracy among the {len(usable)} finished configurations of "
                           f"{cfg.plan.results} within the budget"}
     else:
@@ -174,8 +179,10 @@ def render(answer: dict) -> str:
     lines += ["", f"Choice: freeze={c['freeze']:g} sieve={c['sieve']:g}: planned {c['train_flops']:.4g} FLOPs, "
                   f"{c['fraction']:.3f} of the plain run (saving {100 * c['saving']:.1f}%)"
               + (f", estimated {fmt_duration(c['estimated_s'])}" if "estimated_s" in c else "")
-              + (f"; measured test accuracy {c['acc_mean']:.4f} ± {c['acc_std']:.4f} over {c['seeds']} seed"
-                 f"{'s' if c['seeds'] != 1 else ''}" if "acc_mean" in c else ""),
+              + (f"; measured test accuracy {c['acc_mean']:.4f}"
+                 + (f" ± {c['acc_std']:.4f}" if c["acc_std"] is not None else "")  # no std for one seed
+                 + f" over {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}"
+                 + (", on the sweep's Pareto front" if c["on_front"] else "") if "acc_mean" in c else ""),
               f"  rule: {c['rule']}",
               f"  run it: {c['command']}"]
     return "\n".join(lines)

@@ -13,7 +13,9 @@ import spfde.calibrate
 import spfde.plan
 from spfde import budget
 from spfde.config import ConfigError
+from spfde.pareto import pareto_front
 from spfde.plan import build_plan, fmt_change, plan_sweep, render, sweep_plans
+from spfde.report import find_runs, group, load_run
 from spfde.sieve import SieveError
 from spfde.validation import compose_checked
 from tests.helpers import make_cfg, quick_overrides
@@ -199,6 +201,11 @@ def test_results_pick_the_best_measured_pair_within_the_budget(solved, tmp_path)
     assert (choice["freeze"], choice["sieve"], choice["seeds"]) == (b["freeze"], b["sieve"], 2)
     assert choice["acc_mean"] == pytest.approx(0.8) and choice["skipped_configurations"] == 1
     assert "over 2 seeds" in budget.render({**answer, "choice": choice})
+    # the report's front of the same runs: b is on it exactly when the plan says so
+    this_run = [g for g in group([load_run(r) for r in find_runs([tmp_path])]) if g["model"] == "resnet8-w1"]
+    on_front = any(g["freeze"] == b["freeze"] and g["sieve"] == b["sieve"] for g in pareto_front(this_run))
+    assert choice["on_front"] == on_front
+    assert ("Pareto front" in budget.render({**answer, "choice": choice})) == on_front
 
 
 def test_bad_plan_values_are_one_line_errors():
