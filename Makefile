@@ -33,11 +33,12 @@ test: install lint  ## lint, then the whole test suite (slow tests included; sta
 test-fast: install  ## the test suite without the slow tests
 	$(PY) -m pytest -m "not slow"
 
-bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory, Table 2 FLOPs)
+bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory, Table 2 and 3 FLOPs)
 	$(PY) -m spfde.bench methods --epochs 10
 	$(PY) -m spfde.bench freeze-step
 	$(PY) -m spfde.bench memory
 	$(PY) -m spfde.bench table2-flops
+	$(PY) -m spfde.bench table3-flops
 
 bench-plan: install  ## spfde.plan's calibrated wall-clock estimates vs real CPU runs (3 configs), as ratios; extra overrides via ARGS="..."
 	$(PY) -m spfde.bench plan $(ARGS)

@@ -4,6 +4,7 @@
     python -m spfde.bench freeze-step [--steps 20] [overrides ...]
     python -m spfde.bench memory
     python -m spfde.bench table2-flops
+    python -m spfde.bench table3-flops
     python -m spfde.bench ablation-freeze [--seeds 0 1 2] [--epochs 30]
     python -m spfde.bench ablation-sieve [--seeds 0 1 2] [--epochs 20] [interval=2]
     python -m spfde.bench plan [overrides ...]
@@ -16,8 +17,9 @@ freeze-step: wall-clock of a training step with 0, half and all candidate blocks
 prefix runs under no_grad), as ratios to the unfrozen step.
 memory: the paper's Fig. 4 check — ResNet-32/CIFAR-100, batch 64, x = 0.2: SpFDE average and minimum
 training memory against the plain-DST minimum at 90/95/98% sparsity (planned, no data needed).
-table2-flops: planned training FLOPs of every Table 2 row (sweeps/row) at 90/95/98%, next to the paper's,
-under MEST's README soft bounds (our default) and its EM&S script's bounds (planned, no data needed).
+table2-flops, table3-flops: planned training FLOPs of every row of the paper's Table 2 (at 90/95/98%) or Table 3
+(sweeps/row), next to the paper's, under MEST's README soft bounds (our default) and its EM&S script's bounds, with
+the MEST-based rows masked as MEST's code does (the default) and as the paper's Sec. 5 says (planned, no data).
 ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
 seeds — accuracy, training FLOPs and wall-clock.
 ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
@@ -193,24 +195,31 @@ def fig4_reductions(plan: dict, convention: str) -> dict:
             "min": 100 * (1 - m["min_bytes"] / m["dst_min_bytes"])}
 
 
-# Paper Table 2 training FLOPs (x e15) at 90/95/98% sparsity; LTH is N/A there
+# The paper's training FLOPs: Table 2 (x e15) at 90/95/98% sparsity (LTH is N/A there) and Table 3 (x e18) at 80%
+# (DeepR and SNFS are n/a there); None: the row is not in the paper (plain EM&S)
 PAPER_TABLE2 = {"snip": (1.32, 0.66, 0.26), "grasp": (1.32, 0.66, 0.26), "deepr": (1.32, 0.66, 0.26),
                 "set": (1.32, 0.66, 0.26), "dsr": (1.32, 0.66, 0.26), "mest": (1.54, 0.96, 0.38), "mest_ems": None,
                 "spfde_15_15": (1.26, 0.66, 0.30), "spfde_20_20": (1.12, 0.58, 0.26),
                 "spfde_25_25": (0.96, 0.52, 0.24)}
-MEST_ROWS = {"mest", "mest_ems", "spfde_15_15", "spfde_20_20", "spfde_25_25"}
+PAPER_TABLE3 = {"dense_102ep": (3.2,), "snip_102ep": (0.74,), "grasp_102ep": (0.74,), "dsr_102ep": (1.28,),
+                "set_102ep": (0.74,), "rigl_102ep": (0.74,), "itop": (1.34,), "mest": (1.17,), "mest_ems": None,
+                "spfde_10_10": (0.95,), "spfde_15_15": (0.84,), "spfde_20_20": (0.74,)}
+MEST_ROWS = {"mest", "mest_ems", "spfde_10_10", "spfde_15_15", "spfde_20_20", "spfde_25_25"}
 # MEST's EM&S soft bounds (grow-to offsets per phase): its README's (our default) and its EM&S script's
 MEST_BOUNDS = {"README": "[-0.02,-0.01,0]", "script": "[-0.05,-0.025,0]"}
+# how the MEST-based rows are masked: as they run (MEST's code), and as the paper's Sec. 5 says (first conv dense)
+MEST_MASKING = {"MEST's code (default)": [], "the paper's Sec. 5 (sparsity.masked=all_but_first)":
+                ["sparsity.masked=all_but_first"]}
 
 
-def table2_flops() -> str:
-    """Planned training FLOPs of every Table 2 row (sweeps/row/*) at 90/95/98%, under both MEST bounds."""
+def table_flops(sweep: str, paper: dict, ratios: tuple, unit: float, masking: list[str]) -> str:
+    """Planned training FLOPs of a table's rows (sweeps/row/*) at its sparsities, next to the paper's, under
+    both MEST bounds; `masking`: overrides of the MEST-based rows."""
     from spfde.plan import build_plan
 
-    ratios = (0.9, 0.95, 0.98)
     head = "| row | " + " | ".join(f"{100 * r:g}%: paper | README bounds | script bounds" for r in ratios) + " |"
     lines = [head, "|---|" + "---|---|---|" * len(ratios)]
-    for row, paper in PAPER_TABLE2.items():
+    for row, numbers in paper.items():
         cells = []
         for i, ratio in enumerate(ratios):
             planned = {}
@@ -218,14 +227,27 @@ def table2_flops() -> str:
                 if planned and row not in MEST_ROWS:
                     planned[name] = planned["README"]  # the bounds only change MEST-based rows
                     continue
-                cfg = compose_config(["+sweep=table2", f"+sweep/row={row}", f"sparsity.ratio={ratio}",
-                                      f"sparsity.mest.ems.grow_to={bounds}"])
+                extra = masking if row in MEST_ROWS else []
+                cfg = compose_config([f"+sweep={sweep}", f"+sweep/row={row}", f"sparsity.ratio={ratio}",
+                                      f"sparsity.mest.ems.grow_to={bounds}", *extra])
                 validate(cfg)
-                planned[name] = build_plan(cfg)["train_flops"] / 1e15
-            cells += [f"{paper[i]:.2f}" if paper else "—", f"{planned['README']:.3f}", f"{planned['script']:.3f}"]
+                planned[name] = build_plan(cfg)["train_flops"] / unit
+            cells += [f"{numbers[i]:.2f}" if numbers else "—", f"{planned['README']:.3f}", f"{planned['script']:.3f}"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return ("# Table 2 training FLOPs (x e15), planned: ResNet-32 (2x) on CIFAR-100, 160 epochs; LTH is N/A "
-            "(its rounds retrain)\n" + "\n".join(lines))
+    return "\n".join(lines)
+
+
+def paper_flops(table: int) -> str:
+    """Table 2 (ResNet-32 2x, CIFAR-100, 160 epochs) or Table 3 (ResNet-50, ImageNet, 80%): every row planned,
+    its MEST-based rows masked as MEST's code does (the default) and as the paper's Sec. 5 says."""
+    sweep, paper, ratios, unit, what = (
+        ("table2", PAPER_TABLE2, (0.9, 0.95, 0.98), 1e15, "Table 2 training FLOPs (x e15), planned: ResNet-32 (2x) "
+         "on CIFAR-100, 160 epochs; LTH is N/A (its rounds retrain)") if table == 2 else
+        ("table3", PAPER_TABLE3, (0.8,), 1e18, "Table 3 training FLOPs (x e18), planned: ResNet-50 on ImageNet; the "
+         "baselines at the 102 epochs of RigL's budget, RigL-ITOP as ITOP ran it, MEST and SpFDE 150 epochs"))
+    parts = [f"## MEST-based rows masked as {name}\n" + table_flops(sweep, paper, ratios, unit, overrides)
+             for name, overrides in MEST_MASKING.items()]
+    return f"# {what}\n" + "\n\n".join(parts)
 
 
 def run_seeds(overrides: list[str], seeds: list[int], tmp: str, tag: str) -> tuple[list, list, list]:
@@ -739,6 +761,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", help="e.g. model.width=2 dataset=fake batch_size=64 device=cuda")
     sub.add_parser("memory", help="the paper's Fig. 4 memory check (planned)")
     sub.add_parser("table2-flops", help="planned training FLOPs of the Table 2 rows under both MEST bounds")
+    sub.add_parser("table3-flops", help="planned training FLOPs of the Table 3 rows under both MEST bounds")
     p = sub.add_parser("ablation-freeze", help="freeze x scheme x seeds on digits")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=30)  # x = 0.3 needs more than the quickstart's 15 epochs
@@ -774,8 +797,8 @@ def main(argv: list[str] | None = None) -> None:
         print(freeze_step(args.steps, args.overrides))
     elif args.bench == "memory":
         print(fig4_memory())
-    elif args.bench == "table2-flops":
-        print(table2_flops())
+    elif args.bench in ("table2-flops", "table3-flops"):
+        print(paper_flops(int(args.bench[5])))
     elif args.bench == "ablation-freeze":
         print(ablation_freeze(args.seeds, args.epochs, args.overrides))
     elif args.bench == "ablation-sieve":

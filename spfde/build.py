@@ -102,9 +102,10 @@ class Core:
 _META_MODELS: dict[tuple, tuple] = {}
 
 
-def build_core(cfg, num_classes: int, channels: int, image_size: int, steps_per_epoch: int, device,
+def build_core(cfg, num_classes: int, channels: int, image_size: int, epoch_steps: list[int], device,
                channels_last: bool = False, sync_bn: bool = False) -> Core:
-    """Model, optimizer, sparse method and cost models. `device="meta"` builds them without memory or data
+    """Model, optimizer, sparse method and cost models, for a run whose epochs take `epoch_steps` optimizer steps
+    (step-based methods schedule on them). `device="meta"` builds them without memory or data
     (how `spfde.plan` sizes even ResNet-50 in seconds), once per model and input shape (see meta_model)."""
     input_shape = (channels, image_size, image_size)
     if str(device) == "meta":
@@ -118,7 +119,7 @@ def build_core(cfg, num_classes: int, channels: int, image_size: int, steps_per_
         cost_model = CostModel(model, input_shape)
         memory = memory_model(cfg.cost.memory, model, input_shape, cfg.cost.memory_batch)
     optimizer = build_optimizer(model, cfg.optim)
-    method = build_method(cfg, model, optimizer, steps_per_epoch=steps_per_epoch)
+    method = build_method(cfg, model, optimizer, epoch_steps)
     return Core(model, optimizer, method, cost_model, memory)
 
 
@@ -179,12 +180,13 @@ def build_run(cfg, run_dir: Path, world: World | None = None) -> Run:
     sieve = Sieve(cfg, data.train.dataset_size, device, torch.Generator().manual_seed(cfg.seed + 2))
     sieve.start_epoch(0, data.train)  # the loader draws from the partial set only
     rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
-    core = build_core(cfg, data.num_classes, data.channels, data.image_size, len(data.train), device,
+    # each epoch's global batches, known before the run (fewer once a one-shot removal shrinks the set)
+    batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
+    core = build_core(cfg, data.num_classes, data.channels, data.image_size, [len(b) for b in batches], device,
                       channels_last=rt.channels_last, sync_bn=world.enabled and cfg.distributed.sync_bn)
     model, optimizer, method, cost_model = core.model, core.optimizer, core.method, core.cost_model
     meter = CostMeter(cost_model, core.memory_model, method)
     attach_round_files(cfg, method, write=world.is_main)
-    batches = [epoch_batches(n, cfg.batch_size, world.size) for n in sieve_epochs(cfg, data.train.dataset_size)]
     freeze_plan = make_freeze_plan(cfg, model, method, cost_model, batches)
     freezer = Freezer(model, method.masks, freeze_plan, cfg.optim, cfg.epochs, cfg.per_block_lr,
                       scheme_options(cfg))

@@ -162,7 +162,7 @@ def measure(cfg, classes: int, input_shape: tuple, depths: list[int]) -> dict[st
     data = in_memory_data(arrays, cfg, device, g, None, num_classes=classes,
                           crop_padding=cfg.dataset.crop_padding, hflip=cfg.dataset.hflip)
     rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
-    core = build_core(cfg, classes, c, h, len(data.train), device, channels_last=rt.channels_last)
+    core = build_core(cfg, classes, c, h, [len(data.train)] * cfg.epochs, device, channels_last=rt.channels_last)
     model, optimizer, method = core.model, core.optimizer, core.method
     sieve = Sieve(cfg, n_train, device, torch.Generator().manual_seed(2))
     sieve.start_epoch(0, data.train)

@@ -75,7 +75,9 @@ class OptimConfig:  # SGD with momentum and cosine annealing as in MEST's CIFAR 
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | step (lr x step_gamma at each of step_at)
+    step_at: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # step: fractions of training
+    step_gamma: float = 0.1  # step: the factor at each step
     min_lr: float = 0.0
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -88,7 +90,8 @@ class DropGrowConfig:  # rigl, set
     delta_t: int = MISSING  # steps between structure updates; 0 = once per epoch
     drop_fraction: float = MISSING  # fraction of active weights replaced per update (alpha / zeta)
     decay: str = MISSING  # cosine | constant
-    end_fraction: float = MISSING  # no updates after this fraction of training
+    final_drop_fraction: float = MISSING  # cosine: where the fraction ends, at the last update step
+    end_fraction: float = MISSING  # no updates after this fraction of the run's steps
 
 
 @dataclass
@@ -100,6 +103,7 @@ class SaliencyConfig:  # snip
 @dataclass
 class GraspConfig:
     samples_per_class: int = MISSING
+    iterations: int = MISSING  # fetches of samples_per_class per class
     temperature: float = MISSING
     scope: str = MISSING  # global | layer
 
@@ -158,7 +162,10 @@ class SparsityConfig:
     name: str = MISSING  # conf/sparsity/<name>.yaml
     ratio: float = 0.9  # target sparsity of the masked layers (paper: 0.9 / 0.95 / 0.98)
     distribution: str = "uniform"  # uniform (paper Sec. 5) | erk
-    dense_layers: list[str] = field(default_factory=lambda: ["blocks.0.conv"])  # paper: first conv dense
+    # which conv/linear layers are masked: main_convs (MEST's code) | all_but_first (RigL's) | all (ITOP's); each
+    # method's file sets its reference code's rule (spfde.sparse.masks)
+    masked: str = MISSING
+    dense_layers: list[str] = field(default_factory=list)  # module-name patterns kept dense besides the rule's
     rigl: DropGrowConfig = field(default_factory=DropGrowConfig)
     set: DropGrowConfig = field(default_factory=DropGrowConfig)
     snip: SaliencyConfig = field(default_factory=SaliencyConfig)

@@ -5,7 +5,9 @@ additions are not counted). The dense forward FLOPs of every layer come from
 `torch.utils.flop_counter.FlopCounterMode` on a meta-device copy of the model at the dataset's input
 size (no data, no compute). A training step costs, per sample and layer with density d (1 for dense
 layers): forward F·d, input gradient F·d and weight gradient F·d; a frozen layer costs its forward
-only; on dense-gradient steps (RigL/ITOP updates, SNFS always) the weight gradient is dense, F.
+only; on dense-gradient steps (RigL/ITOP updates, SNFS always) the weight gradient is dense, F. A layer
+whose input needs no gradient — the first layer, and the layers that read the input of the first
+trainable block after a frozen prefix — has no input gradient: autograd never computes it.
 
 Memory follows the paper's Fig. 4: fp32 bytes at a batch size (64) of weights (non-zeros), activations
 saved for backward, weight gradients (non-zeros of trainable layers) and activation gradients. The two
@@ -38,6 +40,7 @@ class Layer:
     block: int  # index in model.blocks
     flops: float  # dense forward FLOPs per sample
     numel: int  # weights
+    reads_block_input: bool  # its input is its block's input: no input gradient when the block comes first
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -55,8 +58,9 @@ class CostModel:
             meta(torch.empty(1, *self.input_shape, device="meta"))
         counts = counter.get_flop_counts()
         root = type(model).__name__
+        first_readers = block_input_readers(model, self.input_shape)
         self.layers = [Layer(name, block_of(name), float(sum(counts.get(f"{root}.{name}", {}).values())),
-                             m.weight.numel())
+                             m.weight.numel(), name in first_readers)
                        for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         self.num_blocks = len(model.blocks)
         self.block_names = list(model.block_names)
@@ -78,12 +82,34 @@ class CostModel:
             fwd = layer.flops * densities.get(layer.name, 1.0)
             if layer.block < frozen_blocks:
                 total += fwd
-            else:
-                total += 2 * fwd + (layer.flops if dense_grad else fwd)
+                continue
+            input_grad = 0.0 if layer.block == frozen_blocks and layer.reads_block_input else fwd
+            total += fwd + input_grad + (layer.flops if dense_grad else fwd)
         return total
 
     def inference(self, densities: dict[str, float]) -> float:
         return sum(layer.flops * densities.get(layer.name, 1.0) for layer in self.layers)
+
+
+def block_input_readers(model: nn.Module, input_shape) -> set[str]:
+    """The conv/linear layers that read their block's input unchanged (a block's first conv, a projection
+    shortcut): when the block is the first that trains, their input needs no gradient. Found on a meta forward
+    in which every block's input is detached, as a frozen prefix (or the image) leaves it."""
+    meta = meta_copy(model).eval()
+    readers: set[str] = set()
+
+    def note(name: str):
+        return lambda module, inputs: readers.add(name) if not inputs[0].requires_grad else None
+
+    meta.requires_grad_(True)  # the live model may have frozen blocks
+    for name, m in meta.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_pre_hook(note(name))
+    x = torch.empty(1, *input_shape, device="meta")
+    with torch.enable_grad():
+        for block in meta.blocks:
+            x = block(x.detach())
+    return readers
 
 
 def flops_table(cost_model: CostModel, method, batches_per_epoch: list[list[int]], max_frozen: int,
@@ -100,9 +126,10 @@ def flops_table(cost_model: CostModel, method, batches_per_epoch: list[list[int]
     frozen_of = [frozenset(method.masks.in_blocks(range(k))) if frozen_densities else frozenset()
                  for k in range(max_frozen + 1)]
     table, steps_of = [], {}
+    first_step = 0  # the run's optimizer steps are counted from its first, across epochs of any length
     for e, batches in enumerate(batches_per_epoch):
-        steps = len(batches)
-        dense_grad_samples = asks and sum(n for i, n in enumerate(batches) if method.dense_grad_step(e * steps + i))
+        dense_grad_samples = asks and sum(n for i, n in enumerate(batches) if method.dense_grad_step(first_step + i))
+        first_step += len(batches)
         row = []
         for k in range(max_frozen + 1):
             frozen = frozen_of[k]

@@ -79,7 +79,7 @@ def planned_table(cfg, cost_model, method, batches_per_epoch, max_frozen: int, f
     """`flops_table`, once per cost model, method schedule, batches and frozen depth in a process: a sweep's jobs
     that differ in the freezing target or the seed share their tables (read-only)."""
     sp = cfg.sparsity  # what the method's planned densities read: its own options and the shared ones
-    method_options = (sp.name, sp.ratio, sp.distribution, tuple(sp.dense_layers), str(sp.get(sp.name)))
+    method_options = (sp.name, sp.ratio, sp.distribution, sp.masked, tuple(sp.dense_layers), str(sp.get(sp.name)))
     key = (id(cost_model), type(method).__name__, method_options, repr(method.schedule),
            tuple(tuple(b) for b in batches_per_epoch), max_frozen, frozen_densities)
     if key not in _TABLES:
@@ -102,7 +102,7 @@ def build_plan(cfg, conventions=MEMORY_CONVENTIONS) -> dict:
     samples_per_epoch = sieve_epochs(cfg, samples)
     batches_per_epoch = [epoch_batches(n, cfg.batch_size) for n in samples_per_epoch]
     batches = batches_per_epoch[0]
-    core = build_core(cfg, d.num_classes, d.channels, size, len(batches), device="meta")
+    core = build_core(cfg, d.num_classes, d.channels, size, [len(b) for b in batches_per_epoch], device="meta")
     model, method, cost_model, memory = core.model, core.method, core.cost_model, core.memory_model
     check_dense_layers(cfg, model)
     memories_of = {c: meta_model(cfg, d.num_classes, input_shape, c)[2] for c in MEMORY_CONVENTIONS

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import re
@@ -79,6 +80,19 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
     return out
+
+
+@functools.cache
+def method_file_settings(method: str) -> dict:
+    """The shared sparsity keys a method's own file sets (conf/sparsity/<method>.yaml: its masking rule, ITOP's
+    ERK), flat: part of what the method's name means."""
+    from omegaconf import OmegaConf
+
+    from spfde.config import CONF_DIR
+
+    path = CONF_DIR / "sparsity" / f"{method}.yaml"
+    data = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    return {f"sparsity.{k}": v for k, v in data.items() if k != "name" and not isinstance(v, (dict, list))}
 
 
 def result_config(cfg) -> dict:
@@ -273,7 +287,9 @@ def group(rows: list[dict]) -> list[dict]:
         g = {k: first[k] for k in KEYS}
         config = {k: first["config"].get(k) for k in varying}
         accs = [m["final_acc"] for m in members]
-        extra = {k: config[k] for k in extra_keys if k in first["config"]}
+        own = method_file_settings(first["method"]) if method_of(first["method"]) else {}
+        # what tells it apart, but the settings its method's own file gives it (its name says them: a masking rule)
+        extra = {k: config[k] for k in extra_keys if k in first["config"] and own.get(k, ()) != config[k]}
         g.update({"label": label(g, extra), **{k: _value_text(v) for k, v in config.items() if k not in KEYS},
                   "seeds": len(members), "acc_mean": mean(accs), "acc_std": std(accs),
                   "train_flops": mean([m["train_flops"] for m in members]),

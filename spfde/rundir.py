@@ -237,7 +237,13 @@ def check_fingerprint(stored: dict | None, current: dict, run_dir: Path) -> None
     restore_hydra_record(run_dir)  # Hydra rewrote .hydra/ for this refused launch: put the run's back
     shown = "; ".join(f"{k}={stored[k]} there, {current[k]} now" for k in differing[:4])
     more = f" (and {len(differing) - 4} more)" if len(differing) > 4 else ""
-    raise RunDirError(f"{run_dir} holds a run with other settings: {shown}{more}. Use the same settings to "
+    older = ""
+    if "sparsity.masked" in current and "sparsity.masked" not in stored and "sparsity.dense_layers" in differing:
+        dense = ",".join(stored["sparsity.dense_layers"])
+        older = (f" (it was made before sparsity.masked existed and masked every conv and linear but "
+                 f"sparsity.dense_layers: resume it with sparsity.masked=all 'sparsity.dense_layers=[{dense}]' "
+                 f"hydra.run.dir={run_dir})")
+    raise RunDirError(f"{run_dir} holds a run with other settings: {shown}{more}{older}. Use the same settings to "
                       f"resume it, add fresh=true to start over there (its results move to previous-<time>/), "
                       f"or use another run dir")
 

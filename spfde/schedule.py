@@ -14,9 +14,12 @@ def cosine(t: float, start: float, end: float, base_lr: float, min_lr: float) ->
 
 
 def lr_at(t: float, optim, total_epochs: int) -> float:
-    """Global schedule: linear warmup over optim.warmup_epochs, then cosine (or constant) to the end."""
+    """Global schedule: linear warmup over optim.warmup_epochs, then cosine, constant, or steps (x step_gamma
+    at each fraction step_at of the `total_epochs`) to the end."""
     if t < optim.warmup_epochs:
         return optim.lr * (t + 1e-8) / optim.warmup_epochs
     if optim.schedule == "constant":
         return optim.lr
+    if optim.schedule == "step":
+        return optim.lr * optim.step_gamma ** sum(t >= f * total_epochs for f in optim.step_at)
     return cosine(t, optim.warmup_epochs, total_epochs, optim.lr, optim.min_lr)

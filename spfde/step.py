@@ -215,6 +215,9 @@ class TrainStep:
             for i, group in enumerate(optimizer.param_groups):
                 group["lr"] = self.lrs[i]
         self.static: tuple[torch.Tensor, ...] | None = None
+        # optimizer steps taken by the run, the clock of every step-based schedule (RigL's updates and drop
+        # fraction, DSR's period): counted here as they happen, checkpointed, the same on every rank
+        self.steps = 0
 
     @property
     def capture_s(self) -> float:
@@ -254,11 +257,13 @@ class TrainStep:
         self.lrs.copy_(host.pin_memory() if self.lrs.is_cuda else host, non_blocking=True)
         return lrs[-1]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int, t: float,
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, t: float,
                  samples: int | None = None) -> float:
-        """Train on one batch (x, y, idx all on the training device) at global step `step` and fractional
-        epoch `t`; returns the head's LR. `samples`: the global batch size (all ranks), which the cost meter
+        """Train on one batch (x, y, idx all on the training device) at fractional epoch `t`, as the run's step
+        `self.steps`; returns the head's LR. `samples`: the global batch size (all ranks), which the cost meter
         counts; default len(y)."""
+        step = self.steps
+        self.steps += 1
         self.samples = len(y) if samples is None else samples
         lr = self.set_lrs(t)
         plain = self.method.plain_step(step) and not self.analysis.enabled and len(y) == self.batch_size

@@ -60,7 +60,7 @@ def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runt
     for i, (x, y, idx) in enumerate(loader):
         x, y = rt.batch(x, y)
         idx = rt.indices(idx)
-        lr = train_step(x, y, idx, step=epoch * steps + i, t=epoch + i / steps, samples=sizes[i])
+        lr = train_step(x, y, idx, t=epoch + i / steps, samples=sizes[i])
         seen += len(y)
         bar.update(1)
     loss_sum, correct, seen = world.sum([train_step.loss_sum.item(), train_step.correct.item(), seen])
@@ -131,7 +131,7 @@ def train(cfg) -> dict:
     top5 = data.num_classes > 5
 
     # --- resume from the run directory's checkpoint, if any
-    start_epoch, best_acc, elapsed, run_id, records = 0, 0.0, 0.0, new_run_id(), []
+    start_epoch, best_acc, elapsed, run_id, records, steps_done = 0, 0.0, 0.0, new_run_id(), [], 0
     graphs_note = None  # a CUDA-graph fallback before a resume stays in the summary
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -142,6 +142,8 @@ def train(cfg) -> dict:
         sieve.load_state_dict(ckpt["sieve"])
         set_rng_state(ckpt["rng"], generator)
         start_epoch, best_acc, elapsed, run_id = ckpt["epoch"], ckpt["best_acc"], ckpt["elapsed_s"], ckpt["run_id"]
+        # optimizer steps so far (a checkpoint without the count: the steps its epochs were planned to take)
+        steps_done = ckpt.get("steps", sum(method.schedule.epoch_steps[:start_epoch]))
         if str(ckpt.get("cuda_graphs", "")).startswith("fallback"):
             graphs_note = ckpt["cuda_graphs"]
         if world.is_main:
@@ -162,6 +164,7 @@ def train(cfg) -> dict:
     fallback = cfg.cuda_graphs != "on"
     train_step = TrainStep(model, optimizer, method, freezer, sieve, analysis, meter, rt, cfg.optim.label_smoothing,
                            cfg.batch_size, graphs, world, fallback=fallback)
+    train_step.steps = steps_done
     eval_batches = EvalBatches(model, rt, cfg.eval_batch_size, top5, graphs, fallback=fallback)
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -174,10 +177,9 @@ def train(cfg) -> dict:
     logger.start(cfg, len(model.blocks), freeze_plan, data.train.dataset_size)  # freeze plan, sieve setting
     stop_handlers = catch_stop_signals()  # SIGTERM/SIGINT: one line, then stop (the checkpoint stays)
     summary = None
-    steps = len(data.train)
     show_bar = cfg.progress and sys.stderr.isatty()
     try:
-        with logging_redirect_tqdm(), tqdm(total=cfg.epochs * steps, initial=start_epoch * steps,
+        with logging_redirect_tqdm(), tqdm(total=method.schedule.total_steps, initial=steps_done,
                                            disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
@@ -214,7 +216,8 @@ def train(cfg) -> dict:
                             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "sparsity": method.state_dict(), "cost": meter.state_dict(),
                             "freezer": freezer.state_dict(), "sieve": sieve.state_dict(),
-                            "rng": rng_state(generator), "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
+                            "rng": rng_state(generator), "steps": train_step.steps,
+                            "best_acc": best_acc, "elapsed_s": elapsed, "run_id": run_id,
                             "fingerprint": fingerprint, "records": logger.records, "world_size": world.size,
                             "cuda_graphs": graphs_note or graphs_status(train_step, eval_batches),
                         })

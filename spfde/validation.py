@@ -42,7 +42,11 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr={o.lr}], got {o.min_lr}")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    _check(o.schedule in ("cosine", "constant"), f"optim.schedule must be cosine or constant, got {o.schedule!r}")
+    _check(o.schedule in ("cosine", "constant", "step"),
+           f"optim.schedule must be cosine, constant or step, got {o.schedule!r}")
+    _check(all(0 < f < 1 for f in o.step_at) and list(o.step_at) == sorted(o.step_at),
+           f"optim.step_at must be increasing fractions of training in (0, 1), got {list(o.step_at)}")
+    _check(0 < o.step_gamma <= 1, f"optim.step_gamma must be in (0, 1], got {o.step_gamma}")
     _check(0 <= o.warmup_epochs < cfg.epochs,
            f"optim.warmup_epochs must be in [0, epochs={cfg.epochs}), got {o.warmup_epochs}")
     _check(0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}")
@@ -429,7 +433,8 @@ def check_model(cfg: DictConfig) -> None:
     d = cfg.dataset
     batches = [epoch_batches(n, cfg.batch_size) for n in sieve_epochs(cfg, d.train_size)]
     try:  # one meta build per model and input shape in a process (spfde.build.meta_model)
-        core = build_core(cfg, d.num_classes, d.channels, planned_image_size(d), len(batches[0]), device="meta")
+        core = build_core(cfg, d.num_classes, d.channels, planned_image_size(d), [len(b) for b in batches],
+                          device="meta")
         if cfg.freeze > 0:  # the solver needs the FLOPs of each block
             make_freeze_plan(cfg, core.model, core.method, core.cost_model, batches)
     except (SparsityError, FreezeError) as e:
@@ -498,12 +503,15 @@ def validate_loader(cfg: DictConfig) -> None:
 
 def validate_sparsity(cfg: DictConfig) -> None:
     from spfde.sparse import METHODS, SparsityError
+    from spfde.sparse.masks import MASKING_RULES
 
     sp = cfg.sparsity
     _check(sp.name in METHODS, f"sparsity.name={sp.name!r} is unknown; choose one of {sorted(METHODS)}")
     _check(0 <= sp.ratio < 1, f"sparsity.ratio must be in [0, 1), got {sp.ratio}")
     _check(sp.distribution in ("uniform", "erk"),
            f"sparsity.distribution must be uniform or erk, got {sp.distribution!r}")
+    _check(sp.masked in MASKING_RULES, f"sparsity.masked must be one of {', '.join(MASKING_RULES)} (which layers are "
+           f"masked: MEST's, RigL's, ITOP's code), got {sp.masked!r}")
     _check(cfg.interval >= 1, f"interval must be >= 1 epoch, got {cfg.interval}")
     try:
         METHODS[sp.name].check(cfg)  # each method checks its own options

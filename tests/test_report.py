@@ -39,7 +39,7 @@ def groups_of(root: Path) -> list[dict]:
 CHANGES = [["optim.lr=0.05"], ["interval=2"], ["model.depth=14"], ["model.width=2"], ["optim.weight_decay=1e-4"],
            ["dataset.image_size=12"], ["sparsity.distribution=erk"], ["batch_size=32"], ["per_block_lr=false"],
            ["sparsity.mest.mode=em"], ["sparsity.ratio=0.8"], ["sieve=0.2"], ["epochs=3"],
-           ["optim.label_smoothing=0.1"], ["sparsity.dense_layers=[]"]]
+           ["optim.label_smoothing=0.1"], ["sparsity.masked=all"]]
 
 
 @pytest.mark.parametrize("change", CHANGES, ids=lambda c: c[0])

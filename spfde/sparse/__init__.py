@@ -31,8 +31,9 @@ def target_sparsity(sparsity_cfg) -> float:
     return sparsity_cfg.ratio if METHODS[sparsity_cfg.name].uses_ratio else 0.0
 
 
-def build_method(cfg, model, optimizer, steps_per_epoch: int) -> SparseMethod:
-    """The configured method on `model`; raises SparsityError if its target cannot be realised."""
-    schedule = Schedule(epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.interval)
+def build_method(cfg, model, optimizer, epoch_steps: list[int]) -> SparseMethod:
+    """The configured method on `model`, for a run whose epochs take `epoch_steps` optimizer steps; raises
+    SparsityError if its target cannot be realised."""
+    schedule = Schedule(epochs=cfg.epochs, epoch_steps=list(epoch_steps), interval=cfg.interval)
     generator = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: masks do not shift data order
     return METHODS[cfg.sparsity.name](cfg.sparsity, model, optimizer, schedule, generator)

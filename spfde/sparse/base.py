@@ -15,6 +15,7 @@ its options (before any work), and a few class attributes say how the run treats
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -59,15 +60,21 @@ def proportional_split(total: int, shares: list[float], capacity: list[int]) -> 
 
 @dataclass
 class Schedule:
-    """What a method needs to know about the run's length."""
+    """What a method needs to know about the run's length. Steps are optimizer steps counted from the run's
+    first (`TrainStep.steps`, checkpointed): an epoch's count falls when a sieve shrinks the training set."""
 
     epochs: int
-    steps_per_epoch: int
+    epoch_steps: list[int]  # optimizer steps of each epoch, known before the run
     interval: int  # Δτ in epochs
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return sum(self.epoch_steps)
+
+    @property
+    def epoch_ends(self) -> set[int]:
+        """Step counts at which an epoch is complete (the run's step `s` completes `s + 1`)."""
+        return set(itertools.accumulate(self.epoch_steps))
 
 
 class SparseMethod:
@@ -79,6 +86,9 @@ class SparseMethod:
     runs_in_rounds = False  # one run per round, driven by spfde.rounds (LTH)
     spfde_base = False  # SpFDE's own sparse method: with freezing/sieving the paper calls its rows "SpFDE x%+y%"
     no_freezing = ""  # why layer freezing is not defined for it ("" = it is)
+    # what a structure update does to the positions it touches, as the method's reference code does:
+    reinit_when_same = False  # a weight dropped and grown back in one update restarts at zero (else keeps its value)
+    reset_momentum = True  # changed positions get zero momentum (else their optimizer buffers are left to decay)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -102,7 +112,7 @@ class SparseMethod:
     def __init__(self, cfg, model: torch.nn.Module, optimizer, schedule: Schedule, generator: torch.Generator):
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
         self.generator = generator
-        self.masks = Masks(model, cfg.dense_layers, cfg.distribution)
+        self.masks = Masks(model, cfg.dense_layers, cfg.distribution, cfg.masked, self.reset_momentum)
         self.targets = self.masks.target_counts(cfg.ratio)
         self.init_samples = 0  # samples used by initialize() (SNIP, GraSP)
         self._pruned: dict[str, int] = {}
@@ -162,14 +172,16 @@ class SparseMethod:
                        grow_score: torch.Tensor) -> None:
         """Keep the `keep` active weights with the highest prune_score, then activate the
         `final - keep` inactive positions (just-pruned ones included) with the highest grow_score.
-        Exactly `final` weights are active afterwards."""
+        Exactly `final` weights are active afterwards. A just-pruned position grown back keeps its value, or
+        restarts at zero with `reinit_when_same`."""
         mask = self.masks.masks[name]
         active = int(mask.sum())
         if not 0 <= keep <= active or final < keep or final > mask.numel():
             raise SparsityError(f"{self.name}: cannot keep {keep} of {active} and end with {final} in {name}")
         kept = top_k_mask(prune_score.masked_fill(~mask, float("-inf")), keep)
         grown = top_k_mask(grow_score.masked_fill(kept, float("-inf")), final - keep)
-        self.record(name, *self.masks.set_mask(name, kept | grown, self.optimizer))
+        restart = grown & mask if self.reinit_when_same else None  # dropped and picked again
+        self.record(name, *self.masks.set_mask(name, kept | grown, self.optimizer, restart))
 
     @torch.no_grad()
     def keep_highest(self, scores: dict[str, torch.Tensor], scope: str) -> None:

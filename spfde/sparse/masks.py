@@ -1,10 +1,18 @@
 """`Masks`: the one object that owns every mask of a model.
 
-Masked layers are the conv and linear weights whose module names do not match `dense_layers`
-(fnmatch patterns; BN and biases are never masked). Layer densities come from a distribution:
+Which conv and linear weights are masked is a *masking rule* (`sparsity.masked`, set by each method's
+file to what its reference code does) plus the user's `sparsity.dense_layers` (fnmatch patterns on module
+names, kept dense as well); BN and biases are never masked. The rules, by the role a layer plays:
+
+  main_convs     the first conv, the 1x1 projection shortcuts and the classifier stay dense (MEST's code:
+                 its ResNet-32 and VGG-19 profiles list only the other convs)
+  all_but_first  only the first conv stays dense (RigL's code: first_layer_sparsity 0, last layer sparse)
+  all            every conv and linear is masked (ITOP's, sparse_learning's and GraSP's code)
+ Layer densities come from a distribution:
 `uniform` (every masked layer at the same density) or `erk` (RigL's Erdős–Rényi-kernel). Masked
 weights are exactly zero after every optimizer step; their gradients are zeroed before it; a
-position that changes state (pruned or grown) gets zero weight and zero momentum.
+position that changes state (pruned or grown) gets zero weight and — unless the method's code leaves
+its optimizer buffers alone (MEST) — zero momentum.
 """
 
 from __future__ import annotations
@@ -19,6 +27,38 @@ from spfde.models.base import block_of
 
 class SparsityError(ValueError):
     """A sparsity target that cannot be realised on this model (one line, for the user)."""
+
+
+# masking rule -> the roles of the layers it keeps dense (see the module docstring for the sources)
+MASKING_RULES: dict[str, tuple[str, ...]] = {
+    "main_convs": ("first", "shortcut", "classifier"),
+    "all_but_first": ("first",),
+    "all": (),
+}
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """Names of the conv and linear layers, in forward-definition order."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_roles(model: nn.Module) -> dict[str, set[str]]:
+    """The conv/linear layers that play each role a masking rule names: the first layer (the stem conv), the
+    classifier (the last layer), and the 1x1 projection convs of residual shortcuts (`shortcut`/`downsample`)."""
+    names = weight_layers(model)
+    modules = dict(model.named_modules())
+    shortcut = {n for n in names if {"shortcut", "downsample"} & set(n.split("."))
+                and isinstance(modules[n], nn.Conv2d) and modules[n].kernel_size == (1, 1)}
+    return {"first": set(names[:1]), "classifier": set(names[-1:]), "shortcut": shortcut}
+
+
+def dense_by_rule(model: nn.Module, rule: str) -> list[str]:
+    """The layers the masking rule keeps dense, in forward order."""
+    if rule not in MASKING_RULES:
+        raise SparsityError(f"sparsity.masked must be one of {', '.join(MASKING_RULES)}, got {rule!r}")
+    roles = layer_roles(model)
+    dense = set().union(*(roles[r] for r in MASKING_RULES[rule]))
+    return [n for n in weight_layers(model) if n in dense]
 
 
 def masked_layers(model: nn.Module, dense_patterns) -> dict[str, nn.Module]:
@@ -65,9 +105,12 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class Masks:
-    def __init__(self, model: nn.Module, dense_patterns, distribution: str):
-        self.layers = masked_layers(model, dense_patterns)
-        self.dense_patterns = list(dense_patterns)
+    def __init__(self, model: nn.Module, dense_patterns, distribution: str, rule: str = "all",
+                 reset_momentum: bool = True):
+        """Masks on the layers that neither the masking `rule` nor the `dense_patterns` keep dense.
+        `reset_momentum`: positions that change state lose their momentum (see set_mask)."""
+        self.rule, self.dense_patterns, self.reset_momentum = rule, list(dense_patterns), reset_momentum
+        self.layers = masked_layers(model, [*dense_by_rule(model, rule), *self.dense_patterns])
         self.distribution = distribution
         self.masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()}
@@ -84,7 +127,7 @@ class Masks:
         densities = layer_densities(self.shapes, sparsity, self.distribution)
         counts = {n: int(round(densities[n] * m.weight.numel())) for n, m in self.layers.items()}
         empty = [n for n, c in counts.items() if c < 1]
-        if empty:
+        if empty:  # the fix names the user's own patterns and these layers (the rule's stay as they are)
             dense = ",".join([*self.dense_patterns, *empty])
             raise SparsityError(f"sparsity {sparsity:g} leaves layer {empty[0]} with no weights; lower sparsity.ratio "
                                 f"or keep {'it' if len(empty) == 1 else f'the {len(empty)} such layers'} dense: "
@@ -110,16 +153,21 @@ class Masks:
                 m.weight.grad.mul_(self.masks[n])
 
     @torch.no_grad()
-    def set_mask(self, name: str, new: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> tuple[int, int]:
-        """Replace a layer's mask. Positions that change get zero weight and zero momentum: pruned
-        weights leave no momentum behind, grown weights start at zero. Returns (pruned, grown)."""
+    def set_mask(self, name: str, new: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+                 restart: torch.Tensor | None = None) -> tuple[int, int]:
+        """Replace a layer's mask. Positions that change get zero weight — grown weights start at zero — and,
+        with `reset_momentum`, zero momentum (pruned weights leave none behind). `restart`: active positions
+        that a method dropped and grew back in the same update and restarts like grown ones (MEST, SET).
+        Returns (pruned, grown), not counting restarted positions."""
         old = self.masks[name]
         new = new.to(device=old.device, dtype=torch.bool).view_as(old)
         pruned, grown = old & ~new, new & ~old
         changed = pruned | grown
+        if restart is not None:
+            changed = changed | (restart.to(old.device).view_as(old) & new)
         weight = self.layers[name].weight
         weight.masked_fill_(changed, 0.0)
-        if optimizer is not None:
+        if optimizer is not None and self.reset_momentum:
             buf = optimizer.state.get(weight, {}).get("momentum_buffer")
             if buf is not None:
                 buf.masked_fill_(changed, 0.0)

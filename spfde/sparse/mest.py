@@ -24,6 +24,10 @@ class MEST(SparseMethod):
     name = "mest"
     label = "MEST (EM&S)"
     spfde_base = True  # the paper's SpFDE is MEST+EM&S with layer freezing and data sieving
+    # MEST's code (prune_utils/retrain.py update_mask) zeroes pruned weights, then grows at random among the zero
+    # positions: a just-pruned weight picked again restarts at zero. It never touches SGD's momentum buffers.
+    reinit_when_same = True
+    reset_momentum = False
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -16,3 +16,6 @@ class SET(RigL):
     label = "SET"
     uses_gradients = False
     grow = "random"
+    # SET's code (SET-MLP-Keras-Weights-Mask, rewireMask/weightsEvolution) keeps only the surviving weights: a
+    # removed position added again at random restarts at zero (RigL's own SET keeps its value)
+    reinit_when_same = True
