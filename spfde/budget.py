@@ -89,13 +89,29 @@ def choose(rows: list[dict], cfg) -> dict:
                             "configurations all split it evenly)"}
 
 
+# keys of a dimension's options: a run with the dimension off has none of them (spfde.report.result_config)
+DIMENSION_OPTIONS = ("freeze_scheme.", "freeze_fraction", "sieve_update", "sieve_method", "sieve_oneshot_at")
+
+
+def differing_key(config: dict, planned: dict) -> str | None:
+    """The first key in which a run's result config (spfde.report.result_config) differs from the planned run's,
+    freeze and sieve (and the options of a dimension that one of them has off) aside; None: the same run."""
+    for key in sorted(set(config) | set(planned)):
+        if key in ("freeze", "sieve") or (key.startswith(DIMENSION_OPTIONS) and (key not in config) != (key not in
+                                                                                                     planned)):
+            continue
+        if config.get(key) != planned.get(key):
+            return f"{key}={config.get(key)} there, {planned.get(key)} here"
+    return None
+
+
 def measured(cfg, results: str) -> tuple[list[dict], int]:
-    """The sweep's finished configurations that match this run but for freeze and sieve: their (x, y), mean test
-    accuracy and seed count (spfde.report's grouping); and how many finished configurations did not match."""
+    """The sweep's finished configurations that are this run but for freeze and sieve (every other result-changing
+    key equal: an accuracy measured with another learning rate says nothing of the command printed): their (x, y),
+    mean test accuracy and seed count (spfde.report's grouping); and how many finished configurations differ."""
     from pathlib import Path
 
-    from spfde.report import find_runs, group, load_run, model_label
-    from spfde.sparse import target_sparsity
+    from spfde.report import find_runs, group, load_run, result_config
 
     root = Path(results).expanduser()
     if not root.is_dir():
@@ -104,18 +120,22 @@ def measured(cfg, results: str) -> tuple[list[dict], int]:
     runs = find_runs([root])
     if not runs:
         raise ConfigError(f"plan.results={results} holds no finished run (no summary.json under it)")
-    want = {"model": model_label(cfg.model.name, cfg.model.depth, cfg.model.width), "dataset": cfg.dataset.name,
-            "method": cfg.sparsity.name, "epochs": cfg.epochs, "ratio": target_sparsity(cfg.sparsity)}
     from spfde.pareto import pareto_front
 
-    groups = group([load_run(r) for r in runs])
-    same = [g for g in groups if all(g.get(k) == v if k != "ratio" else abs((g.get(k) or 0) - v) < 1e-9
-                                     for k, v in want.items())]
+    planned = result_config(cfg)
+    rows = [load_run(r) for r in runs]
+    differ = {r["run_dir"]: differing_key(r["config"], planned) for r in rows}
+    same = group([r for r in rows if differ[r["run_dir"]] is None])
+    if not same:
+        example = next(d for d in differ.values() if d)
+        raise ConfigError(f"plan.results={results} holds no finished run of this configuration: its runs differ in "
+                          f"more than freeze and sieve (e.g. {example}); give the sweep's settings to the plan as well")
+    others = len(group(rows)) - len(same)
     front = [id(g) for g in pareto_front(same)]  # the report's front of these configurations (pareto.csv)
     return ([{"freeze": float(g["freeze"] or 0), "sieve": float(g["sieve"] or 0), "acc_mean": g["acc_mean"],
               "acc_std": g["acc_std"], "seeds": g["seeds"], "label": g["label"], "on_front": id(g) in front}
              for g in same],
-            len(groups) - len(same))
+            others)
 
 
 def command(overrides: list[str], x: float, y: float) -> str:
@@ -146,8 +166,8 @@ def solve(cfg, overrides: list[str]) -> dict:
         usable = [g for g in found if (g["freeze"], g["sieve"]) in inside]
         if not usable:
             raise ConfigError(f"plan.results={cfg.plan.results}: none of its {len(found)} finished configurations of "
-                              f"this run ({other} others skipped: another model, data, method, sparsity or length) "
-                              "is within the budget")
+                              f"this run ({other} others skipped: they differ in more than freeze and sieve) is "
+                              "within the budget")
         best = max(usable, key=lambda g: g["acc_mean"])
         choice = {**inside[(best["freeze"], best["sieve"])], "acc_mean": best["acc_mean"], "acc_std": best["acc_std"],
                   "seeds": best["seeds"], "on_front": best["on_front"],

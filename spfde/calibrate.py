@@ -53,9 +53,14 @@ def hours_label(device_kind: str) -> str:
     return {"cpu": "CPU-hours", "cuda": "GPU-hours"}.get(device_kind, f"{device_kind}-hours")
 
 
+MAX_ENTRY_S = 86_400.0  # no step, image, epoch's extra work or start-up takes a day: a larger entry is damage
+
+
 class Cache:
     """The calibration file: {"version": 1, "entries": {key: seconds}}. Written atomically; a damaged or
-    foreign file is ignored (one warning) and replaced at the next write."""
+    foreign file (or one with an impossible time: negative, not finite, over a day) is ignored (one warning) and
+    replaced at the next write; a write that fails (a full or read-only disk) costs the next plan a measurement,
+    never this plan."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -67,6 +72,9 @@ class Cache:
             entries = data["entries"] if data.get("version") == CACHE_VERSION else None
             if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) for v in entries.values()):
                 raise ValueError("not a calibration file of this version")
+            bad = next((k for k, v in entries.items() if not (math.isfinite(v) and 0 <= v <= MAX_ENTRY_S)), None)
+            if bad is not None:
+                raise ValueError(f"an impossible time, {entries[bad]!r} s for {bad}")
             self.entries = {str(k): float(v) for k, v in entries.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning(f"ignoring the calibration cache {self.path} ({type(e).__name__}: {e}); it is measured again "
@@ -76,11 +84,15 @@ class Cache:
         return self.entries.get(key)
 
     def put(self, values: dict[str, float]) -> None:
-        from spfde.checkpoint import write_json
+        from spfde.checkpoint import RunDirError, write_json
 
         self.entries.update(values)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, {"version": CACHE_VERSION, "entries": self.entries})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, {"version": CACHE_VERSION, "entries": self.entries})
+        except (OSError, RunDirError) as e:
+            log.warning(f"the calibration was measured but not saved in {self.path} ({e}); this plan uses it, the "
+                        "next one measures again")
 
 
 def shape_key(cfg, device: str, classes: int, input_shape: tuple, graphs: bool) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -12,7 +13,8 @@ log = logging.getLogger("spfde")
 
 class ReportAfterSweep(Callback):
     """After a `-m` sweep, write its report (`<sweep dir>/report/`) and print its table. With a launcher
-    that waits for its jobs (basic, submitit local and SLURM) every job has finished by then."""
+    that waits for its jobs (basic, submitit local and SLURM) every job has finished by then. A sweep in which
+    every job failed ends with one line that counts them and says where their logs are, and exit status 2."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from spfde.report import find_runs, main
@@ -20,8 +22,31 @@ class ReportAfterSweep(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir() or not find_runs([sweep_dir]):
             log.info(f"no finished runs in {sweep_dir}: no report")
+            all_failed(sweep_dir)
             return
         try:
             main([str(sweep_dir), "--no-timelines"])
         except SystemExit as e:  # the report said why on stderr; the sweep itself succeeded
             log.warning(f"the sweep's report failed (exit {e.code}); rerun `python -m spfde.report {sweep_dir}`")
+
+
+def all_failed(sweep_dir: Path) -> None:
+    """Exit 2 with one line when no job of the sweep finished and some failed (each job said why in its log)."""
+    from spfde.rundir import release_run_dirs
+    from spfde.status import StatusError, sweep_status
+
+    release_run_dirs()  # the jobs Hydra's basic launcher ran in this process are over: they train no more
+
+    try:
+        status = sweep_status(sweep_dir)
+    except StatusError:
+        return
+    failed = [job for job in status["jobs"] if job["state"] == "failed"]
+    if failed and not status["totals"].get("finished"):
+        logs = "run.log in each run directory" if all(Path(j["run_dir"]).is_dir() for j in failed) else \
+            "run.log in each run directory, or .submitit/ for jobs that died before it"
+        first = str(failed[0]["detail"]).removeprefix("spfde: error: ")
+        print(f"spfde: error: {len(failed)} of the sweep's {len(status['jobs'])} jobs failed and none finished "
+              f"(first: {first}); their logs: {logs} under {sweep_dir}; `python -m spfde.status {sweep_dir}` lists "
+              "them", file=sys.stderr)
+        sys.exit(2)

@@ -13,10 +13,12 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import random
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -33,6 +35,24 @@ log = logging.getLogger("spfde")
 class RunDirError(RuntimeError):
     """A run directory that cannot be used as it is (damaged file, full disk, in use, other config);
     the message is one line that says what and the ways out."""
+
+
+class RunDirInUse(RunDirError):
+    """Another process trains in the run directory: its files (run.log among them) are that process's."""
+
+
+NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_regular(path: Path) -> str:
+    """What stands at `path` instead of a regular file ("a FIFO", "a directory", ...), or "" (a regular file, or
+    nothing): reading a FIFO or a device would wait forever for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    return "" if stat.S_ISREG(mode) else next((name for test, name in NOT_REGULAR if test(mode)), "not a file")
 
 
 def fsync_dir(path: Path) -> None:
@@ -55,7 +75,10 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a directory that turned read-only: nothing was written there either
         if isinstance(e, OSError) or (isinstance(e, RuntimeError) and is_writer_error(e)):
             raise RunDirError(write_failure(path, e)) from None
         raise
@@ -66,7 +89,8 @@ def is_writer_error(error: RuntimeError) -> bool:
     """torch.save's file writer reports a full disk or a failed write as a RuntimeError (e.g. "basic_ios::clear:
     iostream error", "PytorchStreamWriter failed writing file ...")."""
     text = str(error)
-    return any(m in text for m in ("iostream", "No space left", "StreamWriter", "file write failed"))
+    return any(m in text for m in ("iostream", "No space left", "StreamWriter", "file write failed",
+                                   "inline_container", "unexpected pos"))
 
 
 def write_failure(path: Path, error: Exception) -> str:
@@ -129,6 +153,8 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     ways_out = (f"add fresh=true to start over (earlier results move to {path.parent}/previous-<time>/), "
                 f"or delete {path}")
+    if kind := not_regular(path):
+        raise RunDirError(f"{path} is {kind}, not a checkpoint file; {ways_out}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -182,6 +208,12 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 # what a finished run's summary.json must hold (and, where present, of which type) to count as one
 SUMMARY_REQUIRED = {"final_acc": (int, float), "train_flops": (int, float)}
 SUMMARY_TYPED = {"epochs": (int,), "best_acc": (int, float), "rounds": (int,)}
+# the ranges a finished run's numbers lie in: (low, high, low included); reports average them
+SUMMARY_RANGES = {"final_acc": (0.0, 1.0, True), "best_acc": (0.0, 1.0, True), "final_acc5": (0.0, 1.0, True),
+                  "train_flops": (0.0, math.inf, False), "dense_train_flops": (0.0, math.inf, False),
+                  "inference_flops": (0.0, math.inf, False), "memory_min_bytes": (0.0, math.inf, False),
+                  "memory_avg_bytes": (0.0, math.inf, False), "memory_dst_min_bytes": (0.0, math.inf, False),
+                  "train_time_s": (0.0, math.inf, True), "epochs": (1, math.inf, True)}
 
 
 def summary_problem(summary) -> str | None:
@@ -196,11 +228,19 @@ def summary_problem(summary) -> str | None:
             continue
         if isinstance(value, bool) or not isinstance(value, types):
             return f"{key} is {value!r}, not a {'whole ' if types == (int,) else ''}number"
+    for key, (low, high, closed) in SUMMARY_RANGES.items():
+        value = summary.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value) or not (low <= value if closed else low < value) or value > high:
+            return f"{key} is {value!r}, out of range ({'[' if closed else '('}{low:g}, {high:g}])"
     return None
 
 
 def read_summary(path: Path) -> tuple[dict | None, str | None]:
     """(summary, None) for a finished run's summary.json, (None, why) for a damaged one."""
+    if kind := not_regular(path):
+        return None, f"{kind}, not a regular file"
     try:
         summary = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -215,6 +255,9 @@ def finished_summary(run_dir: Path) -> dict | None:
     path = Path(run_dir) / SUMMARY
     if not path.exists():
         return None
+    if kind := not_regular(path):  # reading it could block forever; moving it aside is the user's call
+        raise RunDirError(f"{path} is {kind}, not a summary file: remove it (the run then finishes from its "
+                          f"checkpoint), or use another run dir")
     summary, problem = read_summary(path)
     if problem:
         kept = set_aside(path)

@@ -71,8 +71,14 @@ def sweep_info(target: str) -> dict:
         saved = path / "multirun.yaml"
         if not saved.exists():
             raise DashboardError(f"{path} is not a sweep directory (no multirun.yaml from `spfde.run -m`)")
-        cfg = OmegaConf.load(saved)
-        task = list(cfg.hydra.overrides.task)
+        try:
+            cfg = OmegaConf.load(saved)
+            task = list(cfg.hydra.overrides.task)
+            cfg.logger.project  # noqa: B018 - what the spec reads: a multirun.yaml without it is no sweep's
+        except Exception as e:  # noqa: BLE001 - unreadable YAML, or YAML of another shape
+            raise DashboardError(f"{saved} cannot be read as Hydra's record of a sweep ({type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'empty'}); relaunch "
+                                 "the sweep's command to rewrite it, or give the sweep's preset name") from None
         directory = path
     else:
         from spfde.config import ConfigError

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from spfde.build import build_core, meta_model
 from spfde.calibrate import fmt_duration
+from spfde.checkpoint import RunDirError
 from spfde.config import ConfigError
 from spfde.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table
 from spfde.freeze import FreezeError, candidate_blocks, scheme_options, solve
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = build_plan(cfg)
         if cfg.plan.calibrate:
             add_estimate(cfg, plan)
-    except (ConfigError, SparsityError, FreezeError, SieveError) as e:
+    except (ConfigError, SparsityError, FreezeError, SieveError, RunDirError) as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
     if cfg.plan.format == "json":

@@ -31,12 +31,14 @@ import csv
 import functools
 import json
 import math
+import os
 import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
 
-from spfde.checkpoint import read_summary
+from spfde.checkpoint import not_regular, read_summary
 from spfde.pareto import write_pareto
 
 # the columns of the grouped table; the grouping itself uses the whole resolved config (see config_key)
@@ -93,6 +95,12 @@ def method_file_settings(method: str) -> dict:
     path = CONF_DIR / "sparsity" / f"{method}.yaml"
     data = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
     return {f"sparsity.{k}": v for k, v in data.items() if k != "name" and not isinstance(v, (dict, list))}
+
+
+def printable(text: str) -> str:
+    """A path as text files and pages can hold it: bytes of a file name that are not UTF-8 (kept by Python as
+    surrogates, which no UTF-8 file takes) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def result_config(cfg) -> dict:
@@ -152,6 +160,8 @@ def read_metrics(run: Path) -> tuple[list[dict], int]:
     """metrics.jsonl's records and the number of lines that do not parse (a damaged file)."""
     records, bad = [], 0
     path = run / "metrics.jsonl"
+    if not_regular(path):
+        return [], 1  # a FIFO or device: reading would wait forever
     for line in (path.read_text(errors="replace").splitlines() if path.exists() else []):
         try:
             record = json.loads(line)
@@ -175,8 +185,8 @@ def load_run(run: Path, summary: dict | None = None) -> dict:
         return OmegaConf.select(cfg, key, default=default) if cfg is not None else default
 
     return {
-        "run_dir": str(run), "model": model_label(get("model.name", summary.get("model")), get("model.depth"),
-                                                  get("model.width")),
+        "run_dir": printable(str(run)),
+        "model": model_label(get("model.name", summary.get("model")), get("model.depth"), get("model.width")),
         "dataset": get("dataset.name", summary.get("dataset")), "method": get("sparsity.name"),
         "ratio": run_ratio(cfg),
         "freeze": get("freeze", 0.0), "freeze_scheme": get("freeze_scheme.name"),
@@ -619,7 +629,7 @@ def plot_timeline(run: Path, path: Path) -> list[str]:
         ax.set_title(what, fontsize=9, loc="left")
         ax.grid(alpha=0.3)
     epoch_axis(axes[-1], epochs)
-    fig.suptitle(f"Timeline of {run.name[:100]}", fontsize=10)
+    fig.suptitle(f"Timeline of {printable(run.name[:100])}", fontsize=10)
     fig.align_ylabels(axes)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
@@ -637,10 +647,25 @@ def write_figures(groups: list[dict], runs: list[Path], out: Path, timelines: bo
     images += plot_heatmaps(groups, out)
     if timelines:
         (out / "timelines").mkdir(exist_ok=True)
-        for run in runs:
-            images.append(out / "timelines" / f"{run.name[:100]}.png")
+        for run, name in timeline_names(runs).items():
+            images.append(out / "timelines" / f"{name}.png")
             plot_timeline(run, images[-1])
     return images
+
+
+def timeline_names(runs: list[Path]) -> dict[Path, str]:
+    """A file name for each run's timeline: its directory's name, with as many parent folders ('sweep__run') as
+    tell runs of the same name apart; characters a file name or a link cannot hold replaced by _; a name that is
+    long, or that the replacing made the same as another's, ends in a hash of its run's path."""
+    import hashlib
+
+    for depth in range(1, max((len(r.parts) for r in runs), default=1) + 1):
+        names = {r: re.sub(r"[^\w.,=+-]", "_", "__".join(r.parts[-depth:]), flags=re.ASCII) for r in runs}
+        if len(set(names.values())) == len(runs):
+            break
+    taken = list(names.values())
+    return {run: name if len(name) <= 100 and taken.count(name) == 1 else
+            f"{name[:90]}-{hashlib.sha1(os.fsencode(str(run))).hexdigest()[:8]}" for run, name in names.items()}
 
 
 def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, run: Path) -> str:
@@ -665,6 +690,61 @@ def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, r
     run_dir = run.dir
     run.finish()
     return run_dir
+
+
+def write_whole(out: Path, write) -> list:
+    """`write(folder)` into a new folder beside `out`, then swapped in for `out` whole: a report stopped or failing
+    while it writes leaves the previous one as it was, and a new report keeps no file of an earlier one (timelines
+    of runs no longer in it). A full or read-only disk, or `out` naming a file, is a one-line ReportError."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder: give a folder (it is created if missing)")
+    staging, old = out.with_name(f".{out.name}.tmp{os.getpid()}"), out.with_name(f".{out.name}.old{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in out.parent.glob(f".{out.name}.*"):  # the folders of reports that were killed
+            found = re.fullmatch(rf"\.{re.escape(out.name)}\.(tmp|old)(\d+)", leftover.name)
+            if found and (int(found[2]) == os.getpid() or not pid_alive(int(found[2]))):
+                shutil.rmtree(leftover, ignore_errors=True)
+        staging.mkdir()
+        result = write(staging)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+    except BaseException as e:  # a write error deep in a library may surface as another exception; Ctrl-C too
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # the swap failed half-way: the earlier report goes back
+        cause = os_error_in(e) if isinstance(e, Exception) else None
+        if cause is None:
+            raise
+        free = shutil.disk_usage(next((p for p in (out, *out.parents) if p.exists()), Path("/"))).free
+        raise ReportError(f"cannot write the report in {out} ({cause.strerror or cause}; {free} bytes free on that "
+                          f"disk): free some space or make it writable, or choose another folder with --out; an "
+                          f"earlier report there is unchanged") from None
+    shutil.rmtree(old, ignore_errors=True)
+    return result
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind an exception (a full disk inside matplotlib's PDF writer surfaces as an AttributeError
+    raised while it cleans up), or None."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -692,36 +772,50 @@ def main(argv: list[str] | None = None) -> None:
         if problem:
             left_out.append(f"damaged: {run / 'summary.json'} ({problem}); relaunch the run to rewrite it")
             continue
+        if kind := next((f"{name} is {k}" for name in ("config.yaml", "metrics.jsonl")
+                         if (k := not_regular(run / name))), ""):
+            left_out.append(f"damaged: {run} ({kind}, not a regular file); remove it and relaunch the run")
+            continue
         runs.append(run)
         rows.append(load_run(run, summary))
         if bad := read_metrics(run)[1]:
             left_out.append(f"damaged: {run / 'metrics.jsonl'} ({bad} lines unreadable; its timeline shows the rest); "
                             "relaunch the run to rebuild it")
     left_out += [f"unfinished: {run} (no summary.json yet)" for run in find_unfinished(args.paths, found)]
+    left_out = [printable(line) for line in left_out]
     for line in left_out:
         print(line)
     if not runs:
         print(f"spfde: error: no finished runs (summary.json) under {', '.join(map(str, args.paths))}", file=sys.stderr)
         sys.exit(2)
-    out = args.out or args.paths[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "left_out.txt").write_text("".join(line + "\n" for line in left_out))
+    out = (args.out or args.paths[0] / "report").absolute()
     try:
         groups = group(rows)
     except ReportError as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)
-    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "config"} for r in rows])
-    write_csv(out / "summary.csv", groups)
-    (out / "table.md").write_text(markdown(groups))
     experiments = sorted({str(r["experiment"]) for r in rows})
-    (out / "tables.tex").write_text(latex_tables(groups, experiments))
-    images = write_figures(groups, runs, out, timelines=not args.no_timelines)
-    images += write_pareto(groups, out, describe(groups))
-    # last: the page shows every table and figure written above
-    sweeps = ", ".join(e for e in experiments if e != "None") or ", ".join(p.name for p in args.paths)
-    page = write_index(out, f"SpFDE report: {sweeps}", f"{len(runs)} runs in {len(groups)} groups, from "
-                       f"{', '.join(map(str, args.paths))}", left_out)
+
+    def write(folder: Path) -> list[Path]:
+        (folder / "left_out.txt").write_text("".join(line + "\n" for line in left_out))
+        write_csv(folder / "runs.csv", [{k: v for k, v in r.items() if k != "config"} for r in rows])
+        write_csv(folder / "summary.csv", groups)
+        (folder / "table.md").write_text(markdown(groups))
+        (folder / "tables.tex").write_text(latex_tables(groups, experiments))
+        images = write_figures(groups, runs, folder, timelines=not args.no_timelines)
+        images += write_pareto(groups, folder, describe(groups))
+        # last: the page shows every table and figure written above
+        sweeps = ", ".join(e for e in experiments if e != "None") or ", ".join(p.name for p in args.paths)
+        write_index(folder, printable(f"SpFDE report: {sweeps}"), printable(f"{len(runs)} runs in {len(groups)} "
+                    f"groups, from {', '.join(map(str, args.paths))}"), left_out)
+        return [out / p.relative_to(folder) for p in images]
+
+    try:
+        images = write_whole(out, write)
+    except ReportError as e:
+        print(f"spfde: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    page = out / "index.html"
     print(markdown(groups))
     print(f"{len(runs)} runs in {len(groups)} groups -> {out}" + (f" ({len(left_out)} left out or damaged, listed in "
                                                                f"left_out.txt)" if left_out else ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import html
+import urllib.parse
 from pathlib import Path
 
 STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
@@ -62,6 +63,11 @@ def csv_html(path: Path) -> str:
     return html_table(rows[0], rows[1:]) if rows else "<p>(empty)</p>"
 
 
+def url(rel: str) -> str:
+    """A relative link to a file of the report: characters a URL reads otherwise (#, %, ?, spaces) escaped."""
+    return e(urllib.parse.quote(rel, safe="/=,+-_.~"))
+
+
 def write_index(out: Path, title: str, subtitle: str, notes: list[str]) -> Path:
     """Write out/index.html from the files in `out`."""
     tables, data = sorted(out.glob("*.md")), sorted(out.glob("*.csv"))  # the paper's tables first, the data last
@@ -81,7 +87,7 @@ def write_index(out: Path, title: str, subtitle: str, notes: list[str]) -> Path:
     def section(paths):
         for path in paths:
             rel = path.relative_to(out).as_posix()
-            parts.append(f'<h3><a href="{e(rel)}">{e(rel)}</a></h3>')
+            parts.append(f'<h3><a href="{url(rel)}">{e(rel)}</a></h3>')
             parts.append(markdown_html(path.read_text()) if path.suffix == ".md" else csv_html(path))
 
     parts.append('<h2 id="tables">Tables</h2>')
@@ -90,13 +96,13 @@ def write_index(out: Path, title: str, subtitle: str, notes: list[str]) -> Path:
     for path in figures:
         rel = path.relative_to(out).as_posix()
         pdf = path.with_suffix(".pdf")
-        link = f' (<a href="{e(pdf.relative_to(out).as_posix())}">PDF</a>)' if pdf.exists() else ""
-        parts.append(f'<figure><img src="{e(rel)}" alt="{e(path.stem)}" loading="lazy">'
+        link = f' (<a href="{url(pdf.relative_to(out).as_posix())}">PDF</a>)' if pdf.exists() else ""
+        parts.append(f'<figure><img src="{url(rel)}" alt="{e(path.stem)}" loading="lazy">'
                      f"<figcaption>{e(rel)}{link}</figcaption></figure>")
     parts.append('<h2 id="data">Data</h2>')
     section(data)
     parts.append('<h2 id="files">Other files</h2><ul>'
-                 + "".join(f'<li><a href="{e(p.name)}">{e(p.name)}</a></li>' for p in others) + "</ul>")
+                 + "".join(f'<li><a href="{url(p.name)}">{e(p.name)}</a></li>' for p in others) + "</ul>")
     parts.append("</body>\n</html>\n")
     path = out / "index.html"
     path.write_text("\n".join(parts))

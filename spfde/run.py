@@ -19,8 +19,13 @@ from spfde.config import CONF_DIR, ConfigError, register_configs, register_resol
 register_configs()
 register_resolvers()
 log = logging.getLogger("spfde")
-# Hydra's own commands that run no task: nothing to check before them, nothing heavy to import
-HYDRA_ONLY_FLAGS = {"-sc", "--shell-completion", "-h", "--help", "--hydra-help"}
+# Hydra's own commands that run no task: nothing to check before them, nothing heavy to import (--cfg and --info
+# print the config or Hydra's view of it, as `--cfg job`, `-c job` or `--cfg=job`)
+HYDRA_ONLY_FLAGS = {"-sc", "--shell-completion", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info"}
+
+
+def hydra_only(args: list[str]) -> bool:
+    return any(a.split("=", 1)[0] in HYDRA_ONLY_FLAGS for a in args if a.startswith("-"))
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -68,8 +73,11 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         validate(cfg)
         summary = train(cfg)
     except errors as e:
+        from spfde.checkpoint import RunDirInUse
+
         print(f"spfde: error: {e}", file=sys.stderr)
-        to_log_files(f"spfde: error: {e}")
+        if not isinstance(e, RunDirInUse):  # run.log is the holder's: its status must not read this refusal
+            to_log_files(f"spfde: error: {e}")
         if objectives is not None:
             raise  # Hydra hands the error to the sweeper: the trial is FAIL in the study, the search goes on
         if in_basic_sweep():
@@ -123,14 +131,14 @@ def sweep_run_dirs(args: list[str]) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def busy_runs(args: list[str]) -> list[str]:
-    """The lock errors of this sweep's run directories that a running process holds (the orphaned jobs of a
+def busy_runs(run_dirs: list[Path]) -> list[str]:
+    """The lock errors of a sweep's run directories that a running process holds (the orphaned jobs of a
     killed launcher train on), known before anything is started or submitted."""
     from spfde.checkpoint import RunDirError
     from spfde.rundir import lock_run_dir, release_run_dir
 
     busy = []
-    for run_dir in sweep_run_dirs(args):
+    for run_dir in run_dirs:
         try:
             lock_run_dir(run_dir)
         except RunDirError as e:
@@ -152,11 +160,11 @@ def first_rank() -> bool:
 def cli() -> None:
     """The `spfde-run` command (= `python -m spfde.run`)."""
     args = sys.argv[1:]
-    if HYDRA_ONLY_FLAGS & set(args):
-        main()  # Hydra answers (completion, help) from the config alone
+    if hydra_only(args):
+        main()  # Hydra answers (completion, help, the config) from the config alone
         return
     from spfde.checkpoint import RunDirError
-    from spfde.rundir import check_output_dir
+    from spfde.rundir import check_output_dir, check_run_files
     from spfde.validation import precheck_overrides
 
     try:
@@ -164,7 +172,10 @@ def cli() -> None:
         sweep_dir = adhoc_sweep_dir(args)
         if sweep_dir:
             args = [*args, f"hydra.sweep.dir='{sweep_dir}'"]  # quoted: the name holds the sweep's commas
-        busy = busy_runs(args) if {"-m", "--multirun"} & set(args) else []
+        run_dirs = sweep_run_dirs(args) if {"-m", "--multirun"} & set(args) else []  # a relaunched sweep's
+        for run_dir in run_dirs:
+            check_run_files(run_dir)
+        busy = busy_runs(run_dirs)
         check_output_dir(args)  # full or read-only disk: one line here, not Hydra's logging traceback
     except (ConfigError, RunDirError) as e:
         if first_rank():

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from spfde.checkpoint import RunDirError, archive_previous, finish_archive
+from spfde.checkpoint import (
+    CHECKPOINT,
+    METRICS,
+    SUMMARY,
+    RunDirError,
+    RunDirInUse,
+    archive_previous,
+    finish_archive,
+    not_regular,
+)
 
 log = logging.getLogger("spfde")
 
@@ -75,7 +84,7 @@ def lock_run_dir(run_dir: Path) -> None:
         except OSError:
             holder = "another process"
         restore_hydra_record(run_dir)
-        raise RunDirError(f"{run_dir} is in use by {holder}: two processes must not train one run. Wait for it "
+        raise RunDirInUse(f"{run_dir} is in use by {holder}: two processes must not train one run. Wait for it "
                           "to finish, stop it (kill -9 <its PID> on its host, scancel on SLURM: it resumes from its "
                           "last finished epoch; a killed sweep launcher leaves its jobs running), or use another "
                           "run dir")
@@ -105,6 +114,12 @@ def release_run_dir(run_dir: Path) -> None:
     fd = _held.pop(Path(run_dir).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def release_run_dirs() -> None:
+    """Release every run directory this process locked (a sweep's jobs run in-process are over)."""
+    for run_dir in list(_held):
+        release_run_dir(run_dir)
 
 
 def remove_stale_temp_files(run_dir: Path) -> None:
@@ -151,6 +166,21 @@ def check_output_dir(args: list[str]) -> None:
         free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
         raise RunDirError(f"cannot write in {path} ({e.strerror or e}; {free} bytes free on that disk): free some "
                           f"space or make it writable, or choose another directory with {key}=...") from None
+    if not multirun:
+        check_run_files(path)
+
+
+# what a run reads or appends to in its directory (Hydra opens run.log before any of our code runs)
+RUN_FILES = (CHECKPOINT, SUMMARY, METRICS, "config.yaml", "run.log")
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Each file a run reads is a regular file: a FIFO or device in its place would block the run (and spfde.status,
+    spfde.report) forever. Raises RunDirError (one line)."""
+    for name in RUN_FILES:
+        if kind := not_regular(Path(run_dir) / name):
+            raise RunDirError(f"{Path(run_dir) / name} is {kind}, not a regular file: remove it (a run rewrites "
+                              f"what it needs), or use another run dir")
 
 
 PROBE_BYTES = 256 * 2**10
@@ -182,6 +212,7 @@ def start_fresh(cfg, run_dir: Path, extra: tuple[str, ...] = ()) -> bool:
         log.info(f"fresh=true was applied by this launch ({launch}) already: resuming its run")
         return False
     if moved := archive_previous(run_dir, extra):
+        archive_run_log(run_dir, moved)
         log.info(f"fresh=true: earlier results moved to {moved}")
     if launch is not None:
         marker.write_text(launch + "\n")
@@ -257,6 +288,15 @@ def keep_hydra_record(run_dir: Path) -> None:
 def restore_hydra_record(run_dir: Path) -> None:
     if (run_dir / HYDRA_KEPT).is_dir():
         shutil.copytree(run_dir / HYDRA_KEPT, run_dir / ".hydra", dirs_exist_ok=True)
+
+
+def archive_run_log(run_dir: Path, archive: Path) -> None:
+    """The earlier launches' run.log goes to the archive too. Copied and emptied, not moved: this launch's log
+    handler (Hydra's) holds the file open and appends on."""
+    path = Path(run_dir) / "run.log"
+    if path.is_file() and not (archive / path.name).exists():
+        shutil.copy2(path, archive / path.name)
+        os.truncate(path, 0)
 
 
 # ----------------------------------------------------------------------------- divergence, signals

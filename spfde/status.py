@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from spfde.checkpoint import CHECKPOINT, SUMMARY, read_summary
+from spfde.checkpoint import CHECKPOINT, SUMMARY, not_regular, read_summary
 from spfde.log import _duration as duration
 from spfde.report import find_runs, find_unfinished, read_metrics
-from spfde.rundir import LOCK
+from spfde.rundir import LOCK, RUN_FILES
 
 RUN_LOG = "run.log"  # Hydra's job log (<job name>.log; the job is `run`)
 STARTING_S = 60  # a run directory without lock, epoch or error written to this recently is still starting
@@ -202,7 +202,10 @@ def planned_epochs(run_dir: Path) -> int | None:
 def run_row(run_dir: Path, job: dict | None, now: float) -> dict:
     """The state of one run directory, with what its state needs: accuracy, epoch k/N, ETA, a log line."""
     row = {"state": None, "run_dir": str(run_dir), "job_id": job["id"] if job else None, "epoch": None,
-           "epochs": planned_epochs(run_dir), "final_acc": None, "eta_s": None, "run_s": None, "detail": None}
+           "epochs": None, "final_acc": None, "eta_s": None, "run_s": None, "detail": None}
+    if odd := next((f"{name} is {kind}" for name in RUN_FILES if (kind := not_regular(run_dir / name))), None):
+        return {**row, "state": "damaged", "detail": f"{odd}, not a regular file: remove it and relaunch the run"}
+    row["epochs"] = planned_epochs(run_dir)
     if (run_dir / SUMMARY).exists():
         summary, problem = read_summary(run_dir / SUMMARY)
         if problem:
@@ -213,7 +216,8 @@ def run_row(run_dir: Path, job: dict | None, now: float) -> dict:
     row["epoch"] = records[-1]["epoch"] if records else 0
     if records and row["epochs"] and records[-1].get("time/elapsed_s"):
         per_epoch = records[-1]["time/elapsed_s"] / row["epoch"]
-        since = now - (run_dir / "metrics.jsonl").stat().st_mtime  # the epoch under way counts as partly done
+        # the epoch under way counts as partly done (a file dated in the future, by a skewed clock: not at all)
+        since = max(0.0, now - (run_dir / "metrics.jsonl").stat().st_mtime)
         row["run_s"] = per_epoch * row["epochs"]
         row["eta_s"] = max(0.0, per_epoch * (row["epochs"] - row["epoch"]) - min(since, per_epoch))
     if bad:
@@ -227,7 +231,8 @@ def run_row(run_dir: Path, job: dict | None, now: float) -> dict:
         return {**row, "state": "failed", "detail": error}
     newest = max((p.stat().st_mtime for p in run_dir.iterdir()), default=0.0)
     ended = job is not None and job["result"]  # submitit wrote the job's result: its process is over
-    if not records and not (run_dir / CHECKPOINT).exists() and now - newest < STARTING_S and not ended:
+    # starting: written to in the last minute (a file dated in the future was not: its clock is off)
+    if not records and not (run_dir / CHECKPOINT).exists() and 0 <= now - newest < STARTING_S and not ended:
         return {**row, "state": "starting"}
     return {**row, "state": "stopped", "detail": stop_reason(run_log, job["err"] if job else "") or row["detail"]}
 

@@ -5,6 +5,7 @@ Hydra creates a run directory; `check_before_work` runs the checks that need siz
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import math
 import os
@@ -35,6 +36,10 @@ def validate(cfg: DictConfig) -> None:
     _check(d.name in DATASETS, f"dataset.name={d.name!r} is unknown; choose one of {sorted(DATASETS)}")
     _check(m.name in MODELS, f"model.name={m.name!r} is unknown; choose one of {sorted(MODELS)}")
     _check(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    _check(cfg.threads > 0 or slurm_cpus == "" or (slurm_cpus.isdigit() and int(slurm_cpus) > 0),
+           f"SLURM_CPUS_PER_TASK={slurm_cpus!r} is not a number of CPUs (the run takes its thread count from it): "
+           "fix or unset it, or set threads=N")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     _check(o.name == "sgd", f"optim.name={o.name!r} is unknown; only 'sgd' is implemented")
@@ -136,6 +141,7 @@ def precheck_overrides(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("-")]
     check_search_installed(overrides)  # +search=... without the `search` extra: one line naming it
     check_output_dirs(parse_overrides(overrides))
+    check_booleans([a for a in overrides if not is_hydra(a)])  # a sweep's values too, in one line
     check_user_config_dir()
     flags = [a for a in args if a.startswith("-")]
     settings = [a for a in overrides if is_hydra(a)]
@@ -206,6 +212,8 @@ def check_output_dirs(parsed: list) -> None:
         if o.key_or_group not in ("hydra.run.dir", "hydra.sweep.dir") or o.is_sweep_override():
             continue
         value = str(o.value())
+        _check(value.strip() != "", f"{o.key_or_group}= is empty: give a directory (it is created if missing), or "
+                                    f"leave {o.key_or_group} out for the default")
         if "${" in value:  # an interpolation: Hydra resolves it
             continue
         path = Path(value).expanduser().absolute()
@@ -226,7 +234,7 @@ def compose_checked(overrides: list[str], values: bool = True) -> DictConfig:
     outside config groups `~key` removes a key every run reads, `+key=v` appends to a key that exists and
     `++key=v` either sets one (as key=v) or adds one nothing reads: each is refused or checked as key=v."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     parse_overrides(overrides)
     plain, appended = [], []
@@ -261,15 +269,38 @@ def compose_checked(overrides: list[str], values: bool = True) -> DictConfig:
         arg = appended[0]
         raise ConfigError(f"{arg}: {arg[1:].split('=', 1)[0]} is a key of the config already; write {arg[1:]} "
                           "(a + adds a key the config does not have)")
+    check_booleans(overrides)
     if values:
         try:
             validate(cfg)
+        except InterpolationResolutionError as e:  # optim.lr=${oops}: OmegaConf's chained traceback
+            raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]} (an override's ${{...}} names a key or "
+                              "resolver that does not exist)") from None
         except MissingMandatoryValue as e:  # its group was removed (~logger)
             group = str(e.full_key).split(".")[0]
             way_out = (" or ".join(f"{group}={o}" for o in group_options(group)) if is_group(group)
                        else f"{e.full_key}=...")
             raise ConfigError(f"{e.full_key} has no value: set {way_out}") from None
     return cfg
+
+
+def check_booleans(overrides: list[str]) -> None:
+    """A yes/no key takes true or false: OmegaConf would read any other number as true (plan.calibrate=2)."""
+    from omegaconf import OmegaConf
+    from omegaconf.nodes import BooleanNode
+
+    from spfde.config import Config
+
+    schema = OmegaConf.structured(Config)
+    for o in parse_overrides([a for a in overrides if not is_group(a.lstrip("+~").split("=", 1)[0])]):
+        parent, _, leaf = o.key_or_group.rpartition(".")
+        node = OmegaConf.select(schema, parent, default=None) if parent else schema
+        if not isinstance(node, DictConfig) or leaf not in node or not isinstance(node._get_node(leaf), BooleanNode):
+            continue  # unknown keys are the composition's to name
+        values = o.value().list if o.is_sweep_override() and hasattr(o.value(), "list") else [o.value()]
+        for value in values:
+            _check(isinstance(value, bool) or value is None,
+                   f"{o.key_or_group} is true or false, got {value!r}")
 
 
 def similar_key(key: str) -> str:
@@ -404,6 +435,35 @@ def check_before_work(cfg: DictConfig, data: bool = True) -> None:
     # wandb is optional (a GPU machine may not have it): say so before Hydra creates a run directory
     if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled" and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger=wandb needs the wandb package (pip install wandb); or run with logger=none")
+    if cfg.logger.name == "wandb" and cfg.logger.mode == "online":
+        problem = wandb_online_problem()
+        _check(problem is None, str(problem))
+
+
+@functools.cache  # once per process: every job of a sweep asks
+def wandb_online_problem(timeout_s: float = 5.0) -> str | None:
+    """Why logger.mode=online cannot work here (None if it can): it needs a wandb API key and a network that reaches
+    the wandb server, without which wandb.init waits (about 90 s) after the run directory exists, then fails."""
+    import netrc
+    import socket
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(url).hostname or "api.wandb.ai"
+    offline = "or keep logger.mode=offline (the default) and `wandb sync` the runs later"
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            key = (netrc.netrc().authenticators(host) or (None, None, None))[2]
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    if not key:
+        return f"logger.mode=online needs a wandb API key for {host} (WANDB_API_KEY, or `wandb login`), {offline}"
+    try:
+        socket.create_connection((host, urlparse(url).port or 443), timeout=timeout_s).close()
+    except OSError as e:
+        return f"logger.mode=online: {host} cannot be reached ({e.strerror or e}), {offline}"
+    return None
 
 
 def check_cifar(d: DictConfig) -> None:

@@ -85,6 +85,22 @@ BAD_INPUTS = [
     ("13", "run", [*CIFAR, "dataset.root={tmp}/cifar", "dataset.download=false"],
      "extract cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) there (tar -xzf",
      BEFORE_WORK, None),
+    # tried as a new user would, outside the lists above
+    ("outside", "run", [*T, "plan.calibrate=2"], "plan.calibrate is true or false, got 2", BEFORE_WORK,
+     [*T, "plan.calibrate=true"]),
+    ("outside", "plan", [*T, "plan.calibrate=2"], "plan.calibrate is true or false, got 2", BEFORE_WORK,
+     [*T, "plan.calibrate=false"]),
+    ("outside", "run", ["-m", *T, "progress=0,1"], "progress is true or false, got 0", BEFORE_WORK,
+     ["-m", *T, "progress=true,false"]),
+    ("outside", "run", [*T, "hydra.run.dir="], "hydra.run.dir= is empty", BEFORE_WORK, [*T, "hydra.run.dir={tmp}/run"]),
+    ("outside", "run", [*T, "optim.lr=${{oops}}"], "optim.lr: Interpolation key 'oops' not found", BEFORE_WORK,
+     [*T, "optim.lr=0.1"]),  # {{ }}: the table's arguments are format strings
+    ("outside", "plan", [*T, "optim.lr=${{oops}}"], "optim.lr: Interpolation key 'oops' not found", BEFORE_WORK,
+     [*T, "optim.lr=0.1"]),
+    ("outside", "slurm-env", T, "SLURM_CPUS_PER_TASK='abc' is not a number of CPUs", BEFORE_WORK,
+     [*T, "threads=2"]),
+    ("outside", "no-key", [*T, "logger=wandb", "logger.mode=online"], "logger.mode=online needs a wandb API key",
+     BEFORE_WORK, [*T, "logger=wandb", "logger.mode=offline"]),
 ]
 
 
@@ -192,6 +208,26 @@ def test_the_way_out_an_error_names_works_as_written(entry, paths, tmp_path, mon
     else:
         monkeypatch.chdir(tmp_path)
         precheck_overrides(fix)
+
+
+@pytest.mark.parametrize("how", ["slurm-env", "no-key"])
+def test_bad_settings_from_the_environment_are_one_line_before_any_work(how, tmp_path, monkeypatch, capsys):
+    """SLURM_CPUS_PER_TASK that is no number (the thread count comes from it); logger.mode=online without a wandb API
+    key (wandb.init would wait ~90 s after the run directory exists, then fail)."""
+    from spfde.validation import wandb_online_problem
+
+    _, _, args, expected, _, fix = entry(how)
+    if how == "slurm-env":
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "abc")
+    else:
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+        wandb_online_problem.cache_clear()
+    code, stderr = run_in_process("run", args, tmp_path, monkeypatch, capsys)
+    wandb_online_problem.cache_clear()
+    assert_one_line_before_work(code, stderr, expected, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    precheck_overrides(fix)  # the way out
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

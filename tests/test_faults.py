@@ -675,6 +675,43 @@ FAULTS = [
      "still_trains_names_it_before_anything_starts", "exact"),
     ("a SLURM job cancelled mid-run (status)", "test_sweeps.py::test_status_of_a_slurm_sweep_with_a_cancelled_job",
      "exact"),
+    # tried as a new user and a cluster would break it, outside the lists above
+    ("spfde.report stopped while it writes; a later report after a run is gone", "test_faults_tools.py::test_a_"
+     "report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_one_keeps_nothing_stale", "exact"),
+    ("a calibration cache with negative, NaN or 1e9 s times", "test_faults_tools.py::test_a_calibration_cache_with_"
+     "impossible_times_is_ignored", "exact"),
+    ("spfde.status on a dead job whose files are dated in the future", "test_faults_tools.py::test_status_does_not_"
+     "take_a_run_dated_in_the_future_for_one_starting", "exact"),
+    ("a refused second launch, then its holder dies (status)", "test_faults_tools.py::test_a_refused_second_launch_"
+     "leaves_the_holders_log_alone", "exact"),
+    ("plan.results over a sweep of other settings", "test_faults_tools.py::test_plan_results_chooses_only_among_runs_"
+     "of_the_plans_own_settings", "exact"),
+    ("NaN, Infinity, negative, zero or out-of-range numbers in summary.json", "test_faults_tools.py::test_impossible_"
+     "numbers_in_a_summary_are_damaged_and_left_out", "exact"),
+    ("runs sharing a leaf name; run names with #, %, a newline, non-UTF-8 bytes (report)", "test_faults_tools.py::"
+     "test_runs_of_one_leaf_name_and_odd_names_get_their_own_timelines_and_working_links", "exact"),
+    ("an image folder with a symlink loop", "test_faults_tools.py::test_an_image_folder_with_a_symlink_loop_trains_on_"
+     "what_the_plan_counts", "exact"),
+    ("torch's 'unexpected pos' on a full disk; a run dir turned read-only", "test_faults_tools.py::test_atomic_writes_"
+     "name_torchs_full_disk_and_survive_a_directory_turned_read_only", "exact"),
+    ("calibration on a full or read-only disk", "test_faults_tools.py::test_a_calibration_that_cannot_be_saved_still_"
+     "gives_its_plan", "exact"),
+    ("spfde.report on a full or read-only disk, or --out naming a file", "test_faults_tools.py::test_a_report_on_a_"
+     "full_or_read_only_disk_or_into_a_file_is_one_line", "exact"),
+    ("spfde.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
+     "is_one_line", "exact"),
+    ("sbatch refuses the sweep's jobs", "test_sweeps.py::test_a_job_slurm_refuses_is_one_line_and_nothing_is_"
+     "submitted", "exact"),
+    ("every job of a -m sweep fails", "test_faults_tools.py::test_a_sweep_whose_every_job_fails_exits_2_with_the_"
+     "count", "exact"),
+    ("last.pt, summary.json or metrics.jsonl replaced by a FIFO (run, status, report)", "test_faults_tools.py::test_"
+     "fifos_in_place_of_a_runs_files_are_one_line_never_a_hang", "exact"),
+    ("fresh=true with an earlier run.log", "test_faults_tools.py::test_fresh_archives_the_earlier_run_log_too",
+     "exact"),
+    ("a CIFAR download that fails", "test_faults_tools.py::test_a_failed_cifar_download_leaves_no_empty_folder",
+     "exact"),
+    ("logger.mode=online without a network", "test_faults_tools.py::test_wandb_online_without_a_network_is_one_line_"
+     "in_seconds", "exact"),
 ]
 FAULT_OUTCOMES = ("exact", "traceback", "mixed", "stuck")
 

@@ -219,6 +219,17 @@ SLURM_TEST_LAUNCHER = ["launcher=slurm", "hydra.launcher.partition=debug", "hydr
                        "hydra.launcher.signal_delay_s=30"]
 
 
+def test_a_job_slurm_refuses_is_one_line_and_nothing_is_submitted(slurm_cluster, tmp_path):
+    """sbatch refuses the array (a partition the cluster does not have): one line, exit 2, not submitit's traceback."""
+    args = ["-m", "experiment=quickstart", "model.depth=8", "epochs=1", "logger=none", "seed=0,1", *SLURM_TEST_LAUNCHER,
+            "hydra.launcher.partition=nonexistent", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = run_cli(args, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("spfde: error: SLURM refused the sweep's jobs (sbatch: error:")
+    assert not (tmp_path / "sweep" / ".submitit").exists() or slurm_job_ids(tmp_path / "sweep") == []
+
+
 def epochs_done(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0

@@ -16,7 +16,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spfde.analysis.measures import gram, linear_cka, pack, structural_similarity, top_positions, unpack
+from spfde.analysis.measures import (
+    gram,
+    linear_cka,
+    pack,
+    pack_gram,
+    structural_similarity,
+    top_positions,
+    unpack,
+    unpack_gram,
+)
 from spfde.checkpoint import save_checkpoint
 
 # ----------------------------------------------------------------------------- during training
@@ -81,7 +90,7 @@ class Analysis:
         x = self.probe
         for block in self.model.blocks:
             x = block(x)
-            grams.append(gram(x.float()).cpu())
+            grams.append(pack_gram(gram(x.float()).cpu()))
         self.model.train(was_training)
         state = {"epoch": epoch, "layers": layers, "grams": grams, "block_names": list(self.model.block_names)}
         save_checkpoint(self.dir / f"epoch_{epoch:04d}.pt", state)
@@ -112,5 +121,5 @@ def series(run_dir, debiased: bool = False) -> dict:
         for n, v in snap["layers"].items():
             ss[n].append(structural_similarity(unpack(v["top"]), final_masks[n]))
         for b, k, k_final in zip(final["block_names"], snap["grams"], final["grams"]):
-            cka[b].append(linear_cka(k, k_final, debiased))
+            cka[b].append(linear_cka(unpack_gram(k), unpack_gram(k_final), debiased))
     return {"epochs": [s["epoch"] for s in snaps], "structural_similarity": ss, "cka": cka}

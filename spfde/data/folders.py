@@ -76,6 +76,40 @@ def check_image_folder(cfg) -> Path:
     return list_image_folder(cfg).root
 
 
+def walk_once(top: Path):
+    """(folder, file names) under `top` as os.walk(followlinks=True) gives them — as torchvision's ImageFolder walks a
+    class folder — but entering each real folder once: a symbolic link back up the tree (a loop) is not followed
+    again, so the run and its plan read the same files."""
+    seen = set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield root, files
+
+
+def image_files(class_dir: Path) -> list[Path]:
+    """Every file under a class folder, in ImageFolder's order (folders sorted, then file names)."""
+    return [Path(root) / name for root, files in sorted(walk_once(class_dir)) for name in sorted(files)]
+
+
+def image_folder(split_dir: Path):
+    """torchvision's ImageFolder over `split_dir`, reading the files `image_files` lists."""
+    from torchvision import datasets
+    from torchvision.datasets.folder import has_file_allowed_extension
+
+    class ImageFolder(datasets.ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            valid = is_valid_file or (lambda path: has_file_allowed_extension(path, extensions))
+            return [(str(path), class_to_idx[c]) for c in sorted(class_to_idx)
+                    for path in image_files(Path(directory) / c) if valid(str(path))]
+
+    return ImageFolder(str(split_dir))
+
+
 def list_image_folder(cfg) -> FolderListing:
     """Check an image folder without decoding anything, before a run directory or a loader exists:
     train/ and val/ hold the same >= 2 class folders (ImageNet's 1000), none without images ImageFolder
@@ -91,7 +125,7 @@ def list_image_folder(cfg) -> FolderListing:
         names = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
         classes[split] = names
         for name in names:
-            found = [p for p in (root / split / name).rglob("*") if p.is_file()]
+            found = [p for p in image_files(root / split / name) if p.is_file()]
             images = [p for p in found if p.suffix.lower() in IMAGE_MAGIC]
             if not images:
                 others = sorted({p.suffix.lower() or p.name for p in found})
@@ -125,7 +159,7 @@ def sampled_max_side(root: Path) -> int:
     per_class = max(1, SIZE_SAMPLE // max(1, len(classes)))
     side = 0
     for c in classes:
-        files = sorted(p for p in c.rglob("*") if p.suffix.lower() in IMAGE_MAGIC and p.is_file())[:per_class]
+        files = [p for p in image_files(c) if p.suffix.lower() in IMAGE_MAGIC and p.is_file()][:per_class]
         for f in files:
             try:
                 with Image.open(f) as img:
@@ -271,14 +305,11 @@ def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, dev
     """Loaders for an image folder: small folders decode once into memory (the in-memory loader, no workers);
     large ones stream through PIL, torchvision-GPU or DALI decoding (`choose`). Every streaming loader walks
     the same `IndexBatches` order, so sieving and exact resume do not depend on the loader."""
-    from torchvision import datasets
-
     from spfde.data import Data, in_memory_data
 
     d = cfg.dataset
     root = check_image_folder(d)
-    train_set = datasets.ImageFolder(str(root / "train"))
-    test_set = datasets.ImageFolder(str(root / "val"))
+    train_set, test_set = image_folder(root / "train"), image_folder(root / "val")
     if train_set.classes != test_set.classes:
         raise DataError(f"{root}: train/ and val/ have different class folders")
     samples = len(train_set) + len(test_set)

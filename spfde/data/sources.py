@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -88,9 +90,13 @@ def load_cifar(cfg) -> Arrays:
                             "or set dataset.root to a folder that has it") from None
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(15)  # offline machines must fail in seconds, not hang
+        made = [p for p in (Path(root), *Path(root).parents) if not p.exists()]  # what the download would create
         try:
             splits = [cls(root, train=t, download=True) for t in (True, False)]
         except Exception as e:  # noqa: BLE001 - any network/IO failure means the same thing here
+            for folder in made:  # a failed download leaves no empty folders behind (deepest first)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"{title} not found in {root} and the download failed ({reason}). Put {archive} "
                             f"(https://www.cs.toronto.edu/~kriz/{archive}) or its extracted folder in {root}, "
