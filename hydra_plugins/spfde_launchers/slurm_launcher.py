@@ -1,12 +1,17 @@
 """Hydra's submitit SLURM launcher (`launcher=slurm`), with one change: jobs that SLURM refuses at submission (no
-such partition, a resource the cluster does not have) end the sweep with one line, not submitit's traceback."""
+such partition, a resource the cluster does not have) end the sweep with one line, not submitit's traceback.
+Hydra imports every plugin module at start-up: without hydra-submitit-launcher (a GPU machine with a bare
+environment) this module defines nothing."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+except ImportError:
+    SubmititSlurmLauncher = None
 
 
 class _WithoutSbatchErrors:
@@ -25,18 +30,20 @@ class _WithoutSbatchErrors:
         return getattr(self.stream, name)
 
 
-class SlurmLauncher(SubmititSlurmLauncher):
-    def launch(self, job_overrides, initial_job_idx):
-        from submitit.core.utils import FailedJobError
+if SubmititSlurmLauncher is not None:
 
-        try:
-            with contextlib.redirect_stderr(_WithoutSbatchErrors(sys.stderr)):
-                return super().launch(job_overrides, initial_job_idx)
-        except FailedJobError as e:
-            first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-            if not first.startswith("sbatch: error"):
-                raise  # a job that failed while it ran: submitit's report of it
-            print(f"spfde: error: SLURM refused the sweep's jobs ({first}); nothing was submitted: check "
-                  "hydra.launcher.partition, gpus_per_node, cpus_per_task, mem_gb and timeout_min against `sinfo` "
-                  "(or your cluster's launcher config)", file=sys.stderr)
-            sys.exit(2)
+    class SlurmLauncher(SubmititSlurmLauncher):
+        def launch(self, job_overrides, initial_job_idx):
+            from submitit.core.utils import FailedJobError
+
+            try:
+                with contextlib.redirect_stderr(_WithoutSbatchErrors(sys.stderr)):
+                    return super().launch(job_overrides, initial_job_idx)
+            except FailedJobError as e:
+                first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+                if not first.startswith("sbatch: error"):
+                    raise  # a job that failed while it ran: submitit's report of it
+                print(f"spfde: error: SLURM refused the sweep's jobs ({first}); nothing was submitted: check "
+                      "hydra.launcher.partition, gpus_per_node, cpus_per_task, mem_gb and timeout_min against `sinfo` "
+                      "(or your cluster's launcher config)", file=sys.stderr)
+                sys.exit(2)
