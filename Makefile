@@ -19,6 +19,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[dev,search]'
+	@# an environment made before the search had its own sweeper: Hydra would still load the old plugin
+	$(PY) -m pip uninstall -q -y hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv with torch and the package (editable) + dev tools + the search extra

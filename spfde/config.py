@@ -236,6 +236,12 @@ class PlanConfig:  # python -m spfde.plan
 
 
 @dataclass
+class SearchConfig:  # +search=pareto|best_acc (hydra_plugins/spfde_search): a point over the budget is never trained
+    budget: float = 0.0  # share of the training FLOPs of the same run without freezing and sieving (0 = none)
+    budget_hours: float = 0.0  # the same in calibrated wall-clock hours (as plan.budget_hours; 0 = none)
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -247,6 +253,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     experiment_name: str = "default"
     epochs: int = 160
     interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)

@@ -45,7 +45,7 @@ from spfde.pareto import write_pareto
 KEYS = ("model", "dataset", "method", "ratio", "freeze", "freeze_scheme", "sieve", "sieve_method", "epochs")
 # keys that do not change a run's results besides those left out of run directory names (conf/config.yaml):
 # the seed (what a group averages over), where the run lives, labels, and the LTH driver's bookkeeping
-NOT_RESULT_KEYS = ("seed", "run_dir", "experiment_name", "sparsity.lth.round", "sparsity.lth.workdir")
+NOT_RESULT_KEYS = ("seed", "run_dir", "experiment_name", "search", "sparsity.lth.round", "sparsity.lth.workdir")
 
 
 class ReportError(ValueError):

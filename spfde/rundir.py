@@ -37,7 +37,7 @@ HYDRA_KEPT = ".hydra-accepted"  # copy of .hydra/ from the last launch that pass
 # Keys that do not change a run's results (where it runs, how it reports, how fast it loads data);
 # everything else in the config is part of the fingerprint. dataset.root enters as the data identity.
 # dataset.on_bad_file only says whether a run stops at an unreadable image (a stop keeps nothing of its epoch).
-NOT_RESULT_KEYS = ("fresh", "device", "progress", "logger", "threads", "run_dir", "plan", "experiment_name",
+NOT_RESULT_KEYS = ("fresh", "device", "progress", "logger", "threads", "run_dir", "plan", "search", "experiment_name",
                    "eval_batch_size", "deterministic", "channels_last", "cuda_graphs", "dataset.root",
                    "dataset.workers", "dataset.timeout_s", "dataset.download", "dataset.on_bad_file",
                    "sparsity.lth.workdir")

@@ -136,10 +136,11 @@ def precheck_overrides(args: list[str]) -> None:
     and validates (Hydra's multi-line composition errors become one line), then `check_before_work`. With
     -m every job of the sweep is checked before the first one starts or is queued (one line per bad job).
     Other Hydra flags are left to Hydra itself."""
-    from spfde.search import check_search, check_search_installed
+    from spfde.search import asks_for_search, check_search, check_search_installed
 
     overrides = [a for a in args if not a.startswith("-")]
     check_search_installed(overrides)  # +search=... without the `search` extra: one line naming it
+    search = asks_for_search(overrides)
     check_output_dirs(parse_overrides(overrides))
     check_booleans([a for a in overrides if not is_hydra(a)])  # a sweep's values too, in one line
     check_user_config_dir()
@@ -148,12 +149,17 @@ def precheck_overrides(args: list[str]) -> None:
     # a hydra.searchpath given here decides which config files exist: the checks compose with it, as Hydra will
     overrides = [a for a in overrides if not is_hydra(a) or is_searchpath(a)]
     if not flags:
+        _check(search is None, f"{search} is a search: add -m (it launches one run per trial; without -m one plain run "
+                               "would train and the search would not happen)")
         check_before_work(compose_checked(overrides))
     elif set(flags) <= {"-m", "--multirun"}:
+        if search:  # the search's own settings and box first: their line says what is wrong with them
+            parsed = parse_overrides([a for a in overrides if not is_hydra(a)])
+            check_search([*(o.input_line for o in parsed if not o.is_sweep_override()), *settings],
+                         [o.input_line for o in parsed if o.is_sweep_override()])
         jobs, drawn = checked_sweep(overrides)
         if drawn:
             check_sweeper_draws(drawn[0], [*jobs[0][0], *settings])
-        check_search([*jobs[0][0], *settings])
 
 
 def check_sweeper_draws(drawn: str, job: list[str]) -> None:

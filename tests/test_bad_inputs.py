@@ -25,6 +25,7 @@ T = ["dataset=fake", "dataset.train_size=128", "dataset.test_size=32", "dataset.
 CIFAR = ["dataset=cifar10", "model.depth=8", "model.width=1", "logger=none", "progress=false"]
 FOLDER = ["model.depth=8", "model.width=1", "dataset.image_size=8", "dataset.workers=0", "logger=none",
           "progress=false"]
+S = [*T, "epochs=4", "interval=1", "+search=pareto", "freeze=interval(0.0,0.03)"]  # a search of the fake data's tiny runs
 
 # Outcomes: "before work" = one line `spfde: error: ...`, exit 2, no run directory, nothing loaded or built.
 # The others stay at 0 here: "late" (refused after work started), "traceback", "accepted" (trained anyway).
@@ -101,6 +102,30 @@ BAD_INPUTS = [
      [*T, "threads=2"]),
     ("outside", "no-key", [*T, "logger=wandb", "logger.mode=online"], "logger.mode=online needs a wandb API key",
      BEFORE_WORK, [*T, "logger=wandb", "logger.mode=offline"]),
+    # a search's own settings, each one line before the sweeper runs, so before any file of its study exists
+    ("search", "run", ["-m", *S, "sieve=interval(0.3,0.1)"], "its low end 0.3 is not below its high end 0.1",
+     BEFORE_WORK, ["-m", *S, "sieve=interval(0.1,0.3)"]),
+    ("search", "run", ["-m", *S, "sieve=tag(log,interval(0.0,0.2))"], "a log-scale interval needs a low end above 0",
+     BEFORE_WORK, ["-m", *S, "sieve=tag(log,interval(0.01,0.2))"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.n_trials=0"], "a search needs at least 1 trial", BEFORE_WORK,
+     ["-m", *S, "hydra.sweeper.n_trials=4"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.n_trials=-1"], "a search needs at least 1 trial", BEFORE_WORK,
+     ["-m", *S, "hydra.sweeper.n_trials=4"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.n_jobs=0"], "a batch holds at least 1 trial", BEFORE_WORK,
+     ["-m", *S, "hydra.sweeper.n_jobs=2"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.n_trials=abc"], "hydra.sweeper.n_trials=abc: hydra.sweeper.n_trials "
+     "takes an integer", BEFORE_WORK, ["-m", *S, "hydra.sweeper.n_trials=4"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.sampler.seed=abc"], "hydra.sweeper.sampler.seed takes an integer",
+     BEFORE_WORK, ["-m", *S, "hydra.sweeper.sampler.seed=1"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.decimals=abc"], "hydra.sweeper.decimals takes an integer",
+     BEFORE_WORK, ["-m", *S, "hydra.sweeper.decimals=2"]),
+    ("search", "run", ["-m", *S, "hydra.sweeper.max_failure_rate=-1"], "a share of a batch's trials, in [0, 1]",
+     BEFORE_WORK, ["-m", *S, "hydra.sweeper.max_failure_rate=0.5"]),
+    ("search", "run", ["-m", *S, "sieve=range(0,1,0)"], "a range's step cannot be 0", BEFORE_WORK,
+     ["-m", *S, "sieve=range(0,0.3,0.1)"]),
+    ("search", "run", S, "+search=pareto is a search: add -m", BEFORE_WORK, ["-m", *S]),
+    ("search", "plan", ["-m", *S, "search.budget=2"], "search.budget=2.0: a share of the plain run's FLOPs",
+     BEFORE_WORK, ["-m", *S, "search.budget=0.8"]),
 ]
 
 

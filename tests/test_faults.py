@@ -712,6 +712,14 @@ FAULTS = [
      "exact"),
     ("logger.mode=online without a network", "test_faults_tools.py::test_wandb_online_without_a_network_is_one_line_"
      "in_seconds", "exact"),
+    ("a search relaunched after a kill, and stopped again", "test_search.py::test_stopped_trials_are_not_counted_again_"
+     "when_a_relaunch_is_stopped_too", "exact"),
+    ("a second search on a sweep directory while the first trains, or at the same moment", "test_search.py::test_a_"
+     "second_search_on_the_same_sweep_directory_is_refused_at_once", "exact"),
+    ("a search relaunched in its sweep directory with another box", "test_search.py::test_a_relaunch_with_another_box_"
+     "is_refused_naming_the_bounds", "exact"),
+    ("a truncated or corrupted study.db; a study written by Optuna 2.10", "test_search.py::test_a_study_of_an_older_"
+     "optuna_or_a_damaged_one_is_one_line", "exact"),
 ]
 FAULT_OUTCOMES = ("exact", "traceback", "mixed", "stuck")
 

@@ -1,7 +1,9 @@
-"""Searches of the x%+y% trade-off (`+search=pareto`, Hydra's Optuna sweeper): a small search runs and stores its
-study, a relaunch continues it without training anything again (a trial a stopped launch left running gets its
-finished run back), a failed trial is FAIL in the study; the report's Pareto front; the precheck and the plan of
-a search; `pareto_front` on hand-made groups."""
+"""Searches of the x%+y% trade-off (`+search=pareto`, spfde's own sweeper on Optuna's ask/tell API): a small search
+runs and stores its study, a relaunch continues it without training anything again (a trial a stopped launch left
+running gets its finished run back), a failed trial is FAIL in the study; a budget keeps every point over it
+untrained (journal storage); one search at a time per sweep directory, a box that cannot change under its study,
+a damaged or older study is one line; the report's Pareto front; the precheck and the plan of a search;
+`pareto_front` on hand-made groups."""
 
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
     with pytest.raises(ConfigError, match=r"freeze=interval\(0.0,0.5\) at freeze=0.5: freeze=0.5 cannot be reached"):
         precheck_overrides(["-m", *quick_overrides(), "+search=pareto", "freeze=interval(0.0,0.5)"])
     monkeypatch.setattr("spfde.search.installed", lambda: False)
-    with pytest.raises(ConfigError, match=r"^\+search=pareto needs Hydra's Optuna sweeper.*pip install 'spfde\[search"):
+    with pytest.raises(ConfigError, match=r"^\+search=pareto needs Optuna, which is not installed: pip install 'spfde"):
         precheck_overrides(["-m", *quick_overrides(), *BOX])
 
 
@@ -196,3 +198,126 @@ def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is
     assert again[0].state == TrialState.COMPLETE and again[0].values == done.values
     assert failed[0].state == TrialState.FAIL and failed[0].values is None
     assert len(before) == 8 and {p: p.stat().st_mtime_ns for w in written for p in sweep_dir.glob(w)} == before
+
+
+# ----------------------------------------------------------------------------- budgets, locks, studies
+
+
+def one_error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in lines if line.startswith("spfde: error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+@needs_search
+@pytest.mark.slow
+def test_a_budget_trains_no_point_over_it_and_journal_storage_holds_the_study(tmp_path):
+    """search.budget=0.8: each proposed point is planned first; one over 0.8 of the plain run's FLOPs is told to
+    Optuna as infeasible (its constraint > 0, never trained: no run directory), and only points that fit train."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from spfde.config import compose_config
+    from spfde.plan import build_plan
+
+    sweep_dir = tmp_path / "budget"
+    args = ["-m", *quick_overrides(), *BOX, "search.budget=0.8", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
+            f"hydra.sweeper.storage=journal:{sweep_dir}/study.log", f"hydra.sweep.dir={sweep_dir}"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = build_plan(compose_config(quick_overrides()))["train_flops_no_freeze_sieve"]
+    study = optuna.load_study(study_name="pareto", storage=JournalStorage(JournalFileBackend(f"{sweep_dir}/study.log")))
+    trained = [t for t in study.trials if "over_budget" not in t.user_attrs]
+    over = [t for t in study.trials if "over_budget" in t.user_attrs]
+    assert len(trained) == 3 and all(t.constraints["budget"] <= 0 for t in trained)
+    assert over and all(t.constraints["budget"] > 0 for t in over)  # a 0.8 budget leaves part of the box out
+    runs = [p for p in sweep_dir.glob("*/summary.json")]
+    assert len(runs) == 3 and all(json.loads(p.read_text())["train_flops"] <= 0.8 * plain * 1.001 for p in runs)
+    for t in over:
+        x, y = round(t.params["freeze"], 3), round(t.params["sieve"], 3)
+        assert not list(sweep_dir.glob(f"*freeze={x!r},*sieve={y!r}"))
+
+
+@needs_search
+@pytest.mark.slow
+def test_the_plan_of_a_search_under_a_budget_shows_its_feasible_part(capsys):
+    from spfde.plan import main
+
+    main(["-m", *quick_overrides(), *BOX, "search.budget=0.8"])
+    out = capsys.readouterr().out
+    assert "feasible part of the box under search.budget=0.8" in out and "#" in out and "." in out.split("feasible")[1]
+
+
+@needs_search
+def test_a_second_search_on_the_same_sweep_directory_is_refused_at_once(tmp_path):
+    sweep_dir = tmp_path / "busy"
+    sweep_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
+                               f"lock_run_dir({str(sweep_dir)!r}); print('locked', flush=True); time.sleep(60)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = run_cli(["-m", *quick_overrides(), *BOX, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"{sweep_dir.resolve()} is in use by PID {holder.pid}" in one_error_line(proc)
+    assert not (sweep_dir / "study.db").exists()
+
+
+@needs_search
+@pytest.mark.slow
+def test_a_relaunch_with_another_box_is_refused_naming_the_bounds(search):
+    sweep_dir, args = search
+    before = (sweep_dir / "study.db").read_bytes()
+    proc = run_cli([a.replace("interval(0.0,0.03)", "interval(0.0,0.02)") for a in args], cwd=sweep_dir.parent)
+    line = one_error_line(proc)
+    assert "searched another box (freeze: interval(0.0, 0.03) on a grid of 0.001 there, interval(0.0, 0.02) on a grid" \
+           in line
+    assert (sweep_dir / "study.db").read_bytes() == before
+
+
+@needs_search
+@pytest.mark.parametrize("content", ["older", "garbage", "truncated"])
+def test_a_study_of_an_older_optuna_or_a_damaged_one_is_one_line(tmp_path, content):
+    sweep_dir = tmp_path / "old"
+    sweep_dir.mkdir()
+    old = (REPO / "tests" / "data" / "optuna2-study.db").read_bytes()  # written by Optuna 2.10 (the former stack)
+    (sweep_dir / "study.db").write_bytes({"older": old, "garbage": b"not a database " * 100,
+                                          "truncated": old[:3000]}[content])
+    proc = run_cli(["-m", *quick_overrides(), *BOX, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    line = one_error_line(proc)
+    if content == "older":
+        assert f"holds a study of an older Optuna (optuna 2.10.1): upgrade it with `optuna storage upgrade --storage " \
+               f"sqlite:///{sweep_dir}/study.db`" in line
+    else:
+        assert "is damaged or not a study" in line or "cannot be opened as a study" in line
+    assert not list(sweep_dir.glob("epochs=*"))  # nothing trained
+
+
+@needs_search
+def test_stopped_trials_are_not_counted_again_when_a_relaunch_is_stopped_too():
+    """4 trials finished, 2 stopped twice in a row (each launch marks them FAIL and queues their values again): with
+    n_trials=6 the stopped trials' FAIL markers are not trials, so 2 are still to go."""
+    import optuna
+    from omegaconf import OmegaConf
+    from optuna.trial import TrialState
+
+    from hydra_plugins.spfde_search._impl import STOPPED, Search
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i in range(4):
+        t = study.ask()
+        study.tell(t, [0.5 + i / 10, 1e9])
+    search = object.__new__(Search)
+    search.sampler_cfg = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 0})
+    search.n_trials = 6
+    for _ in range(2):  # two launches stopped while the two trials ran
+        for _ in range(2):
+            study.ask({"freeze": optuna.distributions.FloatDistribution(0, 0.25, step=0.001)})
+        assert search.continue_study(study) == 2
+    assert len(study.user_attrs[STOPPED]) == 4
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == 2  # their values, queued once
