@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -36,11 +37,15 @@ def all_failed(sweep_dir: Path) -> None:
     from spfde.status import StatusError, sweep_status
 
     release_run_dirs()  # the jobs Hydra's basic launcher ran in this process are over: they train no more
-
-    try:
-        status = sweep_status(sweep_dir)
-    except StatusError:
-        return
+    deadline = time.monotonic() + 30
+    while True:  # every job has returned; a job's process may still be exiting (it holds its run's lock till then)
+        try:
+            status = sweep_status(sweep_dir)
+        except StatusError:
+            return
+        if time.monotonic() > deadline or not {"training", "starting"} & set(status["totals"]):
+            break
+        time.sleep(0.5)
     failed = [job for job in status["jobs"] if job["state"] == "failed"]
     if failed and not status["totals"].get("finished"):
         logs = "run.log in each run directory" if all(Path(j["run_dir"]).is_dir() for j in failed) else \
