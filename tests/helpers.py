@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -93,3 +94,18 @@ def experiment_names() -> list[str]:
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(run_dir: Path, seconds: int = 120):
+    """A process that holds `run_dir`'s lock (spfde.rundir.lock_run_dir) while the block runs; yields it (its pid).
+    Killed at the end: the OS releases the lock of a killed process."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
+                               f"lock_run_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep({seconds})"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

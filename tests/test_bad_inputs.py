@@ -18,14 +18,14 @@ import spfde.plan
 import spfde.run
 from spfde.config import ConfigError
 from spfde.validation import precheck_overrides, sweep_jobs
-from tests.helpers import REPO, make_cfg, run_cli
+from tests.helpers import REPO, lock_held_by_another_process, make_cfg, run_cli
 
 T = ["dataset=fake", "dataset.train_size=128", "dataset.test_size=32", "dataset.image_size=8", "dataset.channels=1",
      "model.depth=8", "model.width=1", "logger=none", "progress=false"]
 CIFAR = ["dataset=cifar10", "model.depth=8", "model.width=1", "logger=none", "progress=false"]
 FOLDER = ["model.depth=8", "model.width=1", "dataset.image_size=8", "dataset.workers=0", "logger=none",
           "progress=false"]
-S = [*T, "epochs=4", "interval=1", "+search=pareto", "freeze=interval(0.0,0.03)"]  # a search of the fake data's tiny runs
+S = [*T, "epochs=4", "interval=1", "+search=pareto", "freeze=interval(0.0,0.03)"]  # a search of tiny runs
 
 # Outcomes: "before work" = one line `spfde: error: ...`, exit 2, no run directory, nothing loaded or built.
 # The others stay at 0 here: "late" (refused after work started), "traceback", "accepted" (trained anyway).
@@ -294,15 +294,8 @@ def test_relaunching_a_sweep_whose_job_still_trains_names_it_before_anything_sta
 
     busy = tmp_path / "sweep" / str(compose_config([*jobs[1], *args[-1:]], with_hydra=True).hydra.sweep.subdir)
     busy.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
-                               f"lock_run_dir({str(busy)!r}); print('locked', flush=True); time.sleep(60)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(busy) as holder:
         code, stderr = run_in_process("run", args, tmp_path, monkeypatch, capsys)
-    finally:
-        holder.kill()
-        holder.wait()
     lines = stderr.strip().splitlines()
     assert code == 2 and "Traceback" not in stderr and len(lines) == 1, stderr
     assert lines[0].startswith(f"spfde: error: {busy} {expected} {holder.pid}") and f"kill -9 {holder.pid}" in lines[0]

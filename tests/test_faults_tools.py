@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from spfde.checkpoint import RunDirError, atomic_write
-from tests.helpers import REPO, make_cfg, quick_overrides, run_cli, run_training
+from tests.helpers import REPO, lock_held_by_another_process, make_cfg, quick_overrides, run_cli, run_training
 from tests.test_faults import mounted_tmpfs, tiny
 from tests.test_report import fake_run
 
@@ -199,16 +198,9 @@ def test_a_refused_second_launch_leaves_the_holders_log_alone(tmp_path):
     run.mkdir(parents=True)
     (run / "run.log").write_text("[2026-01-01 00:00:00,000][spfde][INFO] - epoch 1/2 | acc 0.5\n")
     (run / "config.yaml").write_text("epochs: 2\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
-                               f"lock_run_dir({str(run)!r}); print('locked', flush=True); time.sleep(60)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(run):
         refused = run_cli([*tiny("epochs=2", "logger=none", "progress=false"), f"hydra.run.dir={run}"], cwd=tmp_path)
         assert refused.returncode == 2 and "is in use by" in refused.stderr
-    finally:
-        holder.kill()
-        holder.wait()
     assert "in use" not in (run / "run.log").read_text()
     hour_ago = time.time() - 3600
     for path in [run, *run.rglob("*")]:

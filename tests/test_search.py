@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -19,7 +17,7 @@ from omegaconf import OmegaConf
 from spfde.config import ConfigError
 from spfde.pareto import pareto_front, point_label, write_pareto
 from spfde.search import check_objectives, installed, search_objectives, trial_values
-from tests.helpers import REPO, quick_overrides, run_cli
+from tests.helpers import REPO, lock_held_by_another_process, quick_overrides, run_cli
 
 needs_search = pytest.mark.skipif(not installed(), reason="the search extra is not installed (pip install '.[search]')")
 BOX = ["+search=pareto", "freeze=interval(0.0,0.03)"]  # 2 epochs of ResNet-8 reach 3% by freezing
@@ -177,15 +175,8 @@ def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is
     # what only training writes (a finished run rewrites metrics.jsonl from its checkpoint when it is found again)
     written = ("*/summary.json", "*/last.pt")
     before = {p: p.stat().st_mtime_ns for w in written for p in sweep_dir.glob(w)}
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
-                               f"lock_run_dir({str(busy)!r}); print('locked', flush=True); time.sleep(120)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(busy):
         proc = run_cli([a.replace("n_trials=4", "n_trials=6") for a in args], cwd=sweep_dir.parent)
-    finally:
-        holder.kill()
-        holder.wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Continuing the study of 6 trials (4 finished, 1 stopped while running: their values again, 1 queued): " \
@@ -255,15 +246,8 @@ def test_the_plan_of_a_search_under_a_budget_shows_its_feasible_part(capsys):
 def test_a_second_search_on_the_same_sweep_directory_is_refused_at_once(tmp_path):
     sweep_dir = tmp_path / "busy"
     sweep_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
-                               f"lock_run_dir({str(sweep_dir)!r}); print('locked', flush=True); time.sleep(60)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(sweep_dir) as holder:
         proc = run_cli(["-m", *quick_overrides(), *BOX, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
-    finally:
-        holder.kill()
-        holder.wait()
     assert f"{sweep_dir.resolve()} is in use by PID {holder.pid}" in one_error_line(proc)
     assert not (sweep_dir / "study.db").exists()
 
