@@ -1,6 +1,6 @@
 """The one place for config defaults: a typed schema (registered with Hydra's ConfigStore), and the
 composition of conf/ with overrides. Imports nothing from the project; the checks of the values live
-in `spfde.validation`.
+in `spfde.checks.validation`.
 
 Each default is written once. Keys that say which option of a config group was chosen (a data set's
 name, sizes and augmentation, a model's depth and width, a method's options) are `???` here and set by
@@ -20,8 +20,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from spfde.errors import SpfdeError
 
-class ConfigError(ValueError):
+
+class ConfigError(SpfdeError, ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
 
@@ -312,7 +314,7 @@ def register_configs() -> None:
 
 
 def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    """Compose conf/config.yaml with command-line style overrides (tests, `spfde.plan`, prechecks)."""
+    """Compose conf/config.yaml with command-line style overrides (tests, `spfde.planning.plan`, prechecks)."""
     from hydra import compose, initialize_config_dir
 
     register_configs()

@@ -12,7 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from spfde.config import CONF_DIR, ConfigError, register_configs, register_resolvers
+from spfde.config import CONF_DIR, register_configs, register_resolvers
+from spfde.errors import SpfdeError
 
 # This module imports only Hydra and the config schema: torch, wandb and the training modules load when a run
 # starts (in `main` and `cli`), so that Hydra's tab completion (-sc), run at every Tab, answers in under a second.
@@ -26,21 +27,6 @@ HYDRA_ONLY_FLAGS = {"-sc", "--shell-completion", "-h", "--help", "--hydra-help",
 
 def hydra_only(args: list[str]) -> bool:
     return any(a.split("=", 1)[0] in HYDRA_ONLY_FLAGS for a in args if a.startswith("-"))
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors that end a run with one line (`spfde: error: ...`) instead of a traceback."""
-    from spfde.checkpoint import RunDirError
-    from spfde.data import DataError
-    from spfde.data.loaders import BadImageError
-    from spfde.distributed import DistributedError
-    from spfde.freeze import FreezeError
-    from spfde.rundir import TrainingDiverged
-    from spfde.sieve import SieveError
-    from spfde.sparse import SparsityError
-
-    return (ConfigError, DataError, BadImageError, SparsityError, FreezeError, SieveError, RunDirError,
-            TrainingDiverged, DistributedError)
 
 
 def to_log_files(message: str, exc_info=None) -> None:
@@ -61,20 +47,19 @@ def in_basic_sweep() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
-    from spfde.distributed import shutdown
-    from spfde.rundir import Stopped
-    from spfde.search import search_objectives, trial_values
-    from spfde.train import train
-    from spfde.validation import validate
+    # imported here, not at the top: Hydra's tab completion and --help load this module and need none of it
+    from spfde.checks.validation import validate
+    from spfde.rundir.checkpoint import RunDirInUse
+    from spfde.rundir.lifecycle import Stopped
+    from spfde.sweeps.search import search_objectives, trial_values
+    from spfde.training.distributed import shutdown
+    from spfde.training.loop import train
 
-    errors = user_errors()
     objectives = search_objectives()  # a trial of a search (+search=...): what the sweeper asks for; else None
     try:
         validate(cfg)
         summary = train(cfg)
-    except errors as e:
-        from spfde.checkpoint import RunDirInUse
-
+    except SpfdeError as e:
         print(f"spfde: error: {e}", file=sys.stderr)
         if not isinstance(e, RunDirInUse):  # run.log is the holder's: its status must not read this refusal
             to_log_files(f"spfde: error: {e}")
@@ -115,8 +100,8 @@ def sweep_run_dirs(args: list[str]) -> list[Path]:
     (hydra.sweep.dir / hydra.sweep.subdir). Jobs whose values another sweeper draws are not known yet."""
     from hydra.errors import HydraException
 
+    from spfde.checks.validation import is_hydra, sweep_jobs
     from spfde.config import compose_config
-    from spfde.validation import is_hydra, sweep_jobs
 
     overrides = [a for a in args if not a.startswith("-")]
     settings = [a for a in overrides if is_hydra(a)]
@@ -134,8 +119,8 @@ def sweep_run_dirs(args: list[str]) -> list[Path]:
 def busy_runs(run_dirs: list[Path]) -> list[str]:
     """The lock errors of a sweep's run directories that a running process holds (the orphaned jobs of a
     killed launcher train on), known before anything is started or submitted."""
-    from spfde.checkpoint import RunDirError
-    from spfde.rundir import lock_run_dir, release_run_dir
+    from spfde.rundir.checkpoint import RunDirError
+    from spfde.rundir.lifecycle import lock_run_dir, release_run_dir
 
     busy = []
     for run_dir in run_dirs:
@@ -163,9 +148,8 @@ def cli() -> None:
     if hydra_only(args):
         main()  # Hydra answers (completion, help, the config) from the config alone
         return
-    from spfde.checkpoint import RunDirError
-    from spfde.rundir import check_output_dir, check_run_files
-    from spfde.validation import precheck_overrides
+    from spfde.checks.validation import precheck_overrides
+    from spfde.rundir.lifecycle import check_output_dir, check_run_files
 
     try:
         precheck_overrides(args)
@@ -177,7 +161,7 @@ def cli() -> None:
             check_run_files(run_dir)
         busy = busy_runs(run_dirs)
         check_output_dir(args)  # full or read-only disk: one line here, not Hydra's logging traceback
-    except (ConfigError, RunDirError) as e:
+    except SpfdeError as e:
         if first_rank():
             print(f"spfde: error: {e}", file=sys.stderr)
         sys.exit(2)

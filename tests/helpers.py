@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import open_dict
 
 from spfde.config import compose_config
-from spfde.validation import validate
+from spfde.checks.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -38,17 +38,17 @@ def quick_overrides(*extra: str) -> list[str]:
 
 
 def run_training(overrides: list[str], run_dir: Path) -> dict:
-    from spfde.train import train
+    from spfde.training.loop import train
 
     return train(make_cfg(overrides, run_dir))
 
 
 def crash_at_epoch(monkeypatch, epoch: int) -> None:
     """Make the evaluation of `epoch` raise, as if the job died there (its checkpoint is one epoch old)."""
-    import spfde.train
+    import spfde.training.loop
 
     calls = {"n": 0}
-    real = spfde.train.evaluate
+    real = spfde.training.loop.evaluate
 
     def evaluate(*args, **kwargs):
         calls["n"] += 1
@@ -56,7 +56,7 @@ def crash_at_epoch(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(spfde.train, "evaluate", evaluate)
+    monkeypatch.setattr(spfde.training.loop, "evaluate", evaluate)
 
 
 def crash_then_resume(overrides: list[str], run_dir: Path, epoch: int, monkeypatch) -> dict:
@@ -98,9 +98,9 @@ def group_options(group: str) -> list[str]:
 
 @contextlib.contextmanager
 def lock_held_by_another_process(run_dir: Path, seconds: int = 120):
-    """A process that holds `run_dir`'s lock (spfde.rundir.lock_run_dir) while the block runs; yields it (its pid).
+    """A process that holds `run_dir`'s lock (spfde.rundir.lifecycle.lock_run_dir) while the block runs; yields it (its pid).
     Killed at the end: the OS releases the lock of a killed process."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir.lifecycle import lock_run_dir; "
                                f"lock_run_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep({seconds})"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

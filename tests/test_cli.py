@@ -10,11 +10,11 @@ import subprocess
 import pytest
 
 from spfde.config import ConfigError, compose_config
-from spfde.validation import group_options, precheck_overrides
+from spfde.checks.validation import group_options, precheck_overrides
 from tests.helpers import REPO, run_cli
 
 USER_CONFIG = REPO / "docs" / "config"  # holds launcher/mycluster.yaml, the README's example
-HEAVY = ("torch", "wandb", "torchvision", "matplotlib", "spfde.train", "spfde.checkpoint", "spfde.data")
+HEAVY = ("torch", "wandb", "torchvision", "matplotlib", "spfde.training.loop", "spfde.rundir.checkpoint", "spfde.data")
 
 
 def test_tab_completion_imports_no_torch(tmp_path, monkeypatch):
@@ -64,7 +64,7 @@ def test_a_user_config_dir_adds_a_launcher_that_the_checks_see(monkeypatch):
 
 
 def test_a_user_sweep_preset_gets_a_dashboard(tmp_path, monkeypatch):
-    from spfde.dashboard import sweep_info
+    from spfde.results.dashboard import sweep_info
 
     (tmp_path / "conf" / "sweep").mkdir(parents=True)
     (tmp_path / "conf" / "sweep" / "mine.yaml").write_text(

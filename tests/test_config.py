@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spfde.config import ConfigError, run_name
-from spfde.validation import precheck_overrides
+from spfde.checks.validation import precheck_overrides
 from tests.helpers import experiment_names, group_options, make_cfg, run_cli
 
 

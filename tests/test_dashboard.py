@@ -11,10 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from spfde.build import Runtime
+from spfde.training.build import Runtime
 from spfde.config import compose_config, run_name
-from spfde.dashboard import main, run_filter, sweep_info
-from spfde.log import RunLogger, run_tags, wandb_config, wandb_group, wandb_record
+from spfde.results.dashboard import main, run_filter, sweep_info
+from spfde.training.log import RunLogger, run_tags, wandb_config, wandb_group, wandb_record
 from spfde.run import adhoc_sweep_dir
 from tests.helpers import make_cfg, quick_overrides
 from tests.test_sweeps import SWEEPS
@@ -72,7 +72,7 @@ def test_sweep_dashboard_spec_names_the_panels_and_groupings(name, tmp_path, mon
 
 def test_per_layer_panels_draw_every_per_layer_series_of_a_run(tmp_path, monkeypatch):
     """One panel per per-layer series; each panel's pattern takes every layer's series as a run logs it to wandb
-    (spfde.log.wandb_record) and no other series."""
+    (spfde.training.log.wandb_record) and no other series."""
     sections = panels_of(dashboard("smoke", tmp_path, monkeypatch))
     logged = wandb_record({"epoch": 1, "test/acc": 0.5, "sparsity/overall": 0.9, "sparsity/pruned": 3,
                            **{f"{series}blocks.{i}.conv1": 0.1 for i in (1, 2) for series in
@@ -170,7 +170,7 @@ def test_wandb_runs_get_a_clean_config_tags_and_collapsed_per_layer_series():
 
 
 def test_the_readme_spec_of_the_smoke_sweep_is_current(tmp_path, monkeypatch):
-    """docs/smoke/dashboard.json (shown in the README) is what spfde.dashboard builds today."""
+    """docs/smoke/dashboard.json (shown in the README) is what spfde.results.dashboard builds today."""
     from tests.helpers import REPO
 
     def without_ids(node):

@@ -16,8 +16,8 @@ import torch
 
 from spfde.data import build_data
 from spfde.data.loaders import epoch_batches
-from spfde.distributed import World
-from spfde.plan import build_plan
+from spfde.training.distributed import World
+from spfde.planning.plan import build_plan
 from tests.helpers import REPO, make_cfg, quick_overrides, read_metrics
 from tests.test_sweeps import SLURM_TEST_LAUNCHER, slurm_cluster  # noqa: F401 - the fixture
 
@@ -83,12 +83,12 @@ def test_a_last_batch_too_small_for_the_ranks_is_dropped():
 
 
 def test_settings_a_world_cannot_serve_are_one_line_errors(monkeypatch):
-    import spfde.train
-    from spfde.distributed import DistributedError
+    import spfde.training.loop
+    from spfde.training.distributed import DistributedError
 
-    monkeypatch.setattr(spfde.train, "setup_world", lambda device: World(0, 3))
+    monkeypatch.setattr(spfde.training.loop, "setup_world", lambda device: World(0, 3))
     with pytest.raises(DistributedError, match="batch_size=64 is the global batch and must divide among the 3"):
-        spfde.train.train(make_cfg(quick_overrides(), Path("/nonexistent/never-created")))
+        spfde.training.loop.train(make_cfg(quick_overrides(), Path("/nonexistent/never-created")))
 
 
 # ------------------------------------------------------------------------------------ torchrun, 2 ranks

@@ -14,14 +14,14 @@ import time
 import pytest
 import torch
 
-import spfde.build
-import spfde.checkpoint
-import spfde.rundir
-import spfde.train
-from spfde.checkpoint import RunDirError, load_checkpoint
+import spfde.training.build
+import spfde.rundir.checkpoint
+import spfde.rundir.lifecycle
+import spfde.training.loop
+from spfde.rundir.checkpoint import RunDirError, load_checkpoint
 from spfde.config import ConfigError
-from spfde.rundir import TrainingDiverged, config_fingerprint
-from spfde.validation import precheck_overrides
+from spfde.rundir.lifecycle import TrainingDiverged, config_fingerprint
+from spfde.checks.validation import precheck_overrides
 from tests.helpers import REPO, crash_at_epoch, make_cfg, read_metrics, run_training, summary_core
 
 TINY = ["experiment=quickstart", "model.depth=8", "dataset=fake", "dataset.train_size=128", "dataset.test_size=64",
@@ -45,7 +45,7 @@ def crashed_after_epoch_1(run_dir, monkeypatch, *extra: str) -> None:
 
 
 def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = spfde.train.train_one_epoch
+    real = spfde.training.loop.train_one_epoch
     calls = {"n": 0}
 
     def diverging(train_step, *args, **kwargs):
@@ -58,7 +58,7 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint(tmp_
             stats["train/loss"] = float("nan")
         return stats
 
-    monkeypatch.setattr(spfde.train, "train_one_epoch", diverging)
+    monkeypatch.setattr(spfde.training.loop, "train_one_epoch", diverging)
     with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2 .*train/loss nan.*last.pt \(epoch 1\) is kept"):
         run_training(tiny("epochs=3"), tmp_path)
     ckpt = load_checkpoint(tmp_path / "last.pt")
@@ -101,7 +101,7 @@ def test_a_finished_run_is_not_returned_for_other_settings(tmp_path, monkeypatch
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- epochs=1\n")  # as Hydra writes it
     run_training(tiny("epochs=1"), tmp_path)
-    monkeypatch.setattr(spfde.build, "build_data", lambda *a: pytest.fail("loaded data"))
+    monkeypatch.setattr(spfde.training.build, "build_data", lambda *a: pytest.fail("loaded data"))
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- sparsity=set\n")  # the refused launch's
     with pytest.raises(RunDirError, match="sparsity.name=mest there, set now"):
         run_training(tiny("epochs=1", "sparsity=set"), tmp_path)
@@ -122,7 +122,7 @@ def test_different_data_roots_never_share_a_run_directory():
 
 
 def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir.lifecycle import lock_run_dir; "
                                f"lock_run_dir({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -188,7 +188,7 @@ def test_fresh_applies_once_per_launch_and_a_requeued_job_resumes(tmp_path, monk
 def test_the_unfrozen_memory_baseline_does_not_depend_on_blocks_frozen_at_the_time():
     """A resumed freeze run measured its unfrozen baseline after the resume froze blocks (2.2 MB vs
     13.3 MB); the resume tests compare whole summaries, this pins the cause."""
-    from spfde.cost import MemoryModel
+    from spfde.training.cost import MemoryModel
     from spfde.models import build_model
 
     model = build_model(make_cfg(tiny()).model, 10, 3)
@@ -230,7 +230,7 @@ def test_a_crafted_checkpoint_or_snapshot_is_refused_and_runs_nothing(tmp_path):
 def test_a_damaged_checkpoint_is_one_line_before_any_work(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     data = (tmp_path / "last.pt").read_bytes()
-    monkeypatch.setattr(spfde.build, "build_data", lambda *a: pytest.fail("loaded data"))
+    monkeypatch.setattr(spfde.training.build, "build_data", lambda *a: pytest.fail("loaded data"))
     for damaged in (b"", data[: len(data) // 2]):  # empty, truncated
         (tmp_path / "last.pt").write_bytes(damaged)
         with pytest.raises(RunDirError) as err:
@@ -250,10 +250,10 @@ def test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_temp_file(tmp_path
             out.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spfde.checkpoint.torch, "save", disk_full)
+    monkeypatch.setattr(spfde.rundir.checkpoint.torch, "save", disk_full)
     with pytest.raises(RunDirError, match=f"disk full: could not write {tmp_path / 'last.pt'}.*previous last.pt is k"):
         run_training(tiny(), tmp_path)
-    monkeypatch.setattr(spfde.checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(spfde.rundir.checkpoint.torch, "save", real_save)
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not list(tmp_path.glob(".*tmp*"))
     assert run_training(tiny(), tmp_path)["epochs"] == 2  # rerun once there is space: resumes
@@ -378,7 +378,7 @@ def test_fresh_archives_everything_a_run_wrote_and_an_interrupted_archive_is_fin
     assert not list(tmp_path.glob(".*.tmp*"))
 
     # a kill in the middle of the next archive: its first move happened, the rest did not
-    real_move, moved = spfde.checkpoint.shutil.move, []
+    real_move, moved = spfde.rundir.checkpoint.shutil.move, []
 
     def killed_after_one(src, dst):
         if moved:
@@ -387,7 +387,7 @@ def test_fresh_archives_everything_a_run_wrote_and_an_interrupted_archive_is_fin
         return real_move(src, dst)
 
     with monkeypatch.context() as m:
-        m.setattr(spfde.checkpoint.shutil, "move", killed_after_one)
+        m.setattr(spfde.rundir.checkpoint.shutil, "move", killed_after_one)
         with pytest.raises(KeyboardInterrupt):
             run_training(tiny("analysis.every=1", "epochs=2", "fresh=true"), tmp_path)
     assert moved == [str(tmp_path / "summary.json")]  # the summary goes first: the old run no longer looks finished
@@ -418,7 +418,7 @@ def test_a_checkpoint_changed_after_writing_is_refused_naming_it(tmp_path, monke
         flip(path, offset + 64, count=64, bit=None)
     with pytest.raises(RunDirError, match=f"{path} is damaged: its contents no longer match the checksum"):
         run_training(tiny(), tmp_path)
-    from spfde.checkpoint import save_checkpoint
+    from spfde.rundir.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "rewind.pt", {"model": {"w": torch.arange(8.0)}})  # the LTH rewind point too
     flip(tmp_path / "rewind.pt", (tmp_path / "rewind.pt").read_bytes().find(torch.arange(8.0).numpy().tobytes()))
@@ -435,7 +435,7 @@ def test_the_cpu_thread_count_is_part_of_the_fingerprint(tmp_path, monkeypatch):
 
 
 def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tmp_path, capsys):
-    from spfde.report import main as report
+    from spfde.results.report import main as report
 
     summary = run_training(tiny(), tmp_path / "run")
     good = (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -450,7 +450,7 @@ def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tm
 
 
 def test_one_damaged_summary_does_not_break_the_report(tmp_path, capsys):
-    from spfde.report import main as report
+    from spfde.results.report import main as report
 
     for seed in (0, 1, 2):
         run_training(tiny("epochs=1", f"seed={seed}"), tmp_path / f"seed{seed}")
@@ -474,9 +474,9 @@ def test_a_summary_of_the_wrong_shape_counts_as_damaged(tmp_path, text):
 
 
 def test_kept_damaged_copies_are_never_overwritten(tmp_path, monkeypatch):
-    from spfde.checkpoint import set_aside
+    from spfde.rundir.checkpoint import set_aside
 
-    monkeypatch.setattr(spfde.checkpoint.time, "strftime", lambda *a: "20260101-000000")  # the clock stepped back
+    monkeypatch.setattr(spfde.rundir.checkpoint.time, "strftime", lambda *a: "20260101-000000")  # the clock stepped back
     for n in range(3):
         (tmp_path / "metrics.jsonl").write_text(f"damaged {n}")
         set_aside(tmp_path / "metrics.jsonl")
@@ -490,7 +490,7 @@ def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
     (run_dir / ".hydra" / "overrides.yaml").write_text("- the running run's record\n")
     (run_dir / ".hydra-accepted").mkdir()
     (run_dir / ".hydra-accepted" / "overrides.yaml").write_text("- the running run's record\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir.lifecycle import lock_run_dir; "
                                f"lock_run_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -515,7 +515,7 @@ def test_any_failed_write_of_a_checkpoint_is_one_line_and_keeps_the_previous(tmp
         raise RuntimeError("basic_ios::clear: iostream error")
 
     with monkeypatch.context() as m:
-        m.setattr(spfde.checkpoint.torch, "save", iostream_error)
+        m.setattr(spfde.rundir.checkpoint.torch, "save", iostream_error)
         with pytest.raises(RunDirError, match=f"could not write {tmp_path / 'last.pt'}: basic_ios::clear: iostream "
                                               "error.*the previous last.pt is kept"):
             run_training(tiny(), tmp_path)
@@ -526,15 +526,15 @@ def test_any_failed_write_of_a_checkpoint_is_one_line_and_keeps_the_previous(tmp
 
 
 def test_a_stop_right_after_the_checkpoint_names_the_epoch_on_disk(tmp_path, monkeypatch, caplog):
-    real = spfde.train.save_checkpoint
+    real = spfde.training.loop.save_checkpoint
 
     def then_sigterm(path, state):
         real(path, state)
         if state["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # lands between the rename and the bookkeeping
 
-    monkeypatch.setattr(spfde.train, "save_checkpoint", then_sigterm)
-    with pytest.raises(spfde.rundir.Stopped):
+    monkeypatch.setattr(spfde.training.loop, "save_checkpoint", then_sigterm)
+    with pytest.raises(spfde.rundir.lifecycle.Stopped):
         run_training(tiny("epochs=3"), tmp_path)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
     assert "stopped by SIGTERM after epoch 2;" in caplog.text
@@ -588,7 +588,7 @@ def test_a_full_or_read_only_disk_at_the_start_is_one_line_before_hydra_writes(t
 
 
 def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
-    from spfde.rundir import check_output_dir
+    from spfde.rundir.lifecycle import check_output_dir
 
     real_open = open
 
@@ -676,11 +676,11 @@ FAULTS = [
     ("a SLURM job cancelled mid-run (status)", "test_sweeps.py::test_status_of_a_slurm_sweep_with_a_cancelled_job",
      "exact"),
     # tried as a new user and a cluster would break it, outside the lists above
-    ("spfde.report stopped while it writes; a later report after a run is gone", "test_faults_tools.py::test_a_"
+    ("spfde.results.report stopped while it writes; a later report after a run is gone", "test_faults_tools.py::test_a_"
      "report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_one_keeps_nothing_stale", "exact"),
     ("a calibration cache with negative, NaN or 1e9 s times", "test_faults_tools.py::test_a_calibration_cache_with_"
      "impossible_times_is_ignored", "exact"),
-    ("spfde.status on a dead job whose files are dated in the future", "test_faults_tools.py::test_status_does_not_"
+    ("spfde.results.status on a dead job whose files are dated in the future", "test_faults_tools.py::test_status_does_not_"
      "take_a_run_dated_in_the_future_for_one_starting", "exact"),
     ("a refused second launch, then its holder dies (status)", "test_faults_tools.py::test_a_refused_second_launch_"
      "leaves_the_holders_log_alone", "exact"),
@@ -696,9 +696,9 @@ FAULTS = [
      "name_torchs_full_disk_and_survive_a_directory_turned_read_only", "exact"),
     ("calibration on a full or read-only disk", "test_faults_tools.py::test_a_calibration_that_cannot_be_saved_still_"
      "gives_its_plan", "exact"),
-    ("spfde.report on a full or read-only disk, or --out naming a file", "test_faults_tools.py::test_a_report_on_a_"
+    ("spfde.results.report on a full or read-only disk, or --out naming a file", "test_faults_tools.py::test_a_report_on_a_"
      "full_or_read_only_disk_or_into_a_file_is_one_line", "exact"),
-    ("spfde.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
+    ("spfde.results.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
      "is_one_line", "exact"),
     ("sbatch refuses the sweep's jobs", "test_sweeps.py::test_a_job_slurm_refuses_is_one_line_and_nothing_is_"
      "submitted", "exact"),

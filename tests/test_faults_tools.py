@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spfde.checkpoint import RunDirError, atomic_write
+from spfde.rundir.checkpoint import RunDirError, atomic_write
 from tests.helpers import REPO, lock_held_by_another_process, make_cfg, quick_overrides, run_cli, run_training
 from tests.test_faults import mounted_tmpfs, tiny
 from tests.test_report import fake_run
@@ -39,11 +39,11 @@ def two_runs(root: Path) -> list[Path]:
 
 def test_a_report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_one_keeps_nothing_stale(
         tmp_path, monkeypatch):
-    import spfde.report
+    import spfde.results.report
 
     runs = two_runs(tmp_path / "sweep")
     out = tmp_path / "report"
-    spfde.report.main([str(tmp_path / "sweep"), "--out", str(out)])
+    spfde.results.report.main([str(tmp_path / "sweep"), "--out", str(out)])
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert {Path("timelines/a.png"), Path("timelines/b.png")} <= set(before)
 
@@ -51,14 +51,14 @@ def test_a_report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_o
         raise KeyboardInterrupt("killed while writing")
 
     with monkeypatch.context() as m:
-        m.setattr(spfde.report, "write_pareto", killed)
+        m.setattr(spfde.results.report, "write_pareto", killed)
         with pytest.raises(KeyboardInterrupt):
-            spfde.report.main([str(tmp_path / "sweep"), "--out", str(out)])
+            spfde.results.report.main([str(tmp_path / "sweep"), "--out", str(out)])
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
     import shutil
 
     shutil.rmtree(runs[1])  # run b is gone: the next report has no trace of it
-    spfde.report.main([str(tmp_path / "sweep"), "--out", str(out)])
+    spfde.results.report.main([str(tmp_path / "sweep"), "--out", str(out)])
     assert sorted(p.name for p in (out / "timelines").glob("*.png")) == ["a.png"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []  # no staging folders left
 
@@ -98,7 +98,7 @@ def test_impossible_numbers_in_a_summary_are_damaged_and_left_out(tmp_path, valu
 
 
 def test_runs_of_one_leaf_name_and_odd_names_get_their_own_timelines_and_working_links(tmp_path):
-    import spfde.report
+    import spfde.results.report
 
     fake_run(tmp_path / "x", "run", ["seed=0"], epochs=2)
     fake_run(tmp_path / "y", "run", ["seed=0", "optim.lr=0.05"], epochs=2)
@@ -106,7 +106,7 @@ def test_runs_of_one_leaf_name_and_odd_names_get_their_own_timelines_and_working
     odd = os.fsencode(str(tmp_path / "y")) + b"/bytes\xff"
     os.rename(os.fsencode(str(tmp_path / "y" / "a#b%20c\nd")), odd)
     out = tmp_path / "report"
-    spfde.report.main([str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(out)])
+    spfde.results.report.main([str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(out)])
     names = sorted(p.name for p in (out / "timelines").glob("*.png"))
     assert names == ["x__run.png", "y__bytes_.png", "y__run.png"]
     page = (out / "index.html").read_text()
@@ -120,7 +120,7 @@ def test_runs_of_one_leaf_name_and_odd_names_get_their_own_timelines_and_working
 
 @pytest.mark.parametrize("seconds", [-223.0, float("nan"), 1e9])
 def test_a_calibration_cache_with_impossible_times_is_ignored(tmp_path, seconds, caplog):
-    from spfde.calibrate import Cache
+    from spfde.planning.calibrate import Cache
 
     path = tmp_path / "cal.json"
     path.write_text(json.dumps({"version": 1, "entries": {"a|step@0": 0.05, "a|startup": seconds}}))
@@ -130,20 +130,20 @@ def test_a_calibration_cache_with_impossible_times_is_ignored(tmp_path, seconds,
 
 
 def test_a_calibration_that_cannot_be_saved_still_gives_its_plan(tmp_path, monkeypatch, caplog):
-    import spfde.checkpoint
-    from spfde.calibrate import Cache
+    import spfde.rundir.checkpoint
+    from spfde.planning.calibrate import Cache
 
     def full_disk(path, value):
         raise RunDirError(f"disk full: could not write {path}")
 
-    monkeypatch.setattr(spfde.checkpoint, "write_json", full_disk)
+    monkeypatch.setattr(spfde.rundir.checkpoint, "write_json", full_disk)
     with caplog.at_level("WARNING"):
         Cache(tmp_path / "cal.json").put({"k": 1.0})
     assert "measured but not saved" in caplog.text and not (tmp_path / "cal.json").exists()
 
 
 def test_plan_results_chooses_only_among_runs_of_the_plans_own_settings(tmp_path):
-    from spfde.budget import solve
+    from spfde.planning.budget import solve
     from spfde.config import ConfigError
 
     base = ["epochs=4"]
@@ -180,7 +180,7 @@ def test_atomic_writes_name_torchs_full_disk_and_survive_a_directory_turned_read
 
 
 def test_status_does_not_take_a_run_dated_in_the_future_for_one_starting(tmp_path):
-    from spfde.status import sweep_status
+    from spfde.results.status import sweep_status
 
     run = tmp_path / "sweep" / "seed=0"
     run.mkdir(parents=True)
@@ -192,7 +192,7 @@ def test_status_does_not_take_a_run_dated_in_the_future_for_one_starting(tmp_pat
 
 
 def test_a_refused_second_launch_leaves_the_holders_log_alone(tmp_path):
-    from spfde.status import sweep_status
+    from spfde.results.status import sweep_status
 
     run = tmp_path / "sweep" / "job0"
     run.mkdir(parents=True)
@@ -213,8 +213,8 @@ def test_a_refused_second_launch_leaves_the_holders_log_alone(tmp_path):
 
 
 def test_fifos_in_place_of_a_runs_files_are_one_line_never_a_hang(tmp_path):
-    from spfde.report import main as report_main
-    from spfde.status import sweep_status
+    from spfde.results.report import main as report_main
+    from spfde.results.status import sweep_status
 
     run = tmp_path / "sweep" / "job0"
     run_training(tiny("epochs=1"), run)
@@ -236,8 +236,8 @@ def test_fifos_in_place_of_a_runs_files_are_one_line_never_a_hang(tmp_path):
 
 
 def test_an_image_folder_with_a_symlink_loop_trains_on_what_the_plan_counts(tmp_path):
-    from spfde.build import build_run
-    from spfde.plan import build_plan
+    from spfde.training.build import build_run
+    from spfde.planning.plan import build_plan
     from tests.test_folders import write_folder
 
     root = write_folder(tmp_path / "f", size=(12, 12), classes=2, per_class=8)
@@ -323,7 +323,7 @@ def test_wandb_online_without_a_network_is_one_line_in_seconds(monkeypatch):
     import socket
 
     from spfde.config import ConfigError
-    from spfde.validation import check_before_work, wandb_online_problem
+    from spfde.checks.validation import check_before_work, wandb_online_problem
 
     def unreachable(address, timeout=None):
         raise OSError(-2, "Name or service not known")

@@ -1,4 +1,4 @@
-"""Feedback while it runs: the epoch line, the start-of-run plan, `spfde.plan --help` and `-m`, ad-hoc sweep
+"""Feedback while it runs: the epoch line, the start-of-run plan, `spfde.planning.plan --help` and `-m`, ad-hoc sweep
 directories, the report after a sweep and SLURM job names."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from spfde.config import CONF_DIR, register_configs, register_resolvers
-from spfde.freeze import FreezePlan
-from spfde.log import RunLogger, format_epoch
-from spfde.plan import build_plan
-from spfde.plan import main as plan_main
+from spfde.training.freeze import FreezePlan
+from spfde.training.log import RunLogger, format_epoch
+from spfde.planning.plan import build_plan
+from spfde.planning.plan import main as plan_main
 from spfde.run import adhoc_sweep_dir
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_cli
 

@@ -18,7 +18,7 @@ from spfde.data import build_data
 from spfde.data.folders import FolderChoice, dali_installed, pil_transforms
 from spfde.data.gpu_decode import GpuDecodeLoader, pack
 from spfde.data.loaders import FolderLoader, LoaderError
-from spfde.validation import precheck_overrides
+from spfde.checks.validation import precheck_overrides
 from tests.helpers import make_cfg, run_cli
 
 
@@ -380,7 +380,7 @@ def test_large_folder_streams_with_pil_on_cpu_and_plan_sees_the_size(tmp_path):
     cfg = make_cfg(["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=0", "batch_size=4"])
     data = build_data(cfg, torch.device("cpu"), torch.Generator())
     assert isinstance(data.train, FolderLoader) and data.image_size == 224
-    from spfde.plan import build_plan
+    from spfde.planning.plan import build_plan
 
     assert build_plan(cfg)["train_flops"] > 0
 

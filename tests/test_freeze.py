@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-import spfde.train
+import spfde.training.loop
 from spfde.config import ConfigError
-from spfde.freeze import FreezeError, FreezePlan, Freezer, candidate_blocks, frozen_prefix_forward
+from spfde.training.freeze import FreezeError, FreezePlan, Freezer, candidate_blocks, frozen_prefix_forward
 from spfde.models import build_model
-from spfde.plan import build_plan
-from spfde.schedule import lr_at
-from spfde.validation import precheck_overrides
+from spfde.planning.plan import build_plan
+from spfde.training.schedule import lr_at
+from spfde.checks.validation import precheck_overrides
 from tests.helpers import (
     crash_then_resume,
     make_cfg,
@@ -114,7 +114,7 @@ def test_per_block_lr_follows_cosine_over_own_active_epochs():
     model = build_model(cfg.model, 100, 3)
     frozen = [0] * 8 + [1] * 4 + [2] * 8  # block 0 frozen from epoch 8, block 1 from epoch 12
     plan = FreezePlan("single_shot", 2, frozen, 8, 0.1, None, [])
-    from spfde.freeze import scheme_options
+    from spfde.training.freeze import scheme_options
 
     freezer = Freezer(model, None, plan, cfg.optim, 20, True, scheme_options(cfg))
     lr, lo = cfg.optim.lr, cfg.optim.min_lr
@@ -141,14 +141,14 @@ def test_frozen_prefix_forward_matches_and_skips_backward():
 def snapshots_per_epoch(monkeypatch):
     """Record the model state and masks after every epoch's checkpoint."""
     states = []
-    real = spfde.train.save_checkpoint
+    real = spfde.training.loop.save_checkpoint
 
     def save(path, state):
         states.append({"epoch": state["epoch"], "model": copy.deepcopy(state["model"]),
                        "masks": copy.deepcopy(state["sparsity"]["masks"]["masks"])})
         return real(path, state)
 
-    monkeypatch.setattr(spfde.train, "save_checkpoint", save)
+    monkeypatch.setattr(spfde.training.loop, "save_checkpoint", save)
     return states
 
 

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 import torch
 
-from spfde.plan import build_plan
+from spfde.planning.plan import build_plan
 from spfde.sparse.base import SparseMethod
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
 

@@ -8,16 +8,16 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-import spfde.build
-import spfde.calibrate
-import spfde.plan
+import spfde.training.build
+import spfde.planning.calibrate
+import spfde.planning.plan
 from spfde import budget
 from spfde.config import ConfigError
-from spfde.pareto import pareto_front
-from spfde.plan import build_plan, fmt_change, plan_sweep, render, sweep_plans
-from spfde.report import find_runs, group, load_run
-from spfde.sieve import SieveError
-from spfde.validation import compose_checked
+from spfde.results.pareto import pareto_front
+from spfde.planning.plan import build_plan, fmt_change, plan_sweep, render, sweep_plans
+from spfde.results.report import find_runs, group, load_run
+from spfde.training.sieve import SieveError
+from spfde.checks.validation import compose_checked
 from tests.helpers import make_cfg, quick_overrides
 from tests.test_folders import write_folder
 from tests.test_report import fake_run
@@ -59,8 +59,8 @@ def test_fast_sweep_plan_gives_each_job_the_plain_plan(monkeypatch):
     sweep = [*quick_overrides("epochs=4"), "freeze=0,0.1", "sieve=0,0.2", "seed=0,1"]
     fast = sweep_plans(sweep)
     assert sum(len(members) for _, members, _ in fast) == 8 and len(fast) == 4
-    monkeypatch.setattr(spfde.build, "_META_MODELS", {})  # nothing shared with the fast path
-    monkeypatch.setattr(spfde.plan, "_TABLES", {})
+    monkeypatch.setattr(spfde.training.build, "_META_MODELS", {})  # nothing shared with the fast path
+    monkeypatch.setattr(spfde.planning.plan, "_TABLES", {})
     for config, members, plan in fast:
         cfg = compose_checked([*config, "seed=0"])
         assert OmegaConf.to_yaml(members[0]) == OmegaConf.to_yaml(cfg)
@@ -79,26 +79,26 @@ FAKE = {"startup": 2.0, "eval_image": 0.001, "epoch_update": 0.5, "epoch_other":
 
 @pytest.fixture
 def fake_measure(monkeypatch):
-    """spfde.calibrate.measure with fixed times (a step at depth k takes 1 - 0.05 k s); records its calls."""
+    """spfde.planning.calibrate.measure with fixed times (a step at depth k takes 1 - 0.05 k s); records its calls."""
     calls = []
 
     def measure(cfg, classes, input_shape, depths):
         calls.append((cfg.batch_size, list(depths)))
         return {**FAKE, **{f"step@{k}": 1.0 - 0.05 * k for k in depths}}
 
-    monkeypatch.setattr(spfde.calibrate, "measure", measure)
+    monkeypatch.setattr(spfde.planning.calibrate, "measure", measure)
     return calls
 
 
 def test_calibrations_are_cached_per_shape_and_depth(tmp_path, fake_measure):
     cfg = make_cfg(quick_overrides(f"plan.calibration_file={tmp_path / 'c.json'}"))
-    times, measured = spfde.calibrate.calibrate(cfg, 10, (1, 16, 16), [0, 2])
+    times, measured = spfde.planning.calibrate.calibrate(cfg, 10, (1, 16, 16), [0, 2])
     assert fake_measure == [(64, [0, 2])] and measured == 6 and times["step@2"] == pytest.approx(0.9)
-    assert spfde.calibrate.calibrate(cfg, 10, (1, 16, 16), [0, 2]) == (times, 0)  # all from the cache
-    spfde.calibrate.calibrate(cfg, 10, (1, 16, 16), [0, 3])  # a new depth: only it is timed
+    assert spfde.planning.calibrate.calibrate(cfg, 10, (1, 16, 16), [0, 2]) == (times, 0)  # all from the cache
+    spfde.planning.calibrate.calibrate(cfg, 10, (1, 16, 16), [0, 3])  # a new depth: only it is timed
     assert fake_measure[-1] == (64, [3])
     other = make_cfg(quick_overrides(f"plan.calibration_file={tmp_path / 'c.json'}", "batch_size=32"))
-    spfde.calibrate.calibrate(other, 10, (1, 16, 16), [0])  # another batch: another shape
+    spfde.planning.calibrate.calibrate(other, 10, (1, 16, 16), [0])  # another batch: another shape
     assert fake_measure[-1] == (32, [0])
     keys = json.loads((tmp_path / "c.json").read_text())["entries"]
     assert any(k.startswith("CPU (") and "batch=64" in k and "precision=auto" in k and k.endswith("|depth=3")
@@ -109,13 +109,13 @@ def test_a_damaged_calibration_file_is_ignored_with_a_warning(tmp_path, fake_mea
     path = tmp_path / "c.json"
     path.write_text('{"version": 1, "entries": {"x": ')
     cfg = make_cfg(quick_overrides(f"plan.calibration_file={path}"))
-    times, measured = spfde.calibrate.calibrate(cfg, 10, (1, 16, 16), [0])
+    times, measured = spfde.planning.calibrate.calibrate(cfg, 10, (1, 16, 16), [0])
     assert measured == 5 and "ignoring the calibration cache" in caplog.text
     assert json.loads(path.read_text())["version"] == 1  # rewritten whole
 
 
 def test_json_plan_carries_the_estimate_and_its_parts(tmp_path, fake_measure, capsys):
-    spfde.plan.main([*quick_overrides(), "plan.calibrate=true", "plan.format=json",
+    spfde.planning.plan.main([*quick_overrides(), "plan.calibrate=true", "plan.format=json",
                      f"plan.calibration_file={tmp_path / 'c.json'}"])
     plan = json.loads(capsys.readouterr().out)
     t = plan["estimated_s"]
@@ -144,7 +144,7 @@ def test_sweep_estimates_warn_about_the_slurm_time_limit(tmp_path, fake_measure,
 def test_real_calibration_times_every_part(tmp_path):
     cfg = make_cfg(quick_overrides("plan.calibration_steps=1",
                                    f"plan.calibration_file={tmp_path / 'c.json'}"))
-    plan = spfde.plan.add_estimate(cfg, build_plan(cfg))
+    plan = spfde.planning.plan.add_estimate(cfg, build_plan(cfg))
     assert set(plan["estimate"]["step_s"]) == {row["frozen_blocks"] for row in plan["schedule"]}
     assert all(v > 0 for v in plan["estimated_s"].values())
     assert "Estimated wall-clock on CPU (" in render(plan)

@@ -13,14 +13,14 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from spfde.config import compose_config
-from spfde.cost import CostModel
-from spfde.freeze import frozen_prefix_forward
+from spfde.training.cost import CostModel
+from spfde.training.freeze import frozen_prefix_forward
 from spfde.models import build_model
-from spfde.schedule import lr_at
+from spfde.training.schedule import lr_at
 from spfde.sparse.grasp import fetch_per_class
 from spfde.sparse.masks import Masks, weight_layers
 from spfde.sparse.snfs import capped_growth
-from spfde.validation import validate
+from spfde.checks.validation import validate
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 from tests.test_sparse import make_method, tiny_net, two_layer_snfs
 
@@ -79,7 +79,7 @@ def test_the_earlier_masking_stays_a_named_option():
 
 def test_a_bad_masking_rule_is_one_line():
     from spfde.config import ConfigError
-    from spfde.validation import precheck_overrides
+    from spfde.checks.validation import precheck_overrides
 
     with pytest.raises(ConfigError) as err:
         precheck_overrides(["sparsity.masked=first"])
@@ -121,8 +121,8 @@ def test_rigl_with_a_one_shot_removal_stops_at_three_quarters_of_the_steps_taken
     end_step, with the drop fraction's cosine over the same steps. The steps are the ones the run takes: a
     one-shot removal shortens the later epochs, and the clock must not jump back. A resume continues it, also
     from a checkpoint written before the count was stored (it holds the steps its epochs were planned to take)."""
-    from spfde.cost import epoch_batches
-    from spfde.sieve import sieve_epochs
+    from spfde.training.cost import epoch_batches
+    from spfde.training.sieve import sieve_epochs
 
     summary = run_training(ONESHOT_RIGL, tmp_path / "straight")
     records = read_metrics(tmp_path / "straight")
@@ -140,12 +140,12 @@ def test_rigl_with_a_one_shot_removal_stops_at_three_quarters_of_the_steps_taken
     assert summary_core(resumed) == summary_core(summary)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["steps"] == sum(steps)
 
-    import spfde.checkpoint
+    import spfde.rundir.checkpoint
 
     def without_steps(path, state):
-        spfde.checkpoint.save_checkpoint(path, {k: v for k, v in state.items() if k != "steps"})
+        spfde.rundir.checkpoint.save_checkpoint(path, {k: v for k, v in state.items() if k != "steps"})
 
-    monkeypatch.setattr("spfde.train.save_checkpoint", without_steps)
+    monkeypatch.setattr("spfde.training.loop.save_checkpoint", without_steps)
     older = crash_then_resume(ONESHOT_RIGL, tmp_path / "older", 5, monkeypatch)
     assert "steps" not in torch.load(tmp_path / "older" / "last.pt", weights_only=False)
     assert summary_core(older) == summary_core(summary)
@@ -299,7 +299,7 @@ def test_snfs_lowers_the_prune_rate_of_a_nearly_dense_growing_layer():
 
 def test_step_schedule_is_validated_in_one_line():
     from spfde.config import ConfigError
-    from spfde.validation import precheck_overrides
+    from spfde.checks.validation import precheck_overrides
 
     for override, message in (("optim.step_at=[0.6,0.3]", "optim.step_at must be increasing fractions"),
                               ("optim.step_gamma=0", "optim.step_gamma must be in (0, 1]"),
@@ -314,7 +314,7 @@ def test_a_run_made_before_the_masking_rule_is_refused_with_the_way_to_resume_it
     """A checkpoint from before `sparsity.masked` (its fingerprint has no such key; every conv and linear but
     `sparsity.dense_layers`, default the first conv, was masked) is refused in one line naming the overrides that
     resume it, and resumes with them."""
-    from spfde.rundir import RunDirError
+    from spfde.rundir.lifecycle import RunDirError
 
     old = quick_overrides("sparsity.masked=all", "sparsity.dense_layers=[blocks.0.conv]", "epochs=2")
     with monkeypatch.context() as m:
@@ -323,7 +323,7 @@ def test_a_run_made_before_the_masking_rule_is_refused_with_the_way_to_resume_it
         crash_at_epoch(m, 2)
         with pytest.raises(KeyboardInterrupt):
             run_training(old, tmp_path)
-    from spfde.checkpoint import load_checkpoint, save_checkpoint
+    from spfde.rundir.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(tmp_path / "last.pt")
     del ckpt["fingerprint"]["sparsity.masked"], ckpt["steps"]

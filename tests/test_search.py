@@ -15,8 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from spfde.config import ConfigError
-from spfde.pareto import pareto_front, point_label, write_pareto
-from spfde.search import check_objectives, installed, search_objectives, trial_values
+from spfde.results.pareto import pareto_front, point_label, write_pareto
+from spfde.sweeps.search import check_objectives, installed, search_objectives, trial_values
 from tests.helpers import REPO, lock_held_by_another_process, quick_overrides, run_cli
 
 needs_search = pytest.mark.skipif(not installed(), reason="the search extra is not installed (pip install '.[search]')")
@@ -76,12 +76,12 @@ def test_trial_values_are_what_the_sweeper_asks_for_and_never_made_up():
 @needs_search
 @pytest.mark.slow
 def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
-    from spfde.validation import precheck_overrides
+    from spfde.checks.validation import precheck_overrides
 
     precheck_overrides(["-m", *quick_overrides(), *BOX])
     with pytest.raises(ConfigError, match=r"freeze=interval\(0.0,0.5\) at freeze=0.5: freeze=0.5 cannot be reached"):
         precheck_overrides(["-m", *quick_overrides(), "+search=pareto", "freeze=interval(0.0,0.5)"])
-    monkeypatch.setattr("spfde.search.installed", lambda: False)
+    monkeypatch.setattr("spfde.sweeps.search.installed", lambda: False)
     with pytest.raises(ConfigError, match=r"^\+search=pareto needs Optuna, which is not installed: pip install 'spfde"):
         precheck_overrides(["-m", *quick_overrides(), *BOX])
 
@@ -89,7 +89,7 @@ def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
 @needs_search
 @pytest.mark.slow
 def test_plan_of_a_search_prints_its_trials_and_flops_range(capsys):
-    from spfde.plan import main
+    from spfde.planning.plan import main
 
     main(["-m", *quick_overrides(), *BOX, "hydra.sweeper.n_trials=6"])
     out = capsys.readouterr().out
@@ -212,7 +212,7 @@ def test_a_budget_trains_no_point_over_it_and_journal_storage_holds_the_study(tm
     from optuna.storages.journal import JournalFileBackend
 
     from spfde.config import compose_config
-    from spfde.plan import build_plan
+    from spfde.planning.plan import build_plan
 
     sweep_dir = tmp_path / "budget"
     args = ["-m", *quick_overrides(), *BOX, "search.budget=0.8", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
@@ -235,7 +235,7 @@ def test_a_budget_trains_no_point_over_it_and_journal_storage_holds_the_study(tm
 @needs_search
 @pytest.mark.slow
 def test_the_plan_of_a_search_under_a_budget_shows_its_feasible_part(capsys):
-    from spfde.plan import main
+    from spfde.planning.plan import main
 
     main(["-m", *quick_overrides(), *BOX, "search.budget=0.8"])
     out = capsys.readouterr().out

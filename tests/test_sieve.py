@@ -7,9 +7,9 @@ import torch
 from omegaconf import open_dict
 
 from spfde.config import ConfigError
-from spfde.plan import build_plan
-from spfde.sieve import Sieve
-from spfde.validation import precheck_overrides
+from spfde.planning.plan import build_plan
+from spfde.training.sieve import Sieve
+from spfde.checks.validation import precheck_overrides
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 from tests.test_data import make_image_folder
 
@@ -187,7 +187,7 @@ def test_mission_command_on_an_image_folder_standing_in_for_imagenet(tmp_path):
     assert (cfg.dataset.name, cfg.sparsity.name, cfg.sparsity.ratio) == ("imagenet", "mest", 0.8)  # Table 3 setup
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "run")
-    from spfde.train import train
+    from spfde.training.loop import train
 
     summary = train(cfg)
     records = read_metrics(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""`spfde.status`: one row per job of a sweep in every state, from run directories written by hand (no
+"""`spfde.results.status`: one row per job of a sweep in every state, from run directories written by hand (no
 training), plus one real basic-launcher sweep. The SLURM test (a job cancelled mid-run) is in test_sweeps.py,
 next to the cluster fixture."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spfde.rundir import lock_run_dir, release_run_dir
-from spfde.status import main, sweep_status
+from spfde.rundir.lifecycle import lock_run_dir, release_run_dir
+from spfde.results.status import main, sweep_status
 from tests.helpers import run_cli
 
 # what Hydra saves as <sweep dir>/multirun.yaml, cut to what the job list needs: a preset's params (seed) come
@@ -49,7 +49,7 @@ def make_run(sweep: Path, name: str, epochs_done: int = 0, epochs: int = 10, epo
         (run / "metrics.jsonl").write_text("".join(
             json.dumps({"epoch": e, "test/acc": 0.5, "time/epoch_s": epoch_s, "time/elapsed_s": e * epoch_s}) + "\n"
             for e in range(1, epochs_done + 1)))
-        (run / "last.pt").write_bytes(b"not read by spfde.status")
+        (run / "last.pt").write_bytes(b"not read by spfde.results.status")
     if log:
         (run / "run.log").write_text(log)
     if summary is not None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import spfde.step
-import spfde.train
+import spfde.training.step
+import spfde.training.loop
 from spfde.models import build_model
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
 from tests.test_sparse import ALL, SMALL_INTERVALS, make_method, random_batches
@@ -58,8 +58,8 @@ def test_a_plain_step_only_masks_gradients_and_weights(name):
         assert all(kinds)
 
 
-class CpuGraphs(spfde.step.Graphs):
-    """spfde.step.Graphs with its CUDA calls replaced, so its logic runs on the CPU: a warm-up call runs the step,
+class CpuGraphs(spfde.training.step.Graphs):
+    """spfde.training.step.Graphs with its CUDA calls replaced, so its logic runs on the CPU: a warm-up call runs the step,
     a "capture" records it without running it, a replay runs it; every call's key is kept in `keys`.
     `fail` = {key: "capture" | "replay"} makes that key's capture or first replay raise *after* running the
     step, the worst case: state changed that the fallback must restore."""
@@ -105,8 +105,8 @@ def graphed_run(monkeypatch, overrides, run_dir, fail=None):
     """A run whose graph path runs on the CPU through CpuGraphs."""
     CpuGraphs.keys, CpuGraphs.fail = [], fail or {}
     with monkeypatch.context() as m:
-        m.setattr(spfde.train, "use_cuda_graphs", lambda setting, device: True)
-        m.setattr(spfde.step, "Graphs", CpuGraphs)
+        m.setattr(spfde.training.loop, "use_cuda_graphs", lambda setting, device: True)
+        m.setattr(spfde.training.step, "Graphs", CpuGraphs)
         return run_training(overrides, run_dir)
 
 
@@ -168,7 +168,7 @@ def test_cuda_graphs_on_fails_loudly_when_a_capture_fails():
     calls = []
     graphs = CpuGraphs(warmup=0, fallback=False)
     CpuGraphs.fail = {"k": "capture"}
-    with pytest.raises(spfde.step.GraphCaptureError, match="capture of k failed .*RuntimeError: CUDA error"):
+    with pytest.raises(spfde.training.step.GraphCaptureError, match="capture of k failed .*RuntimeError: CUDA error"):
         graphs.run("k", lambda: calls.append(1))
     CpuGraphs.fail = {}
 
@@ -177,10 +177,10 @@ def test_learning_rates_reach_sgd_one_way_on_cuda_and_bit_identically_on_the_cpu
     """On CUDA the per-block learning rates always live in an fp32 device vector (eager or graphed: one code path
     for the fused kernel). On the CPU a tensor learning rate trains bit-identically to Python floats: the fp64
     vector of the graph path's rehearsal with the for-loop and foreach SGD, an fp32 one with the fused SGD."""
-    assert spfde.step.device_lr_dtype(torch.device("cuda"), graphs=False) == torch.float32
-    assert spfde.step.device_lr_dtype(torch.device("cuda"), graphs=True) == torch.float32
-    assert spfde.step.device_lr_dtype(torch.device("cpu"), graphs=True) == torch.float64
-    assert spfde.step.device_lr_dtype(torch.device("cpu"), graphs=False) is None
+    assert spfde.training.step.device_lr_dtype(torch.device("cuda"), graphs=False) == torch.float32
+    assert spfde.training.step.device_lr_dtype(torch.device("cuda"), graphs=True) == torch.float32
+    assert spfde.training.step.device_lr_dtype(torch.device("cpu"), graphs=True) == torch.float64
+    assert spfde.training.step.device_lr_dtype(torch.device("cpu"), graphs=False) is None
 
     def train(kind, **sgd):
         torch.manual_seed(0)
@@ -214,14 +214,14 @@ def test_cuda_graphs_setting_is_validated():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="cuda_graphs=on needs a CUDA device"):
             make_cfg(quick_overrides("cuda_graphs=on"))
-    assert not spfde.step.use_cuda_graphs("auto", torch.device("cpu"))
-    assert not spfde.step.use_cuda_graphs("off", torch.device("cuda"))
-    assert spfde.step.use_cuda_graphs("auto", torch.device("cuda"))
+    assert not spfde.training.step.use_cuda_graphs("auto", torch.device("cpu"))
+    assert not spfde.training.step.use_cuda_graphs("off", torch.device("cuda"))
+    assert spfde.training.step.use_cuda_graphs("auto", torch.device("cuda"))
 
 
 @pytest.mark.slow
 def test_the_gpu_benchmark_rehearses_on_the_cpu(capsys):
-    from spfde.bench import main
+    from spfde.bench.benchmarks import main
 
     main(["gpu", "--batch-sizes", "16", "--train-size", "64", "--steps", "2", "device=cpu", "model.width=1",
           "model.depth=8", "dataset.test_size=32", "--run-size", "256", "--run-epochs", "4"])

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from spfde.config import CONF_DIR, register_configs, register_resolvers
-from spfde.validation import validate
+from spfde.checks.validation import validate
 from tests.helpers import REPO, read_metrics, run_cli
 
 SWEEPS = {"smoke": 4, "grid_xy": 75, "table2": 99, "table3": 14, "freeze_schemes": 36, "sieve_methods": 27,
@@ -138,7 +138,7 @@ def test_status_of_the_local_launcher_smoke_sweep(smoke_sweep):
     sweep's multirun.yaml again with Hydra's basic launcher.)"""
     from omegaconf import OmegaConf
 
-    from spfde.status import sweep_status
+    from spfde.results.status import sweep_status
 
     status = sweep_status(smoke_sweep)
     assert status["launcher"] == "submitit-local" and status["totals"] == {"finished": 4}
@@ -184,7 +184,7 @@ def test_dashboard_of_a_finished_sweep_directory(smoke_sweep, tmp_path):
     assert spec["varies"] == {"freeze": ["0", "0.1"], "sieve": ["0", "0.2"]}
     # every panel draws something: each series it names (a pattern for the per-layer ones) is among what the
     # sweep's runs logged to wandb every epoch (CUDA peaks aside: a CPU run; gradient norms: with analysis.every)
-    from spfde.log import wandb_record
+    from spfde.training.log import wandb_record
 
     logged = {k for run in smoke_sweep.glob("*/metrics.jsonl") for r in read_metrics(run.parent)
               for k in wandb_record(r)}
@@ -294,9 +294,9 @@ def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path)
 
 @pytest.mark.slow
 def test_status_of_a_slurm_sweep_with_a_cancelled_job(slurm_cluster, tmp_path):
-    """Two tiny jobs: one finishes, the other is cancelled with scancel mid-run. spfde.status sees it training
+    """Two tiny jobs: one finishes, the other is cancelled with scancel mid-run. spfde.results.status sees it training
     (with its SLURM job id), then stopped after its last epoch with SLURM's CANCELLED line."""
-    from spfde.status import sweep_status
+    from spfde.results.status import sweep_status
 
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "experiment=quickstart", "model.depth=8", "epochs=2,40", "logger=none", *SLURM_TEST_LAUNCHER,
@@ -341,7 +341,7 @@ def fake_row(method: str, freeze: float, sieve: float, seed: int, acc: float, fl
 
 
 def test_report_labels_the_mest_rows_and_lays_out_spfde_on_other_methods():
-    from spfde.report import group, markdown
+    from spfde.results.report import group, markdown
 
     rows = [fake_row(m, x, x, seed, 0.7 - x / 10 + seed / 1000, 1.5e15 * (1 - 1.5 * x))
             for m in ("rigl", "set", "mest") for x in (0.0, 0.2) for seed in (0, 1, 2)]

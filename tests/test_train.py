@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-import spfde.train
-from spfde.checkpoint import load_checkpoint
+import spfde.training.loop
+from spfde.rundir.checkpoint import load_checkpoint
 from tests.helpers import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training, summary_core
 
 TIME_KEYS = ("time/",)
@@ -68,7 +68,7 @@ def test_finished_run_does_not_train_again_and_fresh_archives(tmp_path, monkeypa
     overrides = quick_overrides("epochs=1")
     first = run_training(overrides, tmp_path)
     metrics_before = (tmp_path / "metrics.jsonl").read_text()
-    monkeypatch.setattr(spfde.train, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(spfde.training.loop, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
     again = run_training(overrides, tmp_path)
     assert again == first and (tmp_path / "metrics.jsonl").read_text() == metrics_before
     monkeypatch.undo()

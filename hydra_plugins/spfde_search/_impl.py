@@ -1,5 +1,5 @@
 """The search's loop: Optuna's ask/tell driving Hydra's launcher, batch by batch (imports optuna: loaded only when a
-search starts). What it does and why: spfde.search."""
+search starts). What it does and why: spfde.sweeps.search."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from spfde.config import ConfigError
-from spfde.search import Axis, Budget, check_sweeper_settings, params_of, search_space
+from spfde.sweeps.search import Axis, Budget, check_sweeper_settings, params_of, search_space
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs what it does itself
@@ -84,8 +84,8 @@ class Search:
 
     # ----------------------------------------------------------------- the loop
     def sweep(self, arguments: list[str]) -> None:
-        from spfde.checkpoint import RunDirError
-        from spfde.rundir import lock_run_dir, release_run_dir
+        from spfde.rundir.checkpoint import RunDirError
+        from spfde.rundir.lifecycle import lock_run_dir, release_run_dir
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
@@ -101,7 +101,7 @@ class Search:
             print(f"spfde: error: {e}", file=sys.stderr)
             sys.exit(2)
         try:
-            # multirun.yaml as Hydra's basic sweeper saves it (spfde.status, spfde.dashboard read it)
+            # multirun.yaml as Hydra's basic sweeper saves it (spfde.results.status, spfde.results.dashboard read it)
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
             study = self.open_study(sweep_dir, space, budget)
             to_go = self.continue_study(study)

@@ -1,6 +1,6 @@
 """`hydra/sweeper=spfde_search`: the sweeper of spfde's searches (`+search=pareto`, `+search=best_acc`: conf/search/),
 Optuna's ask/tell loop driving Hydra's launchers (basic, submitit local and SLURM). What it does is described in
-`spfde.search`; the loop is `_impl.Search`. Importing this module needs no optuna (Hydra imports every plugin
+`spfde.sweeps.search`; the loop is `_impl.Search`. Importing this module needs no optuna (Hydra imports every plugin
 module at start-up, also in a base install without the `search` extra): its configs are plain dataclasses."""
 
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ class SearchSweeperConf:
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, "_self_"])
     sampler: Any = MISSING
     # what a trial returns to the sweeper, in the order of `direction`: fields of the run's summary.json
-    # (spfde.search.OBJECTIVES)
+    # (spfde.sweeps.search.OBJECTIVES)
     objectives: list[str] = field(default_factory=lambda: ["final_acc"])
     direction: Any = "maximize"  # maximize | minimize, or a list of them (one per objective)
     study_name: str | None = None

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from spfde.data.sources import DataError
+from spfde.errors import SpfdeError
 
 log = logging.getLogger("spfde")
 
 
-class BadImageError(RuntimeError):
+class BadImageError(SpfdeError, RuntimeError):
     """An image file that does not decode (dataset.on_bad_file=error)."""
 
 

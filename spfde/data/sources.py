@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from spfde.errors import SpfdeError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataError(RuntimeError):
+class DataError(SpfdeError, RuntimeError):
     """Data that cannot be found or fetched; the message says what is missing and how to fix it."""
 
 

@@ -6,7 +6,7 @@ The training loop calls, by name:
   after_backward(step)            read what a method needs from the dense gradient, then mask it
   after_optimizer_step(step)      re-zero masked weights; step-based updates (RigL, SET)
   plain_step(step)                True when this step's two hooks only mask gradients and weights:
-                                  such steps may be replayed from a CUDA graph (spfde.step)
+                                  such steps may be replayed from a CUDA graph (spfde.training.step)
   epoch_stats()                   realised sparsity + this epoch's prune/grow counts, for the logs
 
 What the rest of the harness needs to know about a method lives on its class: `check(cfg)` validates
@@ -83,7 +83,7 @@ class SparseMethod:
     uses_gradients = False  # needs gradients beyond the normal training step (saliency, dense grads)
     init_passes = 0.0  # dense training-step equivalents per sample spent choosing the initial mask
     uses_ratio = True  # trains to sparsity.ratio (dense ignores it, so a sweep over methods can include it)
-    runs_in_rounds = False  # one run per round, driven by spfde.rounds (LTH)
+    runs_in_rounds = False  # one run per round, driven by spfde.training.rounds (LTH)
     spfde_base = False  # SpFDE's own sparse method: with freezing/sieving the paper calls its rows "SpFDE x%+y%"
     no_freezing = ""  # why layer freezing is not defined for it ("" = it is)
     # what a structure update does to the positions it touches, as the method's reference code does:
@@ -96,7 +96,7 @@ class SparseMethod:
 
     @classmethod
     def planning_note(cls, cfg) -> str:
-        """Where `spfde.plan` can only estimate this method's cost, a line saying why ("" otherwise)."""
+        """Where `spfde.planning.plan` can only estimate this method's cost, a line saying why ("" otherwise)."""
         return ""
 
     @classmethod

@@ -5,7 +5,7 @@ Iterative magnitude pruning: round 0 trains the dense network (saving its weight
 `rewind_epoch` epochs); every following round removes `prune_rate` of the remaining weights by
 magnitude of the previous round's final weights (globally or per layer), rewinds the survivors to the
 saved weights and trains again, until the target ratio (the last round prunes exactly to it). Each
-round is a normal harness run, driven by `spfde.rounds` (which knows where rounds keep their files and
+round is a normal harness run, driven by `spfde.training.rounds` (which knows where rounds keep their files and
 hands this method the previous round's result and the rewind point through `self.rounds`).
 """
 
@@ -58,7 +58,7 @@ class LTH(SparseMethod):
         super().__init__(cfg, model, optimizer, schedule, generator)
         opts = cfg.lth
         self.round, self.rewind_epoch, self.scope = opts.round, opts.rewind_epoch, opts.scope
-        self.rounds = None  # the round files, attached by spfde.rounds
+        self.rounds = None  # the round files, attached by spfde.training.rounds
 
     def initialize(self, batches) -> None:
         if self.round == 0:

@@ -22,10 +22,11 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
+from spfde.errors import SpfdeError
 from spfde.models.base import block_of
 
 
-class SparsityError(ValueError):
+class SparsityError(SpfdeError, ValueError):
     """A sparsity target that cannot be realised on this model (one line, for the user)."""
 
 

@@ -29,10 +29,12 @@ import os
 import torch
 import torch.distributed as dist
 
+from spfde.errors import SpfdeError
+
 log = logging.getLogger("spfde")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(SpfdeError, RuntimeError):
     """Ranks that disagree (masks), or a setting the world size cannot serve; one line for the user."""
 
 

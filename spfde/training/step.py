@@ -33,8 +33,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from spfde.distributed import World
-from spfde.freeze import frozen_prefix_forward
+from spfde.training.distributed import World
+from spfde.training.freeze import frozen_prefix_forward
 
 log = logging.getLogger("spfde")
 

@@ -12,8 +12,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from spfde.build import Runtime, build_run
-from spfde.checkpoint import (
+from spfde.rundir.checkpoint import (
     CHECKPOINT,
     SUMMARY,
     finished_summary,
@@ -24,10 +23,7 @@ from spfde.checkpoint import (
     set_rng_state,
     write_json,
 )
-from spfde.distributed import DistributedError, World, setup_world
-from spfde.log import RunLogger, new_run_id
-from spfde.rounds import drives_rounds, run_rounds
-from spfde.rundir import (
+from spfde.rundir.lifecycle import (
     Stopped,
     catch_stop_signals,
     check_fingerprint,
@@ -41,7 +37,11 @@ from spfde.rundir import (
     stops_deferred,
 )
 from spfde.sparse import target_sparsity
-from spfde.step import EvalBatches, TrainStep, graphs_status, use_cuda_graphs
+from spfde.training.build import Runtime, build_run
+from spfde.training.distributed import DistributedError, World, setup_world
+from spfde.training.log import RunLogger, new_run_id
+from spfde.training.rounds import drives_rounds, run_rounds
+from spfde.training.step import EvalBatches, TrainStep, graphs_status, use_cuda_graphs
 
 log = logging.getLogger("spfde")
 
@@ -49,7 +49,7 @@ log = logging.getLogger("spfde")
 def train_one_epoch(train_step: TrainStep, loader, freezer, epoch: int, rt: Runtime, bar,
                     world: World | None = None) -> dict:
     """One epoch over the loader's partial set. The step (forward, backward, masks, SGD, the sieve's
-    flags, the running sums) is `spfde.step.TrainStep`: eager, or replayed from a CUDA graph. With
+    flags, the running sums) is `spfde.training.step.TrainStep`: eager, or replayed from a CUDA graph. With
     several ranks each trains on its part of every global batch; the returned numbers are global."""
     world = world or World()
     freezer.train_mode()  # model.train(), frozen blocks' BN in eval mode

@@ -11,7 +11,7 @@ is the project's side of it, and imports no optuna:
 - `search_space`, `check_search`: the box and every setting of a search, one line each before a study exists;
 - `Budget`: a point's planned cost against the budget;
 - `plan_search`: the trial count, the planned FLOPs at the corners of the box and, with a budget, its feasible
-  part (spfde.plan -m).
+  part (spfde.planning.plan -m).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def search_space(overrides: list[str], decimals: int | None) -> tuple[dict[str, 
     Axis, and the other overrides as they are. A box no sampler can draw from is one line."""
     from hydra.core.override_parser.types import Transformer
 
-    from spfde.validation import parse_overrides
+    from spfde.checks.validation import parse_overrides
 
     space, fixed = {}, []
     for o in parse_overrides(overrides):
@@ -219,8 +219,8 @@ class Budget:
 
     def cost(self, cfg) -> dict:
         """The planned cost of a point (its job's config): {"cost", "limit", "over" (cost/limit - 1, > 0 when over),
-        "plan"}; planned as spfde.plan plans it (with calibration for hours)."""
-        from spfde.plan import add_estimate, build_plan
+        "plan"}; planned as spfde.planning.plan plans it (with calibration for hours)."""
+        from spfde.planning.plan import add_estimate, build_plan
 
         plan = build_plan(cfg)
         if self.share:
@@ -258,13 +258,13 @@ def trial_values(summary: dict, objectives: list[str]) -> float | tuple[float, .
 
 
 def plan_search(overrides: list[str]) -> str | None:
-    """For `spfde.plan -m` of a search (None if the command line is no search): how many trials, in batches of
+    """For `spfde.planning.plan -m` of a search (None if the command line is no search): how many trials, in batches of
     how many, the planned training FLOPs at the corners of the search box (the extremes of interval() params,
     every value of choice() / lists; FLOPs fall as freeze and sieve grow, so for those two the corners hold the
     range), and with a budget (search.budget, search.budget_hours) the part of the box that fits it."""
+    from spfde.checks.validation import compose_checked, is_hydra, parse_overrides, sample_values
     from spfde.config import compose_config
-    from spfde.plan import build_plan, fmt_flops
-    from spfde.validation import compose_checked, is_hydra, parse_overrides, sample_values
+    from spfde.planning.plan import build_plan, fmt_flops
 
     if not asks_for_search(overrides):
         return None
@@ -307,7 +307,7 @@ def plan_search(overrides: list[str]) -> str | None:
 def feasible_part(fixed: list[str], params: list, budget: Budget, points: int = 6) -> list[str]:
     """Which points of the box fit the budget: a map of `points` x `points` values of freeze (rows) and sieve
     (columns) when both are searched intervals (the other searched keys at the low end of their range), else none."""
-    from spfde.validation import compose_checked
+    from spfde.checks.validation import compose_checked
 
     ranges = {o.key_or_group: o.value() for o in params if o.is_interval_sweep()}
     if not {"freeze", "sieve"} <= set(ranges):
@@ -328,7 +328,7 @@ def feasible_part(fixed: list[str], params: list, budget: Budget, points: int = 
 
 
 def sample_values_low(o) -> str:
-    from spfde.validation import sample_values
+    from spfde.checks.validation import sample_values
 
     return sample_values(o)[0].split("=", 1)[1]
 

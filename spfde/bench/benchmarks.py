@@ -23,10 +23,10 @@ the MEST-based rows masked as MEST's code does (the default) and as the paper's 
 ablation-freeze: digits, ResNet-32 at 90% with MEST: freeze = 0, 0.1, 0.2, 0.3 x the four schemes x
 seeds — accuracy, training FLOPs and wall-clock.
 ablation-sieve: the same for sieve = 0, 0.1, 0.2, 0.3 x circular/oneshot/random, plus SpFDE 0.2+0.2.
-plan: `spfde.plan plan.calibrate=true`'s wall-clock estimate against the real run, on the CPU, for three configs
+plan: `spfde.planning.plan plan.calibrate=true`'s wall-clock estimate against the real run, on the CPU, for three configs
 (quickstart; quickstart with freeze=0.2 sieve=0.2; ResNet-32 width 1 on FakeData for 3 epochs): each is planned
 with calibration (its own calibration file, measured afresh), then trained; prints estimated and measured
-wall-clock of the run (spfde.train.train, start-up included, Python's imports not) and their ratio. Extra
+wall-clock of the run (spfde.training.loop.train, start-up included, Python's imports not) and their ratio. Extra
 overrides apply to all three (e.g. model.depth=8 epochs=6 to shorten it on a busy machine).
 gpu: in one process, on the configured model (default ResNet-32 2x, CIFAR-100-shaped FakeData): the bare
 model's training step (eager and CUDA-graphed) as the anchor, then the harness's own epoch loop for dense,
@@ -58,9 +58,9 @@ from pathlib import Path
 
 from omegaconf import open_dict
 
-from spfde.checkpoint import METRICS
+from spfde.checks.validation import validate
 from spfde.config import compose_config
-from spfde.validation import validate
+from spfde.rundir.checkpoint import METRICS
 
 # Step-based methods default to their papers' intervals (RigL 100, DSR 100, ITOP 4000 steps), longer
 # than a whole digits run (23 steps per epoch): the benchmark scales them down so their structure moves.
@@ -71,7 +71,7 @@ def run_once(overrides: list[str], run_dir: Path) -> tuple[dict, list[dict]]:
     """Train one run; its per-epoch records (for LTH: those of every round, in order)."""
     import json
 
-    from spfde.train import train
+    from spfde.training.loop import train
 
     cfg = compose_config(["logger=none", "progress=false", *overrides])
     with open_dict(cfg):
@@ -121,9 +121,9 @@ def freeze_step(steps: int, extra: list[str]) -> str:
     import torch
     import torch.nn.functional as F
 
-    from spfde.build import build_optimizer, resolve_device
-    from spfde.freeze import candidate_blocks, frozen_prefix_forward
     from spfde.models import build_model
+    from spfde.training.build import build_optimizer, resolve_device
+    from spfde.training.freeze import candidate_blocks, frozen_prefix_forward
 
     cfg = compose_config(["experiment=quickstart", "logger=none", *extra])
     device = resolve_device(cfg.device)
@@ -178,7 +178,7 @@ def fig4_memory() -> str:
 
 def fig4_plans() -> dict:
     """The plans of Fig. 4's setting at 90/95/98% sparsity."""
-    from spfde.plan import build_plan
+    from spfde.planning.plan import build_plan
 
     plans = {}
     for ratio in (0.9, 0.95, 0.98):
@@ -215,7 +215,7 @@ MEST_MASKING = {"MEST's code (default)": [], "the paper's Sec. 5 (sparsity.maske
 def table_flops(sweep: str, paper: dict, ratios: tuple, unit: float, masking: list[str]) -> str:
     """Planned training FLOPs of a table's rows (sweeps/row/*) at its sparsities, next to the paper's, under
     both MEST bounds; `masking`: overrides of the MEST-based rows."""
-    from spfde.plan import build_plan
+    from spfde.planning.plan import build_plan
 
     head = "| row | " + " | ".join(f"{100 * r:g}%: paper | README bounds | script bounds" for r in ratios) + " |"
     lines = [head, "|---|" + "---|---|---|" * len(ratios)]
@@ -264,7 +264,7 @@ def run_seeds(overrides: list[str], seeds: list[int], tmp: str, tag: str) -> tup
 
 
 def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
-    from spfde.freeze import FreezeError
+    from spfde.training.freeze import FreezeError
 
     grid = [(0.0, "single_shot")] + [(x, s) for x in (0.1, 0.2, 0.3)
                                      for s in ("single_shot", "resume", "periodic", "delayed")]
@@ -290,7 +290,7 @@ def ablation_freeze(seeds: list[int], epochs: int, extra: list[str]) -> str:
 
 
 def ablation_sieve(seeds: list[int], epochs: int, extra: list[str]) -> str:
-    from spfde.freeze import FreezeError
+    from spfde.training.freeze import FreezeError
 
     grid = [(0.0, "circular", 0.0)] + [(y, m, 0.0) for y in (0.1, 0.2, 0.3) for m in ("circular", "oneshot", "random")]
     grid += [(0.2, "circular", 0.2)]  # SpFDE 0.2 + 0.2 (sieving and freezing together)
@@ -338,7 +338,7 @@ class Report:
         self.lines.append(text)
 
     def record(self, **values) -> None:
-        from spfde.checkpoint import write_json
+        from spfde.rundir.checkpoint import write_json
 
         self.values.update(values)
         if self.json_path is not None:
@@ -378,8 +378,8 @@ def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
     import torch
     import torch.nn.functional as F
 
-    from spfde.build import Runtime, build_optimizer, resolve_device
     from spfde.models import build_model
+    from spfde.training.build import Runtime, build_optimizer, resolve_device
 
     device = resolve_device(cfg.device)
     d = cfg.dataset
@@ -429,18 +429,18 @@ def sync(device) -> None:
 
 
 def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool = False) -> dict:
-    """The harness's own loop (spfde.train.train_one_epoch with spfde.step.TrainStep) for two epochs at a
+    """The harness's own loop (spfde.training.loop.train_one_epoch with spfde.training.step.TrainStep) for two epochs at a
     fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed. Measures
     training memory against the plan's and, with timed_eval, times an evaluation of the test set."""
     import time
 
     import torch
 
-    from spfde.build import build_run
-    from spfde.cost import MemoryModel
-    from spfde.freeze import candidate_blocks
-    from spfde.step import EvalBatches, TrainStep, use_cuda_graphs
-    from spfde.train import evaluate, train_one_epoch
+    from spfde.training.build import build_run
+    from spfde.training.cost import MemoryModel
+    from spfde.training.freeze import candidate_blocks
+    from spfde.training.loop import evaluate, train_one_epoch
+    from spfde.training.step import EvalBatches, TrainStep, use_cuda_graphs
 
     cfg = compose_config(["logger=none", "progress=false", *overrides])
     with open_dict(cfg):
@@ -496,10 +496,10 @@ PLAN_CONFIGS = {  # the three configs of `bench plan`
 
 
 def plan_estimates(extra: list[str]) -> str:
-    """Estimated (spfde.plan, calibrated) vs measured (spfde.train) wall-clock of the PLAN_CONFIGS on the CPU."""
+    """Estimated (spfde.planning.plan, calibrated) vs measured (spfde.training.loop) wall-clock of the PLAN_CONFIGS on the CPU."""
     import time
 
-    from spfde.plan import add_estimate, build_plan
+    from spfde.planning.plan import add_estimate, build_plan
 
     lines = ["| config | estimated | measured | estimated / measured | training steps: estimated / measured | "
              "estimate's parts: start-up, training, evaluation, other per-epoch work |", "|---|---|---|---|---|---|"]
@@ -521,7 +521,7 @@ def plan_estimates(extra: list[str]) -> str:
             lines.append(f"| {name} | {est['total']:.1f} s | {measured:.1f} s | {est['total'] / measured:.2f} | "
                          f"{est['train']:.1f} / {trained:.1f} s | {parts} s |")
             print(lines[-1], flush=True)
-    return (f"# spfde.plan plan.calibrate=true vs the real run, {plan['estimate']['device']}, overrides {extra}\n"
+    return (f"# spfde.planning.plan plan.calibrate=true vs the real run, {plan['estimate']['device']}, overrides {extra}\n"
             + "\n".join(lines))
 
 
@@ -531,7 +531,7 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
     batch (the first size), then the MEST vs SpFDE runs, then the other batch sizes."""
     import torch
 
-    from spfde.build import resolve_device
+    from spfde.training.build import resolve_device
 
     base = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=100", "dataset.test_size=10000",
             f"dataset.train_size={train_size}"]
@@ -539,7 +539,7 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
     cfg = compose_config(["logger=none", *base, *extra])
     device = resolve_device(cfg.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    report.emit(f"# spfde.bench gpu on {card}, torch {torch.__version__}: {cfg.model.name} (depth {cfg.model.depth}, "
+    report.emit(f"# spfde.bench.benchmarks gpu on {card}, torch {torch.__version__}: {cfg.model.name} (depth {cfg.model.depth}, "
                 f"width {cfg.model.width}), FakeData {cfg.dataset.channels}x{cfg.dataset.image_size}x"
                 f"{cfg.dataset.image_size} with {cfg.dataset.num_classes} classes, precision {cfg.precision}, "
                 f"overrides {extra}")
@@ -554,7 +554,7 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
 
 def gpu_batch(report: Report, cfg, overrides: list[str], bs: int, steps: int) -> None:
     """One batch size: the bare model (eager, and CUDA-graphed on CUDA) against the harness's epoch loop."""
-    from spfde.build import resolve_device
+    from spfde.training.build import resolve_device
 
     with open_dict(cfg):
         cfg.batch_size = bs
@@ -689,8 +689,8 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], jso
 
     import torch
 
-    from spfde.build import resolve_device
     from spfde.data.folders import dali_installed, planned_image_size
+    from spfde.training.build import resolve_device
 
     given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra if "=" in o}
     if given.get("dataset.root"):
@@ -711,7 +711,7 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], jso
     device = resolve_device(cfg.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     report = Report(json_path)
-    report.emit(f"# spfde.bench data on {card}, torch {torch.__version__}: {cfg.model.name}, batch {batch_size}, "
+    report.emit(f"# spfde.bench.benchmarks data on {card}, torch {torch.__version__}: {cfg.model.name}, batch {batch_size}, "
                 f"{cfg.dataset.image_size}px, {cfg.dataset.workers} workers, folder {root}, overrides {extra}")
     report.record(device=card, torch=torch.__version__, model=cfg.model.name, batch_size=batch_size,
                   workers=cfg.dataset.workers)
@@ -770,7 +770,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("overrides", nargs="*")
-    p = sub.add_parser("plan", help="spfde.plan's calibrated wall-clock estimate vs real CPU runs, as ratios")
+    p = sub.add_parser("plan", help="spfde.planning.plan's calibrated wall-clock estimate vs real CPU runs, as ratios")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for all three, e.g. model.depth=8")
     p = sub.add_parser("gpu", help="harness vs bare model img/s, freezing speed-up and memory, SpFDE wall-clock")
     # defaults sized for a short GPU window (tests/gpu/session.sh: ~2.5 min on an H200)

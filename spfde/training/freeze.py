@@ -7,7 +7,7 @@ never frozen. Blocks freeze strictly in forward order, one more every Δτ (`int
 frozen part is always a prefix: it runs forward under `torch.no_grad()` and its backward is skipped.
 
 The planner (Alg. 1) takes a table of the run's training FLOPs per epoch for every possible number of
-frozen blocks (from `spfde.cost`, sieving included; frozen layers priced at the density they would
+frozen blocks (from `spfde.training.cost`, sieving included; frozen layers priced at the density they would
 train at, so the difference is the back-propagation they skip, as the paper counts it) and solves each
 scheme's free parameter so that freezing saves at least `freeze` (x) of the run's training FLOPs, as
 little above it as the granularity allows: with `freeze_sync` (default) freeze events fall on
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from spfde.schedule import cosine, lr_at
+from spfde.errors import SpfdeError
+from spfde.training.schedule import cosine, lr_at
 
 
-class FreezeError(ValueError):
+class FreezeError(SpfdeError, ValueError):
     """A freezing target that cannot be reached; the message says what can."""
 
 
@@ -157,7 +158,7 @@ def make_freeze_plan(cfg, model: nn.Module, method, cost_model,
     """Alg. 1 for this run: None when freezing is off; FreezeError when the target is out of reach."""
     if cfg.freeze <= 0:
         return None
-    from spfde.cost import flops_table
+    from spfde.training.cost import flops_table
 
     candidates = candidate_blocks(model, cfg.freeze_fraction)
     table = flops_table(cost_model, method, batches_per_epoch, candidates, frozen_densities=False)  # BP saved

@@ -1,5 +1,5 @@
 """How a run is assembled from its config: the runtime (device, precision), data, model, optimizer, sparse
-method, cost models, sieve, freeze plan and analysis. `train`, `spfde.plan` and `spfde.bench` all build
+method, cost models, sieve, freeze plan and analysis. `train`, `spfde.planning.plan` and `spfde.bench.benchmarks` all build
 through here (the plan through `build_core`, on the meta device)."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 
 from spfde.analysis import Analysis
-from spfde.cost import CostMeter, CostModel, MemoryModel, epoch_batches, memory_model
 from spfde.data import Data, build_data
 from spfde.data.loaders import to_device
-from spfde.distributed import World
-from spfde.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
 from spfde.models import build_model
-from spfde.rounds import attach_round_files
-from spfde.sieve import Sieve, check_sieve, sieve_epochs
 from spfde.sparse import SparseMethod, build_method
+from spfde.training.cost import CostMeter, CostModel, MemoryModel, epoch_batches, memory_model
+from spfde.training.distributed import World
+from spfde.training.freeze import FreezePlan, Freezer, block_param_groups, make_freeze_plan, scheme_options
+from spfde.training.rounds import attach_round_files
+from spfde.training.sieve import Sieve, check_sieve, sieve_epochs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,7 +106,7 @@ def build_core(cfg, num_classes: int, channels: int, image_size: int, epoch_step
                channels_last: bool = False, sync_bn: bool = False) -> Core:
     """Model, optimizer, sparse method and cost models, for a run whose epochs take `epoch_steps` optimizer steps
     (step-based methods schedule on them). `device="meta"` builds them without memory or data
-    (how `spfde.plan` sizes even ResNet-50 in seconds), once per model and input shape (see meta_model)."""
+    (how `spfde.planning.plan` sizes even ResNet-50 in seconds), once per model and input shape (see meta_model)."""
     input_shape = (channels, image_size, image_size)
     if str(device) == "meta":
         model, cost_model, memory = meta_model(cfg, num_classes, input_shape)
@@ -143,7 +143,7 @@ def meta_model(cfg, num_classes: int, input_shape: tuple, convention: str | None
 
 @dataclass
 class Run:
-    """The parts of a run, built from its config (by `train` and by `spfde.bench gpu`)."""
+    """The parts of a run, built from its config (by `train` and by `spfde.bench.benchmarks gpu`)."""
 
     device: torch.device
     rt: Runtime

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spfde.errors import SpfdeError
+
 CHECKPOINT = "last.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -32,7 +34,7 @@ METRICS = "metrics.jsonl"
 log = logging.getLogger("spfde")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(SpfdeError, RuntimeError):
     """A run directory that cannot be used as it is (damaged file, full disk, in use, other config);
     the message is one line that says what and the ways out."""
 

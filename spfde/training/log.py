@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from spfde.checkpoint import CHECKPOINT, SUMMARY, write_metrics
+from spfde.rundir.checkpoint import CHECKPOINT, SUMMARY, write_metrics
 
 log = logging.getLogger("spfde")
 
@@ -60,7 +60,7 @@ class RunLogger:
 
     def start(self, cfg, blocks: int, freeze_plan, dataset_size: int) -> None:
         """Say at the start what freezing and sieving will do (the plan is fixed before training)."""
-        from spfde.sieve import oneshot_epoch, partial_size
+        from spfde.training.sieve import oneshot_epoch, partial_size
 
         self.blocks, self.dataset_size = blocks, dataset_size
         if freeze_plan is None:
@@ -127,7 +127,7 @@ def run_tags(cfg) -> list[str]:
 def wandb_group(cfg) -> str:
     """The run's wandb group: `logger.group` (the sweep presets set it to their name); else, for a job of a -m
     sweep, the sweep directory's name, so that an ad-hoc sweep is a group of its own and not mixed with single
-    runs of the same experiment (spfde.dashboard filters on the same name); else the experiment's name."""
+    runs of the same experiment (spfde.results.dashboard filters on the same name); else the experiment's name."""
     if cfg.logger.group:
         return str(cfg.logger.group)
     from hydra.core.hydra_config import HydraConfig
@@ -144,7 +144,7 @@ NOT_LOGGED = ("run_dir", "logger", "progress", "plan", "threads", "fresh")
 
 
 def wandb_config(cfg, runtime=None) -> dict:
-    """The run's resolved config for wandb, as used: with `runtime` (spfde.build.Runtime) the device and precision
+    """The run's resolved config for wandb, as used: with `runtime` (spfde.training.build.Runtime) the device and precision
     it resolved `auto` to; only the active method's options (the other methods' unset `???` values would make
     mixed-type columns that break parallel-coordinates plots); no launch or logging settings (NOT_LOGGED)."""
     from spfde.sparse import METHODS

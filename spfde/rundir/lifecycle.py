@@ -17,7 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from spfde.checkpoint import (
+from spfde.errors import SpfdeError
+from spfde.rundir.checkpoint import (
     CHECKPOINT,
     METRICS,
     SUMMARY,
@@ -44,7 +45,7 @@ NOT_RESULT_KEYS = ("fresh", "device", "progress", "logger", "threads", "run_dir"
 ROOTED_DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(SpfdeError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -98,7 +99,7 @@ def lock_run_dir(run_dir: Path) -> None:
 
 def try_flock(fd: int, patience_s: float = 1.0) -> bool:
     """An exclusive flock, waiting at most `patience_s`: False when another process holds it. The short wait
-    lets a reader that only looks (`spfde.status` takes a shared lock for an instant) never fail a job."""
+    lets a reader that only looks (`spfde.results.status` takes a shared lock for an instant) never fail a job."""
     deadline = time.monotonic() + patience_s
     while True:
         try:
@@ -175,8 +176,8 @@ RUN_FILES = (CHECKPOINT, SUMMARY, METRICS, "config.yaml", "run.log")
 
 
 def check_run_files(run_dir: Path) -> None:
-    """Each file a run reads is a regular file: a FIFO or device in its place would block the run (and spfde.status,
-    spfde.report) forever. Raises RunDirError (one line)."""
+    """Each file a run reads is a regular file: a FIFO or device in its place would block the run (and spfde.results.status,
+    spfde.results.report) forever. Raises RunDirError (one line)."""
     for name in RUN_FILES:
         if kind := not_regular(Path(run_dir) / name):
             raise RunDirError(f"{Path(run_dir) / name} is {kind}, not a regular file: remove it (a run rewrites "

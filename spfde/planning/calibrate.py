@@ -1,11 +1,11 @@
-"""Calibrated wall-clock estimates for `spfde.plan plan.calibrate=true`.
+"""Calibrated wall-clock estimates for `spfde.planning.plan plan.calibrate=true`.
 
 The plan's FLOPs say how much work a run is; how long it takes depends on the device, the precision, the
 frozen depth (a frozen prefix runs under no_grad) and everything around the step. So we time the run's own
-parts, built the way the run builds them (`spfde.build.build_core`, the `Freezer`, the `Sieve`, the cost
+parts, built the way the run builds them (`spfde.training.build.build_core`, the `Freezer`, the `Sieve`, the cost
 meter, the in-memory loader over random images of the data's shape) and driven by the run's own loop
-(`spfde.train.train_one_epoch` with `spfde.step.TrainStep`, eager or replayed from CUDA graphs as the run
-would, and `spfde.train.evaluate`) on the configured device and precision:
+(`spfde.training.loop.train_one_epoch` with `spfde.training.step.TrainStep`, eager or replayed from CUDA graphs as the run
+would, and `spfde.training.loop.evaluate`) on the configured device and precision:
 
 - one training step at every frozen depth the plan uses (a warm-up epoch, then a timed one; on CUDA the warm-up
   also captures the depth's graph, which the run does once per depth too),
@@ -32,12 +32,14 @@ from pathlib import Path
 
 import torch
 
+from spfde.errors import SpfdeError
+
 log = logging.getLogger("spfde")
 
 CACHE_VERSION = 1
 
 
-class CalibrationError(ValueError):
+class CalibrationError(SpfdeError, ValueError):
     """A calibration that cannot be made as asked (one line, for the user)."""
 
 
@@ -84,7 +86,7 @@ class Cache:
         return self.entries.get(key)
 
     def put(self, values: dict[str, float]) -> None:
-        from spfde.checkpoint import RunDirError, write_json
+        from spfde.rundir.checkpoint import RunDirError, write_json
 
         self.entries.update(values)
         try:
@@ -106,10 +108,10 @@ def shape_key(cfg, device: str, classes: int, input_shape: tuple, graphs: bool) 
 
 
 def run_device(cfg) -> tuple[torch.device, bool, int]:
-    """The device, CUDA graphs on or off, and the CPU threads of a run of cfg (as spfde.build and spfde.train
+    """The device, CUDA graphs on or off, and the CPU threads of a run of cfg (as spfde.training.build and spfde.training.loop
     choose them)."""
-    from spfde.build import resolve_device, resolve_threads
-    from spfde.step import use_cuda_graphs
+    from spfde.training.build import resolve_device, resolve_threads
+    from spfde.training.step import use_cuda_graphs
 
     device = resolve_device(cfg.device)
     return device, use_cuda_graphs(cfg.cuda_graphs, device), resolve_threads(cfg)
@@ -145,15 +147,15 @@ def calibrate(cfg, classes: int, input_shape: tuple, depths: list[int]) -> tuple
 def measure(cfg, classes: int, input_shape: tuple, depths: list[int]) -> dict[str, float]:
     """Time the run's parts on random images of the run's shape; see the module doc."""
     from spfde.analysis import Analysis
-    from spfde.build import Runtime, build_core
-    from spfde.checkpoint import save_checkpoint
-    from spfde.cost import CostMeter
     from spfde.data import in_memory_data
     from spfde.data.sources import Arrays
-    from spfde.freeze import Freezer, scheme_options
-    from spfde.sieve import Sieve
-    from spfde.step import WARMUP_STEPS, EvalBatches, TrainStep
-    from spfde.train import evaluate, train_one_epoch
+    from spfde.rundir.checkpoint import save_checkpoint
+    from spfde.training.build import Runtime, build_core
+    from spfde.training.cost import CostMeter
+    from spfde.training.freeze import Freezer, scheme_options
+    from spfde.training.loop import evaluate, train_one_epoch
+    from spfde.training.sieve import Sieve
+    from spfde.training.step import WARMUP_STEPS, EvalBatches, TrainStep
 
     device, graphs, threads = run_device(cfg)
     torch.set_num_threads(threads)
@@ -238,7 +240,7 @@ def _sync(device: torch.device) -> None:
 
 def estimate(cfg, plan: dict, times: dict[str, float]) -> dict:
     """The run's wall-clock from calibrated times along the plan's schedule (see the module doc)."""
-    from spfde.sieve import sieve_epochs
+    from spfde.training.sieve import sieve_epochs
 
     samples = sieve_epochs(cfg, plan["train_size"])
     train = 0.0

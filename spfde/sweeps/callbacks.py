@@ -18,7 +18,7 @@ class ReportAfterSweep(Callback):
     every job failed ends with one line that counts them and says where their logs are, and exit status 2."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from spfde.report import find_runs, main
+        from spfde.results.report import find_runs, main
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir() or not find_runs([sweep_dir]):
@@ -33,8 +33,8 @@ class ReportAfterSweep(Callback):
 
 def all_failed(sweep_dir: Path) -> None:
     """Exit 2 with one line when no job of the sweep finished and some failed (each job said why in its log)."""
-    from spfde.rundir import release_run_dirs
-    from spfde.status import StatusError, sweep_status
+    from spfde.results.status import StatusError, sweep_status
+    from spfde.rundir.lifecycle import release_run_dirs
 
     release_run_dirs()  # the jobs Hydra's basic launcher ran in this process are over: they train no more
     deadline = time.monotonic() + 30

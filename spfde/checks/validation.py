@@ -136,7 +136,7 @@ def precheck_overrides(args: list[str]) -> None:
     and validates (Hydra's multi-line composition errors become one line), then `check_before_work`. With
     -m every job of the sweep is checked before the first one starts or is queued (one line per bad job).
     Other Hydra flags are left to Hydra itself."""
-    from spfde.search import asks_for_search, check_search, check_search_installed
+    from spfde.sweeps.search import asks_for_search, check_search, check_search_installed
 
     overrides = [a for a in args if not a.startswith("-")]
     check_search_installed(overrides)  # +search=... without the `search` extra: one line naming it
@@ -421,7 +421,7 @@ def check_before_work(cfg: DictConfig, data: bool = True) -> None:
     and its sparse method on the meta device (no memory, no data): no layer left without weights, every
     `sparsity.dense_layers` pattern names a layer, the freezing target can be reached."""
     from spfde.data import FOLDERS, DataError
-    from spfde.sieve import SieveError, check_sieve
+    from spfde.training.sieve import SieveError, check_sieve
 
     d = cfg.dataset
     try:
@@ -489,16 +489,16 @@ def check_model(cfg: DictConfig) -> None:
     """The model and its sparse method built on the meta device, as the run will build them: the
     method's targets (a layer left with no weights), `sparsity.dense_layers` (each pattern names a conv or
     linear layer), and with freezing the plan's solver (a target out of reach)."""
-    from spfde.build import build_core
-    from spfde.cost import epoch_batches
     from spfde.data.folders import planned_image_size
-    from spfde.freeze import FreezeError, make_freeze_plan
-    from spfde.sieve import sieve_epochs
     from spfde.sparse import SparsityError
+    from spfde.training.build import build_core
+    from spfde.training.cost import epoch_batches
+    from spfde.training.freeze import FreezeError, make_freeze_plan
+    from spfde.training.sieve import sieve_epochs
 
     d = cfg.dataset
     batches = [epoch_batches(n, cfg.batch_size) for n in sieve_epochs(cfg, d.train_size)]
-    try:  # one meta build per model and input shape in a process (spfde.build.meta_model)
+    try:  # one meta build per model and input shape in a process (spfde.training.build.meta_model)
         core = build_core(cfg, d.num_classes, d.channels, planned_image_size(d), [len(b) for b in batches],
                           device="meta")
         if cfg.freeze > 0:  # the solver needs the FLOPs of each block
@@ -522,12 +522,12 @@ def check_dense_layers(cfg: DictConfig, model) -> None:
 def validate_world(cfg: DictConfig) -> None:
     """Started as one of several ranks (torchrun, a multi-task SLURM job: read from the environment), the
     settings the ranks cannot serve, before any of them starts work."""
-    from spfde.distributed import DistributedError, World, environment
+    from spfde.training.distributed import DistributedError, World, environment
 
     found = environment()
     if found is None or found[1] <= 1:
         return
-    from spfde.train import check_world
+    from spfde.training.loop import check_world
 
     try:
         check_world(cfg, World(*found))
@@ -611,7 +611,7 @@ def validate_sieve(cfg: DictConfig) -> None:
     _check(cfg.sieve_method in ("circular", "oneshot", "random"),
            f"sieve_method must be circular, oneshot or random, got {cfg.sieve_method!r}")
     _check(0 < cfg.sieve_oneshot_at < 1, f"sieve_oneshot_at must be in (0, 1), got {cfg.sieve_oneshot_at}")
-    from spfde.sieve import SieveError, check_sieve
+    from spfde.training.sieve import SieveError, check_sieve
 
     try:
         check_sieve(cfg, cfg.dataset.train_size)

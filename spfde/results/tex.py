@@ -10,7 +10,7 @@ single seed has no ± (its std is undefined).
 
 from __future__ import annotations
 
-from spfde.report import _by, flops_scale, natural_key
+from spfde.results.report import _by, flops_scale, natural_key
 
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$",

@@ -1,4 +1,4 @@
-"""Training cost: FLOPs and memory, planned before a run (`spfde.plan`) and counted during it.
+"""Training cost: FLOPs and memory, planned before a run (`spfde.planning.plan`) and counted during it.
 
 FLOPs follow the paper's convention: 2 x multiply-accumulates of conv and linear layers (BN, ReLU and
 additions are not counted). The dense forward FLOPs of every layer come from

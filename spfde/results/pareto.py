@@ -1,5 +1,5 @@
 """The Pareto front of a report's configurations: accuracy (higher is better) against training FLOPs (lower is
-better). `pareto_front` is what the report (`pareto.csv`, `pareto.png/.pdf`) and `spfde.plan plan.results=...`
+better). `pareto_front` is what the report (`pareto.csv`, `pareto.png/.pdf`) and `spfde.planning.plan plan.results=...`
 use, so both name the same configurations.
 
 A configuration is on the front when no other configuration is at least as accurate with at most as many
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-ACC, FLOPS, N = "acc_mean", "train_flops", "seeds"  # the keys of spfde.report.group()'s groups
+ACC, FLOPS, N = "acc_mean", "train_flops", "seeds"  # the keys of spfde.results.report.group()'s groups
 
 
 def dominates(a: dict, b: dict, acc: str = ACC, flops: str = FLOPS) -> bool:
@@ -24,7 +24,7 @@ def dominates(a: dict, b: dict, acc: str = ACC, flops: str = FLOPS) -> bool:
 
 def pareto_front(groups: list[dict], acc: str = ACC, flops: str = FLOPS) -> list[dict]:
     """The groups not dominated in (mean accuracy: max, mean training FLOPs: min), cheapest first (ties: the more
-    accurate first). `groups` are dicts with at least `acc` and `flops` (spfde.report.group()'s groups:
+    accurate first). `groups` are dicts with at least `acc` and `flops` (spfde.results.report.group()'s groups:
     acc_mean, train_flops, seeds = n); the same dict objects come back, unchanged."""
     points = [g for g in groups if _number(g.get(acc)) and _number(g.get(flops))]
     front = [g for g in points if not any(dominates(o, g, acc, flops) for o in points if o is not g)]
@@ -64,7 +64,7 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
     line (the best accuracy reached with at most that many FLOPs), its points labelled x%+y%. PNG and PDF."""
     import matplotlib.pyplot as plt
 
-    from spfde.report import save_figure
+    from spfde.results.report import save_figure
 
     points = [g for g in groups if _number(g.get(ACC)) and _number(g.get(FLOPS))]
     front = pareto_front(points)
@@ -103,7 +103,7 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
 def write_pareto(groups: list[dict], out: Path, title: str = "") -> list[Path]:
     """The report's front: `pareto.csv` and `pareto.png`/`.pdf` in `out` (`title`: what the runs are); returns
     the PNG (for --wandb)."""
-    from spfde.report import write_csv
+    from spfde.results.report import write_csv
 
     write_csv(out / "pareto.csv", front_rows(groups))
     plot_front(groups, out / "pareto.png", title)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import torch
 
+from spfde.errors import SpfdeError
 
-class SieveError(ValueError):
+
+class SieveError(SpfdeError, ValueError):
     """A sieving setting that cannot work on this dataset (one line, for the user)."""
 
 

@@ -1,4 +1,4 @@
-"""The budget solver of `spfde.plan`: which layer-freezing target x and data-sieving fraction y to run.
+"""The budget solver of `spfde.planning.plan`: which layer-freezing target x and data-sieving fraction y to run.
 
 `plan.budget=F` (a fraction of the plain sparse run's training FLOPs, i.e. the same run with freeze=0 sieve=0)
 or `plan.budget_hours=H` (calibrated wall-clock): every pair (x, y) on a 0.05 grid with x, y <= 0.5 is planned
@@ -18,8 +18,8 @@ import copy
 import shlex
 
 from spfde.config import ConfigError
-from spfde.freeze import FreezeError
-from spfde.sieve import SieveError
+from spfde.training.freeze import FreezeError
+from spfde.training.sieve import SieveError
 
 STEP = 0.05
 LARGEST = 0.5
@@ -34,8 +34,8 @@ def unevenness(x: float, y: float) -> int:
 def candidates(cfg, pairs=None, calibrated: bool = False) -> tuple[list[dict], dict]:
     """Every plannable (x, y) pair of `pairs` (default: the grid) with its planned FLOPs, their fraction of the
     plain run's and, with `calibrated`, its estimated wall-clock; and the plain run's plan."""
-    from spfde.calibrate import calibrate, estimate, used_depths
-    from spfde.plan import build_plan, planned_data
+    from spfde.planning.calibrate import calibrate, estimate, used_depths
+    from spfde.planning.plan import build_plan, planned_data
 
     work = copy.deepcopy(planned_data(cfg)[0])  # one copy (an image folder counted once), set pair by pair
     convention = (cfg.cost.memory,)
@@ -89,12 +89,12 @@ def choose(rows: list[dict], cfg) -> dict:
                             "configurations all split it evenly)"}
 
 
-# keys of a dimension's options: a run with the dimension off has none of them (spfde.report.result_config)
+# keys of a dimension's options: a run with the dimension off has none of them (spfde.results.report.result_config)
 DIMENSION_OPTIONS = ("freeze_scheme.", "freeze_fraction", "sieve_update", "sieve_method", "sieve_oneshot_at")
 
 
 def differing_key(config: dict, planned: dict) -> str | None:
-    """The first key in which a run's result config (spfde.report.result_config) differs from the planned run's,
+    """The first key in which a run's result config (spfde.results.report.result_config) differs from the planned run's,
     freeze and sieve (and the options of a dimension that one of them has off) aside; None: the same run."""
     for key in sorted(set(config) | set(planned)):
         if key in ("freeze", "sieve") or (key.startswith(DIMENSION_OPTIONS) and (key not in config) != (key not in
@@ -108,10 +108,10 @@ def differing_key(config: dict, planned: dict) -> str | None:
 def measured(cfg, results: str) -> tuple[list[dict], int]:
     """The sweep's finished configurations that are this run but for freeze and sieve (every other result-changing
     key equal: an accuracy measured with another learning rate says nothing of the command printed): their (x, y),
-    mean test accuracy and seed count (spfde.report's grouping); and how many finished configurations differ."""
+    mean test accuracy and seed count (spfde.results.report's grouping); and how many finished configurations differ."""
     from pathlib import Path
 
-    from spfde.report import find_runs, group, load_run, result_config
+    from spfde.results.report import find_runs, group, load_run, result_config
 
     root = Path(results).expanduser()
     if not root.is_dir():
@@ -120,7 +120,7 @@ def measured(cfg, results: str) -> tuple[list[dict], int]:
     runs = find_runs([root])
     if not runs:
         raise ConfigError(f"plan.results={results} holds no finished run (no summary.json under it)")
-    from spfde.pareto import pareto_front
+    from spfde.results.pareto import pareto_front
 
     planned = result_config(cfg)
     rows = [load_run(r) for r in runs]
@@ -182,7 +182,7 @@ def solve(cfg, overrides: list[str]) -> dict:
 
 
 def render(answer: dict) -> str:
-    from spfde.calibrate import fmt_duration
+    from spfde.planning.calibrate import fmt_duration
 
     hours = answer["budget_hours"] is not None
     budget = (f"{answer['budget_hours']:g} h of wall-clock" if hours else
