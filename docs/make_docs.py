@@ -67,7 +67,7 @@ def copy_runs(sweep_dir: Path) -> list[str]:
 
 def report(out: Path) -> None:
     """The report of the committed runs, written into `out` (emptied first: no stale file stays)."""
-    from spfde.results.report import main
+    from spfde.report import main
 
     shutil.rmtree(out, ignore_errors=True)
     cwd = os.getcwd()

@@ -349,3 +349,12 @@ def register_resolvers() -> None:
 # Hydra reads conf/config.yaml's hydra.searchpath (${spfde_user_config:}) before anything else of the config, so
 # the resolver is there as soon as anything can name CONF_DIR: any composition, ours or another script's, finds it.
 register_resolvers()
+
+
+def is_group(key: str) -> bool:
+    """Is `key` a config group (experiment, sweep, sweep/row, ...) rather than a key of the config?"""
+    return any((d / key.replace(".", "/")).is_dir() for d in config_dirs())
+
+
+def group_options(group: str) -> list[str]:
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})

@@ -148,7 +148,7 @@ def cli() -> None:
     if hydra_only(args):
         main()  # Hydra answers (completion, help, the config) from the config alone
         return
-    from spfde.checks.validation import precheck_overrides
+    from spfde.checks.command_line import precheck_overrides
     from spfde.rundir.lifecycle import check_output_dir, check_run_files
 
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import spfde.plan
 import spfde.planning.plan
 import spfde.run
 from spfde.config import ConfigError
@@ -193,7 +194,7 @@ def run_in_process(how: str, args: list[str], tmp: Path, monkeypatch, capsys) ->
     monkeypatch.setattr(sys, "argv", [f"spfde.{how}", *args])
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
-        spfde.run.cli() if how == "run" else spfde.planning.plan.main(args)
+        spfde.run.cli() if how == "run" else spfde.plan.main(args)
     return done.value.code, capsys.readouterr().err
 
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from spfde.config import ConfigError, compose_config
-from spfde.checks.validation import group_options, precheck_overrides
+from spfde.checks.command_line import precheck_overrides
+from spfde.config import ConfigError, compose_config, group_options
 from tests.helpers import REPO, run_cli
 
 USER_CONFIG = REPO / "docs" / "config"  # holds launcher/mycluster.yaml, the README's example

@@ -41,7 +41,7 @@ def test_the_committed_report_is_what_the_report_makes_of_the_committed_runs(tmp
 def test_the_committed_runs_are_what_todays_code_configures_and_costs():
     from spfde.config import compose_config
     from spfde.planning.plan import build_plan
-    from spfde.results.report import result_config
+    from spfde.results.runs import result_config
 
     docs = make_docs()
     runs = sorted(p for p in (REPO / docs.RUNS).iterdir() if p.is_dir())

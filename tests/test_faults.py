@@ -435,7 +435,7 @@ def test_the_cpu_thread_count_is_part_of_the_fingerprint(tmp_path, monkeypatch):
 
 
 def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tmp_path, capsys):
-    from spfde.results.report import main as report
+    from spfde.report import main as report
 
     summary = run_training(tiny(), tmp_path / "run")
     good = (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -450,7 +450,7 @@ def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tm
 
 
 def test_one_damaged_summary_does_not_break_the_report(tmp_path, capsys):
-    from spfde.results.report import main as report
+    from spfde.report import main as report
 
     for seed in (0, 1, 2):
         run_training(tiny("epochs=1", f"seed={seed}"), tmp_path / f"seed{seed}")
@@ -676,7 +676,7 @@ FAULTS = [
     ("a SLURM job cancelled mid-run (status)", "test_sweeps.py::test_status_of_a_slurm_sweep_with_a_cancelled_job",
      "exact"),
     # tried as a new user and a cluster would break it, outside the lists above
-    ("spfde.results.report stopped while it writes; a later report after a run is gone", "test_faults_tools.py::test_a_"
+    ("spfde.report stopped while it writes; a later report after a run is gone", "test_faults_tools.py::test_a_"
      "report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_one_keeps_nothing_stale", "exact"),
     ("a calibration cache with negative, NaN or 1e9 s times", "test_faults_tools.py::test_a_calibration_cache_with_"
      "impossible_times_is_ignored", "exact"),
@@ -696,7 +696,7 @@ FAULTS = [
      "name_torchs_full_disk_and_survive_a_directory_turned_read_only", "exact"),
     ("calibration on a full or read-only disk", "test_faults_tools.py::test_a_calibration_that_cannot_be_saved_still_"
      "gives_its_plan", "exact"),
-    ("spfde.results.report on a full or read-only disk, or --out naming a file", "test_faults_tools.py::test_a_report_on_a_"
+    ("spfde.report on a full or read-only disk, or --out naming a file", "test_faults_tools.py::test_a_report_on_a_"
      "full_or_read_only_disk_or_into_a_file_is_one_line", "exact"),
     ("spfde.results.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
      "is_one_line", "exact"),

@@ -213,7 +213,7 @@ def test_a_refused_second_launch_leaves_the_holders_log_alone(tmp_path):
 
 
 def test_fifos_in_place_of_a_runs_files_are_one_line_never_a_hang(tmp_path):
-    from spfde.results.report import main as report_main
+    from spfde.report import main as report_main
     from spfde.results.status import sweep_status
 
     run = tmp_path / "sweep" / "job0"

@@ -14,7 +14,7 @@ from spfde.config import CONF_DIR, register_configs, register_resolvers
 from spfde.training.freeze import FreezePlan
 from spfde.training.log import RunLogger, format_epoch
 from spfde.planning.plan import build_plan
-from spfde.planning.plan import main as plan_main
+from spfde.plan import main as plan_main
 from spfde.run import adhoc_sweep_dir
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_cli
 

@@ -10,12 +10,13 @@ from omegaconf import OmegaConf
 
 import spfde.training.build
 import spfde.planning.calibrate
+import spfde.plan
 import spfde.planning.plan
-from spfde import budget
+from spfde.planning import budget
 from spfde.config import ConfigError
 from spfde.results.pareto import pareto_front
 from spfde.planning.plan import build_plan, fmt_change, plan_sweep, render, sweep_plans
-from spfde.results.report import find_runs, group, load_run
+from spfde.results.runs import find_runs, group, load_run
 from spfde.training.sieve import SieveError
 from spfde.checks.validation import compose_checked
 from tests.helpers import make_cfg, quick_overrides
@@ -115,7 +116,7 @@ def test_a_damaged_calibration_file_is_ignored_with_a_warning(tmp_path, fake_mea
 
 
 def test_json_plan_carries_the_estimate_and_its_parts(tmp_path, fake_measure, capsys):
-    spfde.planning.plan.main([*quick_overrides(), "plan.calibrate=true", "plan.format=json",
+    spfde.plan.main([*quick_overrides(), "plan.calibrate=true", "plan.format=json",
                      f"plan.calibration_file={tmp_path / 'c.json'}"])
     plan = json.loads(capsys.readouterr().out)
     t = plan["estimated_s"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from spfde.results.report import ReportError, find_runs, group, load_run, main
+from spfde.report import main
+from spfde.results.runs import ReportError, find_runs, group, load_run
 from tests.helpers import make_cfg, quick_overrides
 
 
@@ -88,7 +89,7 @@ def test_grid_figure_has_one_line_per_x_and_vector_copies(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from spfde.results.report import plot_acc_vs_flops, text_color, xy_grid
+    from spfde.results.figures import plot_acc_vs_flops, text_color, xy_grid
 
     for x in (0, 0.1):
         for y in (0, 0.2):
@@ -108,28 +109,31 @@ def test_grid_figure_has_one_line_per_x_and_vector_copies(tmp_path):
 
 
 def captured_figures(monkeypatch) -> list:
-    """Every figure spfde.results.report saves, kept open for inspection (matplotlib objects, not pixels)."""
+    """Every figure the report saves, kept open for inspection (matplotlib objects, not pixels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import spfde.results.report
+    import spfde.results.figures
+    import spfde.results.pareto
 
     figures = []
-    real = spfde.results.report.save_figure
+    real = spfde.results.figures.save_figure
 
     def keep(fig, path, dpi=150):
         real(fig, path, dpi)
         figures.append(fig)
 
-    monkeypatch.setattr(spfde.results.report, "save_figure", keep)
+    monkeypatch.setattr(spfde.results.figures, "save_figure", keep)
+    monkeypatch.setattr(spfde.results.pareto, "save_figure", keep)
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
     return figures
 
 
 def test_one_seed_has_no_std_anywhere(tmp_path, monkeypatch):
-    from spfde.results.report import plot_heatmaps, write_csv
+    from spfde.results.figures import plot_heatmaps
+    from spfde.results.runs import write_csv
 
     for x in (0, 0.1):
         for y in (0, 0.2):
@@ -142,7 +146,7 @@ def test_one_seed_has_no_std_anywhere(tmp_path, monkeypatch):
     rows = (tmp_path / "summary.csv").read_text().splitlines()
     column = rows[0].split(",").index("acc_std")
     assert [r.split(",")[column] for r in rows[1:]].count("") == 3
-    from spfde.results.report import markdown
+    from spfde.results.runs import markdown
 
     table = markdown(groups)
     assert "±0.00" not in table.replace(" ", "") and table.count("±") == 2  # the two-seed cell, in both tables
@@ -158,7 +162,7 @@ def test_one_seed_has_no_std_anywhere(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_legends_are_in_numeric_order_and_name_every_varying_key(tmp_path, monkeypatch):
-    from spfde.results.report import plot_acc_vs_flops
+    from spfde.results.figures import plot_acc_vs_flops
 
     for x in (0, 0.1, 0.15, 0.2):
         for y in (0, 0.2):
@@ -180,7 +184,7 @@ def test_legends_are_in_numeric_order_and_name_every_varying_key(tmp_path, monke
 
 
 def test_log_flops_axis_labels_do_not_overlap(tmp_path, monkeypatch):
-    from spfde.results.report import plot_acc_vs_flops
+    from spfde.results.figures import plot_acc_vs_flops
 
     for i, flops in enumerate((1.3e10, 2.2e10, 4.7e10, 9e10, 2.1e11)):
         fake_run(tmp_path / "runs", f"r{i}", [f"sparsity.ratio=0.{5 + i}"], flops=flops)
@@ -201,7 +205,7 @@ def test_timeline_has_accuracy_and_separate_axes_in_png_and_pdf(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from spfde.results.report import plot_timeline
+    from spfde.results.figures import plot_timeline
 
     run = fake_run(tmp_path, "run", ["freeze=0.1", "sieve=0.2"], epochs=4)
     labels = plot_timeline(run, tmp_path / "timeline.png")
@@ -281,7 +285,7 @@ def test_tables_tex_in_the_paper_layout_for_table2_and_table3(tmp_path):
 def test_index_html_shows_every_table_and_figure_and_the_notes(tmp_path):
     from html.parser import HTMLParser
 
-    from spfde.results.report import main
+    from spfde.report import main
 
     root = tmp_path / "my_sweep"
     for x in (0, 0.1):

@@ -81,7 +81,7 @@ def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
     precheck_overrides(["-m", *quick_overrides(), *BOX])
     with pytest.raises(ConfigError, match=r"freeze=interval\(0.0,0.5\) at freeze=0.5: freeze=0.5 cannot be reached"):
         precheck_overrides(["-m", *quick_overrides(), "+search=pareto", "freeze=interval(0.0,0.5)"])
-    monkeypatch.setattr("spfde.sweeps.search.installed", lambda: False)
+    monkeypatch.setattr("spfde.checks.search.installed", lambda: False)
     with pytest.raises(ConfigError, match=r"^\+search=pareto needs Optuna, which is not installed: pip install 'spfde"):
         precheck_overrides(["-m", *quick_overrides(), *BOX])
 
@@ -89,7 +89,7 @@ def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
 @needs_search
 @pytest.mark.slow
 def test_plan_of_a_search_prints_its_trials_and_flops_range(capsys):
-    from spfde.planning.plan import main
+    from spfde.plan import main
 
     main(["-m", *quick_overrides(), *BOX, "hydra.sweeper.n_trials=6"])
     out = capsys.readouterr().out
@@ -235,7 +235,7 @@ def test_a_budget_trains_no_point_over_it_and_journal_storage_holds_the_study(tm
 @needs_search
 @pytest.mark.slow
 def test_the_plan_of_a_search_under_a_budget_shows_its_feasible_part(capsys):
-    from spfde.planning.plan import main
+    from spfde.plan import main
 
     main(["-m", *quick_overrides(), *BOX, "search.budget=0.8"])
     out = capsys.readouterr().out

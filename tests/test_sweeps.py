@@ -341,7 +341,7 @@ def fake_row(method: str, freeze: float, sieve: float, seed: int, acc: float, fl
 
 
 def test_report_labels_the_mest_rows_and_lays_out_spfde_on_other_methods():
-    from spfde.results.report import group, markdown
+    from spfde.results.runs import group, markdown
 
     rows = [fake_row(m, x, x, seed, 0.7 - x / 10 + seed / 1000, 1.5e15 * (1 - 1.5 * x))
             for m in ("rigl", "set", "mest") for x in (0.0, 0.2) for seed in (0, 1, 2)]

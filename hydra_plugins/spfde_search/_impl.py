@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from spfde.checks.search import Axis, check_sweeper_settings, params_of, search_space
 from spfde.config import ConfigError
-from spfde.sweeps.search import Axis, Budget, check_sweeper_settings, params_of, search_space
+from spfde.sweeps.search import Budget
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs what it does itself

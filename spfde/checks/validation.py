@@ -1,6 +1,6 @@
 """Checks of a composed config: `validate` turns every bad value into one clear line (ConfigError)
-before any work starts; `precheck_overrides` checks a command line (or every job of a sweep) before
-Hydra creates a run directory; `check_before_work` runs the checks that need sizes or file listings."""
+before any work starts; `check_before_work` runs the checks that need sizes or file listings; the
+overrides of a command line parse, compose and expand into a sweep's jobs here too."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spfde.config import USER_CONFIG_ENV, ConfigError, compose_config, config_dirs, user_config_dir
+from spfde.config import (
+    USER_CONFIG_ENV,
+    ConfigError,
+    compose_config,
+    group_options,
+    is_group,
+    user_config_dir,
+)
 
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 10}  # fixed by the data (folders are counted, fake any)
@@ -130,50 +137,6 @@ def check_finite_numbers(node, prefix: str = "") -> None:
             _check(math.isfinite(value), f"{prefix}{key} must be a finite number, got {value}")
 
 
-def precheck_overrides(args: list[str]) -> None:
-    """Check a command line of `spfde.run` before Hydra starts (and creates a run directory): every
-    override parses, an explicit hydra.run.dir / hydra.sweep.dir can be a directory, the config composes
-    and validates (Hydra's multi-line composition errors become one line), then `check_before_work`. With
-    -m every job of the sweep is checked before the first one starts or is queued (one line per bad job).
-    Other Hydra flags are left to Hydra itself."""
-    from spfde.sweeps.search import asks_for_search, check_search, check_search_installed
-
-    overrides = [a for a in args if not a.startswith("-")]
-    check_search_installed(overrides)  # +search=... without the `search` extra: one line naming it
-    search = asks_for_search(overrides)
-    check_output_dirs(parse_overrides(overrides))
-    check_booleans([a for a in overrides if not is_hydra(a)])  # a sweep's values too, in one line
-    check_user_config_dir()
-    flags = [a for a in args if a.startswith("-")]
-    settings = [a for a in overrides if is_hydra(a)]
-    # a hydra.searchpath given here decides which config files exist: the checks compose with it, as Hydra will
-    overrides = [a for a in overrides if not is_hydra(a) or is_searchpath(a)]
-    if not flags:
-        _check(search is None, f"{search} is a search: add -m (it launches one run per trial; without -m one plain run "
-                               "would train and the search would not happen)")
-        check_before_work(compose_checked(overrides))
-    elif set(flags) <= {"-m", "--multirun"}:
-        if search:  # the search's own settings and box first: their line says what is wrong with them
-            parsed = parse_overrides([a for a in overrides if not is_hydra(a)])
-            check_search([*(o.input_line for o in parsed if not o.is_sweep_override()), *settings],
-                         [o.input_line for o in parsed if o.is_sweep_override()])
-        jobs, drawn = checked_sweep(overrides)
-        if drawn:
-            check_sweeper_draws(drawn[0], [*jobs[0][0], *settings])
-
-
-def check_sweeper_draws(drawn: str, job: list[str]) -> None:
-    """interval() values are drawn by a sweeper such as Optuna's; Hydra's basic sweeper refuses them."""
-    from hydra.errors import HydraException
-
-    try:
-        sweeper = str(compose_config(job, with_hydra=True).hydra.sweeper.get("_target_", ""))
-    except HydraException:  # e.g. a sweeper plugin that is not installed: Hydra says so itself
-        return
-    _check("BasicSweeper" not in sweeper, f"{drawn} needs a sweeper that draws values (such as Optuna's, "
-           "hydra/sweeper=optuna); Hydra's basic sweeper, used here, takes lists: a=1,2, choice(), range(), glob()")
-
-
 def is_hydra(arg: str) -> bool:
     """Hydra's own settings (hydra.run.dir=..., hydra/launcher=...): not part of the run's config."""
     return arg.lstrip("+~").startswith("hydra")
@@ -188,11 +151,6 @@ def check_user_config_dir() -> None:
     user = user_config_dir()
     _check(user is None or user.is_dir(), f"{USER_CONFIG_ENV}={user} is not a directory: create it (with your "
                                           f"configs in conf/'s layout, e.g. launcher/mycluster.yaml) or unset it")
-
-
-def is_group(key: str) -> bool:
-    """Is `key` a config group (experiment, sweep, sweep/row, ...) rather than a key of the config?"""
-    return any((d / key.replace(".", "/")).is_dir() for d in config_dirs())
 
 
 def parse_overrides(overrides: list[str]) -> list:
@@ -321,10 +279,6 @@ def similar_key(key: str) -> str:
         return ""
     close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
     return f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-
-
-def group_options(group: str) -> list[str]:
-    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
 
 
 def sweep_jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:
@@ -522,13 +476,11 @@ def check_dense_layers(cfg: DictConfig, model) -> None:
 def validate_world(cfg: DictConfig) -> None:
     """Started as one of several ranks (torchrun, a multi-task SLURM job: read from the environment), the
     settings the ranks cannot serve, before any of them starts work."""
-    from spfde.training.distributed import DistributedError, World, environment
+    from spfde.training.distributed import DistributedError, World, check_world, environment
 
     found = environment()
     if found is None or found[1] <= 1:
         return
-    from spfde.training.loop import check_world
-
     try:
         check_world(cfg, World(*found))
     except DistributedError as e:

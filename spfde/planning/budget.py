@@ -111,7 +111,7 @@ def measured(cfg, results: str) -> tuple[list[dict], int]:
     mean test accuracy and seed count (spfde.results.report's grouping); and how many finished configurations differ."""
     from pathlib import Path
 
-    from spfde.results.report import find_runs, group, load_run, result_config
+    from spfde.results.runs import find_runs, group, load_run, result_config
 
     root = Path(results).expanduser()
     if not root.is_dir():

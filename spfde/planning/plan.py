@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import sys
 
 from omegaconf import OmegaConf
 
-from spfde.checks.validation import check_before_work, compose_checked, is_hydra
+from spfde.checks.validation import compose_checked
 from spfde.config import ConfigError
 from spfde.planning.calibrate import fmt_duration
-from spfde.rundir.checkpoint import RunDirError
 from spfde.sparse import SparsityError, target_sparsity
 from spfde.training.build import build_core, meta_model
 from spfde.training.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table
@@ -294,8 +291,8 @@ def sweep_configs(overrides: list[str]) -> list[tuple[list[str], object]]:
     A job whose values do not apply that way is composed by `compose_checked` itself (its error, word for
     word). The seeds of one configuration share its config object (that of its first seed: plans do not depend
     on the seed). The data, model and freeze checks are the plan's own (build_plan)."""
-    from spfde.checks.validation import is_group, parse_overrides, sweep_jobs, validate
-    from spfde.config import compose_config
+    from spfde.checks.validation import parse_overrides, sweep_jobs, validate
+    from spfde.config import compose_config, is_group
 
     jobs, standins = sweep_jobs(overrides)
     if standins:

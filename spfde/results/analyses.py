@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 from spfde.analysis import series
 from spfde.errors import SpfdeError
+from spfde.results.figures import PALETTE, epoch_axis, save_figure
 
 
 class AnalysisError(SpfdeError, ValueError):
@@ -77,8 +77,6 @@ def plot_structural_similarity(d: dict, label: str, path: Path):
     legend) per epoch. Returns the figure's axes (closed)."""
     import matplotlib.pyplot as plt
 
-    from spfde.results.report import epoch_axis, save_figure
-
     names = list(d["structural_similarity"])
     shown = shown_layers(names)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -101,8 +99,6 @@ def plot_cka(data: list[tuple[str, dict]], block_index: int, path: Path):
     """Fig. 1b: CKA of one block with the final model per epoch, one line per run ((label, series) pairs)."""
     import matplotlib.pyplot as plt
 
-    from spfde.results.report import PALETTE, epoch_axis, save_figure
-
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (label, d) in enumerate(data):
         block = list(d["cka"])[block_index]
@@ -121,8 +117,6 @@ def plot_grad_norms(epochs: list[int], norms: dict[str, list[float]], label: str
     """Fig. 3b: each layer's gradient norm per epoch and its change between epochs (all layers, or MAX_LAYERS
     evenly spread); a panel with nothing to draw says why. Returns the two axes (closed)."""
     import matplotlib.pyplot as plt
-
-    from spfde.results.report import epoch_axis, save_figure
 
     names = list(norms)
     shown = shown_layers(names)

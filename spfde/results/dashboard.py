@@ -45,7 +45,7 @@ def sweep_values(overrides: list[str]) -> dict[str, list[str]]:
     """The config keys a list of Hydra overrides sweeps over, with their values (`key=a,b` or `choice(a,b)`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from spfde.checks.validation import is_group
+    from spfde.config import is_group
 
     out = {}
     for o in OverridesParser.create().parse_overrides(overrides):
@@ -105,7 +105,7 @@ def sweep_info(target: str) -> dict:
 
 
 def sweep_names() -> list[str]:
-    from spfde.checks.validation import group_options
+    from spfde.config import group_options
 
     return group_options("sweep")  # the project's presets and those of the user's config directory
 

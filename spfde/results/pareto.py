@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from spfde.results.figures import save_figure
+from spfde.results.runs import write_csv
+
 ACC, FLOPS, N = "acc_mean", "train_flops", "seeds"  # the keys of spfde.results.report.group()'s groups
 
 
@@ -64,8 +67,6 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
     line (the best accuracy reached with at most that many FLOPs), its points labelled x%+y%. PNG and PDF."""
     import matplotlib.pyplot as plt
 
-    from spfde.results.report import save_figure
-
     points = [g for g in groups if _number(g.get(ACC)) and _number(g.get(FLOPS))]
     front = pareto_front(points)
     shown = varying(points)
@@ -103,8 +104,6 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
 def write_pareto(groups: list[dict], out: Path, title: str = "") -> list[Path]:
     """The report's front: `pareto.csv` and `pareto.png`/`.pdf` in `out` (`title`: what the runs are); returns
     the PNG (for --wandb)."""
-    from spfde.results.report import write_csv
-
     write_csv(out / "pareto.csv", front_rows(groups))
     plot_front(groups, out / "pareto.png", title)
     return [out / "pareto.png"]

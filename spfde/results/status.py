@@ -23,15 +23,14 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from spfde.errors import SpfdeError
-from spfde.results.report import find_runs, find_unfinished, read_metrics
+from spfde.results.runs import find_runs, find_unfinished, read_metrics
 from spfde.rundir.checkpoint import CHECKPOINT, SUMMARY, not_regular, read_summary
 from spfde.rundir.lifecycle import LOCK, RUN_FILES
-from spfde.training.log import _duration as duration
+from spfde.units import clock as duration
 
 RUN_LOG = "run.log"  # Hydra's job log (<job name>.log; the job is `run`)
 STARTING_S = 60  # a run directory without lock, epoch or error written to this recently is still starting

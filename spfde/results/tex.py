@@ -10,7 +10,7 @@ single seed has no ± (its std is undefined).
 
 from __future__ import annotations
 
-from spfde.results.report import _by, flops_scale, natural_key
+from spfde.results.runs import by_keys, flops_scale, natural_key
 
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$",
@@ -65,7 +65,7 @@ def ratio_columns(groups: list[dict], experiment: str) -> list[str]:
     """Table 2's layout, one table per model and dataset: method rows, per ratio the training FLOPs and the
     accuracy."""
     tables = []
-    for (dataset, model), members in _by(groups, ("dataset", "model")).items():
+    for (dataset, model), members in by_keys(groups, ("dataset", "model")).items():
         ratios = sorted({g["ratio"] for g in members if g["ratio"] is not None})
         scale, unit = flops_scale([g["train_flops"] for g in members])
         seeds, per_cell = n_caption(members)
@@ -73,7 +73,7 @@ def ratio_columns(groups: list[dict], experiment: str) -> list[str]:
                 " ".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(ratios))),
                 " & " + " & ".join(["FLOPs & Acc. (\\%)"] * len(ratios)) + r" \\"]
         rows = []
-        for (name,), rs in sorted(_by(members, ("label",)).items(), key=lambda item: natural_key(item[0][0])):
+        for (name,), rs in sorted(by_keys(members, ("label",)).items(), key=lambda item: natural_key(item[0][0])):
             cells = []
             for r in ratios:
                 match = [g for g in rs if g["ratio"] == r]
@@ -90,14 +90,14 @@ def method_rows(groups: list[dict], experiment: str) -> list[str]:
     """Table 3's layout, one table per model and dataset: dense first, then a section per sparsity ratio; method
     rows with training FLOPs, inference FLOPs and top-1 accuracy."""
     tables = []
-    for (dataset, model), members in _by(groups, ("dataset", "model")).items():
+    for (dataset, model), members in by_keys(groups, ("dataset", "model")).items():
         train_scale, train_unit = flops_scale([g["train_flops"] for g in members])
         infer_scale, infer_unit = flops_scale([g["inference_flops"] for g in members])
         seeds, per_cell = n_caption(members)
         head = [rf"Method & Training FLOPs ({exponent(train_unit)}) & Inference FLOPs ({exponent(infer_unit)}) & "
                 r"Top-1 acc. (\%) \\"]
         rows = []
-        for (ratio,), rs in sorted(_by(members, ("ratio",)).items(), key=lambda item: item[0][0] or 0):
+        for (ratio,), rs in sorted(by_keys(members, ("ratio",)).items(), key=lambda item: item[0][0] or 0):
             if ratio:
                 heading = rf"\multicolumn{{4}}{{c}}{{Sparsity ratio {100 * ratio:g}\%}} \\"
                 rows += ([r"\midrule"] if rows else []) + [heading, r"\midrule"]

@@ -237,15 +237,14 @@ def _flatten(node, prefix: str, out: dict, skip: set) -> None:
             out[name] = value
 
 
-def config_fingerprint(cfg) -> dict:
-    """The result-changing settings, flat (key -> value), plus the data's identity (its root folder)."""
+def config_fingerprint(cfg, uses_ratio: bool = True) -> dict:
+    """The result-changing settings, flat (key -> value), plus the data's identity (its root folder). A method
+    that does not use sparsity.ratio (dense: `uses_ratio` of its class) leaves it out."""
     out: dict = {}
     # options of the other sparse methods do not change this run
     others = {f"sparsity.{k}" for k, v in cfg.sparsity.items() if isinstance(v, DictConfig) and k != cfg.sparsity.name}
-    from spfde.sparse import METHODS
-
-    if not METHODS[cfg.sparsity.name].uses_ratio:
-        others.add("sparsity.ratio")  # e.g. dense ignores it
+    if not uses_ratio:
+        others.add("sparsity.ratio")
     _flatten(cfg, "", out, set(NOT_RESULT_KEYS) | others)
     if cfg.dataset.name in ROOTED_DATASETS and cfg.dataset.root:
         out["dataset.root"] = str(Path(cfg.dataset.root).expanduser().absolute())

@@ -9,6 +9,12 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from spfde.errors import SpfdeError
+from spfde.results.report import main as write_report
+from spfde.results.runs import find_runs
+from spfde.results.status import StatusError, sweep_status
+from spfde.rundir.lifecycle import release_run_dirs
+
 log = logging.getLogger("spfde")
 
 
@@ -18,24 +24,19 @@ class ReportAfterSweep(Callback):
     every job failed ends with one line that counts them and says where their logs are, and exit status 2."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from spfde.results.report import find_runs, main
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir() or not find_runs([sweep_dir]):
             log.info(f"no finished runs in {sweep_dir}: no report")
             all_failed(sweep_dir)
             return
         try:
-            main([str(sweep_dir), "--no-timelines"])
-        except SystemExit as e:  # the report said why on stderr; the sweep itself succeeded
-            log.warning(f"the sweep's report failed (exit {e.code}); rerun `python -m spfde.report {sweep_dir}`")
+            write_report([str(sweep_dir), "--no-timelines"])
+        except SpfdeError as e:  # the sweep itself succeeded
+            log.warning(f"the sweep's report failed ({e}); rerun `python -m spfde.report {sweep_dir}`")
 
 
 def all_failed(sweep_dir: Path) -> None:
     """Exit 2 with one line when no job of the sweep finished and some failed (each job said why in its log)."""
-    from spfde.results.status import StatusError, sweep_status
-    from spfde.rundir.lifecycle import release_run_dirs
-
     release_run_dirs()  # the jobs Hydra's basic launcher ran in this process are over: they train no more
     deadline = time.monotonic() + 30
     while True:  # every job has returned; a job's process may still be exiting (it holds its run's lock till then)

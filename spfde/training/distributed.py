@@ -180,3 +180,19 @@ def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_world(cfg, world: World) -> None:
+    """Settings a multi-rank run cannot serve, as one line each, before any work."""
+    if not world.enabled:
+        return
+    if cfg.batch_size % world.size:
+        raise DistributedError(f"batch_size={cfg.batch_size} is the global batch and must divide among the "
+                               f"{world.size} ranks; use a multiple of {world.size}")
+    if cfg.cuda_graphs == "on":
+        raise DistributedError("cuda_graphs=on: CUDA graphs are not used with several ranks yet (the gradient "
+                               "all-reduce runs between the captured parts); use cuda_graphs=auto")
+    if cfg.distributed.sync_bn and not (cfg.device.startswith("cuda") or
+                                        (cfg.device == "auto" and torch.cuda.is_available())):
+        raise DistributedError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm)")
+

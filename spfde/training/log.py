@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from spfde.rundir.checkpoint import CHECKPOINT, SUMMARY, write_metrics
+from spfde.units import clock
 
 log = logging.getLogger("spfde")
 
@@ -176,12 +177,6 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 def format_epoch(r: dict, total_epochs: int, blocks: int | None = None, dataset_size: int | None = None) -> str:
     """One console line per epoch; it ends with an ETA so that logs without a progress bar (SLURM) show it."""
     frozen = f" | frozen {r.get('freeze/frozen_blocks', 0)}/{blocks} blocks" if blocks else ""
@@ -191,4 +186,4 @@ def format_epoch(r: dict, total_epochs: int, blocks: int | None = None, dataset_
     return (f"epoch {r['epoch']}/{total_epochs}  train loss {_fmt(r['train/loss'])} acc {_fmt(r['train/acc'])}"
             f" | test loss {_fmt(r['test/loss'])} acc {_fmt(r['test/acc'])} (best {_fmt(r['test/best_acc'])})"
             f" | sparsity {r['sparsity/overall']:.3f}{frozen}{data} | {r['flops/epoch']:.3g} FLOPs | lr {r['lr']:.4g}"
-            f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s | ETA {_duration(eta)}")
+            f" | {r['time/epoch_s']:.1f} s, {r['time/samples_per_s']:.0f} img/s | ETA {clock(eta)}")

@@ -36,9 +36,9 @@ from spfde.rundir.lifecycle import (
     start_fresh,
     stops_deferred,
 )
-from spfde.sparse import target_sparsity
+from spfde.sparse import METHODS, target_sparsity
 from spfde.training.build import Runtime, build_run
-from spfde.training.distributed import DistributedError, World, setup_world
+from spfde.training.distributed import World, check_world, setup_world
 from spfde.training.log import RunLogger, new_run_id
 from spfde.training.rounds import drives_rounds, run_rounds
 from spfde.training.step import EvalBatches, TrainStep, graphs_status, use_cuda_graphs
@@ -106,7 +106,7 @@ def train(cfg) -> dict:
     # the checkpoint first: a damaged or foreign one, or one made with other settings, stops here
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    fingerprint = config_fingerprint(cfg)
+    fingerprint = config_fingerprint(cfg, METHODS[cfg.sparsity.name].uses_ratio)
     check_fingerprint(ckpt and ckpt.get("fingerprint"), fingerprint, run_dir)
     done = finished_summary(run_dir)
     if done is not None and not fresh:
@@ -256,19 +256,3 @@ def train(cfg) -> dict:
         restore_signals(stop_handlers)
         logger.finish(summary)
     return summary
-
-
-def check_world(cfg, world: World) -> None:
-    """Settings a multi-rank run cannot serve, as one line each, before any work."""
-    if not world.enabled:
-        return
-    if cfg.batch_size % world.size:
-        raise DistributedError(f"batch_size={cfg.batch_size} is the global batch and must divide among the "
-                               f"{world.size} ranks; use a multiple of {world.size}")
-    if cfg.cuda_graphs == "on":
-        raise DistributedError("cuda_graphs=on: CUDA graphs are not used with several ranks yet (the gradient "
-                               "all-reduce runs between the captured parts); use cuda_graphs=auto")
-    if cfg.distributed.sync_bn and not (cfg.device.startswith("cuda") or
-                                        (cfg.device == "auto" and torch.cuda.is_available())):
-        raise DistributedError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm)")
-
