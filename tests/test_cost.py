@@ -7,12 +7,12 @@ import json
 import pytest
 from torch import nn
 
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
-from spfde.training.cost import CostModel, MemoryModel, measure_activations, memory_model
 from spfde.models import build_model
 from spfde.models.base import BlockNet
 from spfde.planning.plan import build_plan
-from spfde.checks.validation import precheck_overrides
+from spfde.training.cost import CostModel, MemoryModel, measure_activations, memory_model
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_cli, run_training
 
 
@@ -122,9 +122,9 @@ def test_paper_memory_keeps_every_layer_output_and_gradients_of_trainable_layers
 
 
 def test_fig4_memory_reductions_match_the_paper_with_its_convention():
-    """`spfde.bench.benchmarks memory`, paper convention: SpFDE (x = 0.2) against the plain-DST minimum at 90/95/98%
+    """`python -m spfde.bench memory`, paper convention: SpFDE (x = 0.2) against the plain-DST minimum at 90/95/98%
     is within 2 points of Fig. 4 (average 20-25.3%, minimum 42.2-43.9%)."""
-    from spfde.bench.benchmarks import fig4_plans, fig4_reductions
+    from spfde.bench.memory import fig4_plans, fig4_reductions
 
     for ratio, plan in fig4_plans().items():
         assert plan["memory_convention"] == "paper" and plan["memory_min_bytes"] == \
@@ -169,8 +169,8 @@ def test_plan_cli_prints_table_and_json(tmp_path):
 
 
 def table2_row_flops(row: str, *extra: str) -> float:
-    from spfde.config import compose_config
     from spfde.checks.validation import validate
+    from spfde.config import compose_config
 
     cfg = compose_config(["+sweep=table2", f"+sweep/row={row}", *extra])
     validate(cfg)

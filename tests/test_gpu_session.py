@@ -49,8 +49,8 @@ def test_logger_wandb_without_wandb_is_one_line_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
-    """Every step of the session at its CPU sizes: pytest tests/test_gpu.py (skips here), `spfde.bench.benchmarks gpu`,
-    `spfde.bench.benchmarks data`, torchrun with one process vs a plain `spfde.run ... logger=none`, then the summary."""
+    """Every step of the session at its CPU sizes: pytest tests/test_gpu.py (skips here), `python -m spfde.bench gpu`,
+    `python -m spfde.bench data`, torchrun with one process vs a plain `spfde.run ... logger=none`, then the summary."""
     out = tmp_path / "out"
     env = {**gpu_machine_env(tmp_path), "REHEARSAL": "1", "OUT": str(out), "PY": sys.executable}
     proc = subprocess.run(["bash", "tests/gpu/session.sh"], cwd=REPO, env=env, capture_output=True, text=True,

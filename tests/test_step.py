@@ -1,4 +1,4 @@
-"""The training step (spfde/step.py) on the CPU: the `plain_step` contract that lets CUDA graphs skip a
+"""The training step (spfde/training/step.py) on the CPU: the `plain_step` contract that lets CUDA graphs skip a
 method's hooks, and the graph path's plumbing (static buffers, device-side learning rates, cost order)
 with capture replaced by direct calls. Real capture is tested in test_gpu.py."""
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import spfde.training.step
 import spfde.training.loop
+import spfde.training.step
 from spfde.models import build_model
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
 from tests.test_sparse import ALL, SMALL_INTERVALS, make_method, random_batches
@@ -59,7 +59,7 @@ def test_a_plain_step_only_masks_gradients_and_weights(name):
 
 
 class CpuGraphs(spfde.training.step.Graphs):
-    """spfde.training.step.Graphs with its CUDA calls replaced, so its logic runs on the CPU: a warm-up call runs the step,
+    """step.Graphs with its CUDA calls replaced, so its logic runs on the CPU: a warm-up call runs the step,
     a "capture" records it without running it, a replay runs it; every call's key is kept in `keys`.
     `fail` = {key: "capture" | "replay"} makes that key's capture or first replay raise *after* running the
     step, the worst case: state changed that the fallback must restore."""
@@ -221,7 +221,7 @@ def test_cuda_graphs_setting_is_validated():
 
 @pytest.mark.slow
 def test_the_gpu_benchmark_rehearses_on_the_cpu(capsys):
-    from spfde.bench.benchmarks import main
+    from spfde.bench.__main__ import main
 
     main(["gpu", "--batch-sizes", "16", "--train-size", "64", "--steps", "2", "device=cpu", "model.width=1",
           "model.depth=8", "dataset.test_size=32", "--run-size", "256", "--run-epochs", "4"])

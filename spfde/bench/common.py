@@ -1,0 +1,193 @@
+"""What several benchmarks share: one training run from overrides (`run_once`) and a mean ± std cell; for the gpu
+and data benchmarks, the `Report` (lines printed as they come, named values rewritten to `--json` after each one,
+a failed measurement reported and skipped) and their two measurements: the bare model's training img/s on a random
+batch (`bare_model_img_s`, the anchor of their ratios) and the harness's own epoch loop at a fixed frozen prefix
+(`harness_epochs`: img/s, evaluation time and training memory against the plan's)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import open_dict
+
+from spfde.checks.validation import validate
+from spfde.config import compose_config
+from spfde.models import build_model
+from spfde.rundir.checkpoint import METRICS, write_json
+from spfde.training.build import Runtime, build_optimizer, build_run, resolve_device
+from spfde.training.cost import MemoryModel
+from spfde.training.freeze import candidate_blocks
+from spfde.training.loop import evaluate, train, train_one_epoch
+from spfde.training.step import EvalBatches, TrainStep, use_cuda_graphs
+
+
+def run_once(overrides: list[str], run_dir: Path) -> tuple[dict, list[dict]]:
+    """Train one run; its per-epoch records (for LTH: those of every round, in order)."""
+    cfg = compose_config(["logger=none", "progress=false", *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    validate(cfg)
+    summary = train(cfg)
+    records = [json.loads(line) for path in sorted(run_dir.rglob(METRICS)) for line in path.read_text().splitlines()]
+    return summary, records
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+class NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+class Report:
+    """What one benchmark measured: lines printed as they come and named values, rewritten to a JSON file
+    (`--json`) after each one so that a run cut off by a timeout still leaves what it had measured. A
+    measurement that raises is reported as not measured and the others go on: a short GPU window must
+    not be lost to its first error."""
+
+    def __init__(self, json_path: str | None = None):
+        self.lines: list[str] = []
+        self.values: dict = {}
+        self.failures = 0
+        self.json_path = Path(json_path) if json_path else None
+
+    def emit(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def record(self, **values) -> None:
+        self.values.update(values)
+        if self.json_path is not None:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.json_path, self.values)
+
+    def attempt(self, what: str, fn, *args):
+        """fn(*args), or None (with the traceback on stderr and one line in the report) if it raises."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            traceback.print_exc()
+            self.failures += 1
+            reason = (str(e).splitlines() or [""])[0][:200]
+            self.emit(f"| {what} | not measured: {type(e).__name__}: {reason} |")
+            return None
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def times(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
+    """The anchor: the project's model trained by a minimal loop on one random batch already on the device
+    (fused SGD, bf16 autocast and channels_last on CUDA), eager or as one captured CUDA graph."""
+    device = resolve_device(cfg.device)
+    d = cfg.dataset
+    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
+    model = build_model(cfg.model, d.num_classes, d.channels).to(device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    x, y = rt.batch(torch.randn(batch_size, d.channels, d.image_size, d.image_size),
+                    torch.randint(0, d.num_classes, (batch_size,)))
+
+    def step():
+        with rt.autocast(cache=not graphed):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    run = step
+    if graphed:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+    for _ in range(3):
+        run()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool = False) -> dict:
+    """The harness's own loop (spfde.training.loop.train_one_epoch with spfde.training.step.TrainStep) for two
+    epochs at a fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed.
+    Measures training memory against the plan's and, with timed_eval, times an evaluation of the test set."""
+    cfg = compose_config(["logger=none", "progress=false", *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = tempfile.mkdtemp(prefix="spfde-bench-")
+    validate(cfg)
+    run = build_run(cfg, Path(cfg.run_dir))
+    device, model, optimizer = run.device, run.model, run.optimizer
+    run.method.initialize(iter(run.data.train))
+    candidates = candidate_blocks(model, cfg.freeze_fraction)
+    k = {"half": candidates // 2, "all": candidates}.get(frozen, frozen)
+    if k:
+        run.freezer.set_frozen(range(k), True, optimizer)
+        run.freezer.frozen = k
+    run.meter.begin_epoch(0, k)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, device)
+    step = TrainStep(model, optimizer, run.method, run.freezer, run.sieve, run.analysis, run.meter, run.rt,
+                     cfg.optim.label_smoothing, cfg.batch_size, graphs)
+    train_one_epoch(step, run.data.train, run.freezer, 0, run.rt, NoBar())  # warm-up and capture
+    optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    start = time.perf_counter()
+    stats = train_one_epoch(step, run.data.train, run.freezer, 1, run.rt, NoBar())
+    sync(device)
+    train_s = time.perf_counter() - start
+    peak = step.peak_memory()
+    eval_s, capture_s = None, step.capture_s
+    if timed_eval:
+        top5 = run.data.num_classes > 5
+        eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
+        evaluate(model, run.data.test, run.rt, top5, eval_batches)  # warm-up and capture
+        sync(device)
+        start = time.perf_counter()
+        evaluate(model, run.data.test, run.rt, top5, eval_batches)
+        sync(device)
+        eval_s = time.perf_counter() - start
+        capture_s += eval_batches.capture_s
+    input_shape = (run.data.channels, run.data.image_size, run.data.image_size)
+    plan = MemoryModel(model, input_shape, cfg.batch_size,
+                       torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.method.masks.densities(), k)
+    return {"img_s": stats["samples"] / train_s, "samples": stats["samples"], "train_s": train_s, "eval_s": eval_s,
+            "test_size": run.data.test.num_samples, "frozen": k, "candidates": candidates,
+            "measured_above_baseline": None if peak is None else peak - baseline, "measured_peak": peak,
+            "plan_total": plan["total"], "plan_non_weights": plan["total"] - plan["weights"],
+            "capture_s": capture_s, "graphs": graphs}

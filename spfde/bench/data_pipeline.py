@@ -1,0 +1,111 @@
+"""`python -m spfde.bench data`: the input pipeline of image folders. Writes an ImageNet-like JPEG folder (N train +
+N/10 val images of ~400x350 px in 10 classes, cached in outputs/bench-data/) unless dataset.root is given, then, in
+one process, prints a table of the bare model's img/s on a random batch already on the device and the harness's
+training img/s with each folder loader this device has (pil; gpu and dali on CUDA) as ratios to it, then the epoch
+time with 0 and with all candidate blocks frozen for the fastest loader. Default ResNet-50 at 224, batch 256; CPU
+rehearsal: `data --generate 64 --batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8
+dataset.image_size=32 dataset.workers=2 device=cpu`. `--json PATH` also writes the values and ratios, rewritten
+after each measurement (the GPU session's summary reads them); a measurement that fails is reported as not measured
+and the others still run (`python -m spfde.bench` then exits with status 1)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import open_dict
+from PIL import Image
+
+from spfde.bench.common import Report, bare_model_img_s, harness_epochs, ratio, times
+from spfde.checks.validation import validate
+from spfde.config import compose_config
+from spfde.data.folders import dali_installed, planned_image_size
+from spfde.training.build import resolve_device
+
+
+def write_image(job: tuple[Path, int, int]) -> None:
+    """One ~400x350 JPEG of smooth random content (upsampled noise plus fine noise, so files have realistic
+    sizes), from its own seed: the folder is the same whatever the number of processes writing it."""
+    path, seed, index = job
+    rng = np.random.default_rng([seed, index])
+    h, w = 350 + int(rng.integers(-30, 31)), 400 + int(rng.integers(-40, 41))
+    coarse = Image.fromarray((rng.random((12, 14, 3)) * 255).astype(np.uint8))
+    image = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.float32)
+    image = np.clip(image + rng.standard_normal((h, w, 3), dtype=np.float32) * 12, 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(path, quality=90)
+
+
+def generate_folder(root: Path, n: int, seed: int = 0) -> Path:
+    """An ImageNet-like JPEG folder: n train and n // 10 val images (at least one per class) in 10 class
+    folders, written by one process per CPU core (JPEG encoding is the slow part; forked, so the workers
+    import nothing: they use only numpy and PIL). Reused when complete."""
+    if (root / ".complete").exists():
+        return root
+    jobs = []
+    for split, count in (("train", n), ("val", max(10, n // 10))):
+        for i in range(count):
+            folder = root / split / f"class{i % 10}"
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs.append((folder / f"{i:06d}.jpg", seed, len(jobs)))
+    with multiprocessing.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
+        pool.map(write_image, jobs, chunksize=16)
+    (root / ".complete").touch()
+    return root
+
+
+def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], json_path: str | None = None) -> Report:
+    """See the module doc; prints each line as soon as it is measured."""
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra if "=" in o}
+    if given.get("dataset.root"):
+        root = Path(given["dataset.root"])
+    else:
+        start = time.perf_counter()
+        root = generate_folder(Path("outputs/bench-data") / f"jpeg-{generate}", generate)
+        print(f"(folder {root}: ready in {time.perf_counter() - start:.1f} s)", flush=True)
+    base = ["model=resnet50", "dataset=imagefolder", f"dataset.root={root.absolute()}", "epochs=2",
+            f"batch_size={batch_size}", "dataset.in_memory=false",
+            f"dataset.num_classes={len([p for p in (root / 'train').iterdir() if p.is_dir()])}"]
+    base = [o for o in base if o.split("=", 1)[0] not in given] + extra
+    cfg = compose_config(["logger=none", *base])
+    with open_dict(cfg):
+        cfg.dataset.image_size = planned_image_size(cfg.dataset)
+    base.append(f"dataset.image_size={cfg.dataset.image_size}")
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    report = Report(json_path)
+    report.emit(f"# spfde.bench data on {card}, torch {torch.__version__}: {cfg.model.name}, batch {batch_size}, "
+                f"{cfg.dataset.image_size}px, {cfg.dataset.workers} workers, folder {root}, overrides {extra}")
+    report.record(device=card, torch=torch.__version__, model=cfg.model.name, batch_size=batch_size,
+                  workers=cfg.dataset.workers)
+    report.emit("| what | img/s | vs bare model |\n|---|---|---|")
+    bare = report.attempt("bare model, random batch on the device", bare_model_img_s, cfg, batch_size, steps, False)
+    if bare:
+        report.emit(f"| bare model, random batch on the device | {bare:,.0f} | 1.00x |")
+        report.record(bare_img_s=bare)
+    loaders = ["pil"] + (["gpu"] + (["dali"] if dali_installed() else []) if device.type == "cuda" else [])
+    runs = {}
+    for loader in loaders:
+        r = report.attempt(f"harness, dataset.loader={loader}", harness_epochs, [*base, f"dataset.loader={loader}"])
+        if r is None:
+            continue
+        runs[loader] = r
+        report.emit(f"| harness, dataset.loader={loader} ({r['samples']} images, epoch 2) | {r['img_s']:,.0f} | "
+                    f"{times(r['img_s'], bare)} |")
+        report.record(**{f"loader_{loader}_img_s": r["img_s"], f"loader_{loader}_vs_bare": ratio(r["img_s"], bare)})
+    if not runs:
+        return report
+    best = max(runs, key=lambda k: runs[k]["img_s"])
+    frozen = report.attempt(f"dataset.loader={best} with all candidate blocks frozen", harness_epochs,
+                            [*base, f"dataset.loader={best}"], "all")
+    if frozen:
+        unfrozen_s, frozen_s = runs[best]["train_s"], frozen["train_s"]
+        speedup = unfrozen_s / frozen_s
+        report.emit(f"\nfastest loader: {best}; epoch time with 0 frozen blocks {unfrozen_s:.2f} s, with all "
+                    f"{frozen['candidates']} candidate blocks frozen {frozen_s:.2f} s (speed-up {speedup:.2f}x)")
+        report.record(fastest_loader=best, frozen_epoch_speedup=speedup)
+    return report

@@ -1,0 +1,139 @@
+"""`python -m spfde.bench gpu`: where the harness's time goes on a GPU, in one process, on the configured model
+(default ResNet-32 2x on CIFAR-100-shaped FakeData). For each batch size: the bare model's training step (eager, and
+CUDA-graphed on CUDA) as the anchor, then the harness's own epoch loop for dense, MEST, MEST with all candidate blocks
+frozen and MEST with a sieved loader, printed as img/s and ratios to the anchor, with the frozen speed-up, the
+evaluation time against a training epoch, the capture time, and the measured training memory next to the plan's.
+After the first batch size, before the others: whole MEST and SpFDE 0.2+0.2 runs, their wall-clock saving against
+their FLOPs saving. Made for a GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu
+--batch-sizes 16 --train-size 64 device=cpu model.width=1 model.depth=8 dataset.test_size=64 --run-size 256
+--run-epochs 4`. `--json PATH` also writes the values and ratios, rewritten after each measurement (the GPU
+session's summary reads them); a measurement that fails is reported as not measured and the others still run
+(`python -m spfde.bench` then exits with status 1)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import open_dict
+
+from spfde.bench.common import Report, bare_model_img_s, harness_epochs, ratio, run_once, times
+from spfde.config import compose_config
+from spfde.training.build import resolve_device
+
+
+def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_epochs: int,
+        extra: list[str], json_path: str | None = None) -> Report:
+    """See the module doc; prints each table as soon as it is measured. Most important first: the paper's
+    batch (the first size), then the MEST vs SpFDE runs, then the other batch sizes."""
+    base = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=100", "dataset.test_size=10000",
+            f"dataset.train_size={train_size}"]
+    report = Report(json_path)
+    cfg = compose_config(["logger=none", *base, *extra])
+    device = resolve_device(cfg.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    report.emit(f"# spfde.bench gpu on {card}, torch {torch.__version__}: {cfg.model.name} (depth {cfg.model.depth}, "
+                f"width {cfg.model.width}), FakeData {cfg.dataset.channels}x{cfg.dataset.image_size}x"
+                f"{cfg.dataset.image_size} with {cfg.dataset.num_classes} classes, precision {cfg.precision}, "
+                f"overrides {extra}")
+    report.record(device=card, torch=torch.__version__, batch_sizes=batch_sizes)
+    first, *others = batch_sizes
+    gpu_batch(report, cfg, [*base, *extra], first, steps)
+    report.attempt("MEST vs SpFDE runs", spfde_wall_clock, report, [*base, *extra], first, run_size, run_epochs)
+    for bs in others:
+        gpu_batch(report, cfg, [*base, *extra], bs, steps)
+    return report
+
+
+def gpu_batch(report: Report, cfg, overrides: list[str], bs: int, steps: int) -> None:
+    """One batch size: the bare model (eager, and CUDA-graphed on CUDA) against the harness's epoch loop."""
+    with open_dict(cfg):
+        cfg.batch_size = bs
+    report.emit(f"\n## batch {bs}\n| what | img/s | vs bare graphed | vs bare eager |\n|---|---|---|---|")
+    eager = report.attempt("bare model, eager", bare_model_img_s, cfg, bs, steps, False)
+    anchor = None
+    if resolve_device(cfg.device).type == "cuda":
+        anchor = report.attempt("bare model, CUDA graph", bare_model_img_s, cfg, bs, steps, True)
+    ref = anchor or eager  # the ratios' anchor: the graphed bare model where there is one
+    key = f"bs{bs}"
+    report.record(**{f"{key}_bare_eager_img_s": eager, f"{key}_bare_graphed_img_s": anchor,
+                     f"{key}_bare_graphed_vs_eager": ratio(anchor, eager),
+                     f"{key}_bare_anchor": "CUDA graph" if anchor else "eager"})
+    if eager:
+        report.emit(f"| bare model, eager | {eager:,.0f} | {times(eager, ref)} | 1.00x |")
+    if anchor:
+        report.emit(f"| bare model, CUDA graph | {anchor:,.0f} | 1.00x | {times(anchor, eager)} |")
+    full = "harness MEST, all candidates frozen"
+    cases = [("dense", "harness dense", ["sparsity=dense"], 0), ("mest", "harness MEST", [], 0),
+             ("mest_frozen", full, [], "all"), ("mest_sieve", "harness MEST, sieve=0.2 loader", ["sieve=0.2"], 0)]
+    runs = {}
+    for name, label, more, frozen in cases:
+        r = report.attempt(label, harness_epochs, [*overrides, f"batch_size={bs}", *more], frozen, name == "mest")
+        if r is None:
+            continue
+        runs[name] = r
+        note = f" ({r['frozen']} of {r['candidates']} blocks)" if frozen else ""
+        report.emit(f"| {label}{note} | {r['img_s']:,.0f} | {times(r['img_s'], ref)} | {times(r['img_s'], eager)} |")
+        report.record(**{f"{key}_{name}_img_s": r["img_s"], f"{key}_{name}_vs_bare": ratio(r["img_s"], ref)})
+    unfrozen, all_frozen = runs.get("mest"), runs.get("mest_frozen")
+    if unfrozen and all_frozen:
+        speedup = all_frozen["img_s"] / unfrozen["img_s"]
+        report.emit(f"\nall candidates frozen vs unfrozen: {speedup:.2f}x faster per image")
+        report.record(**{f"{key}_frozen_speedup": speedup})
+    if unfrozen:
+        r = unfrozen
+        per_epoch_50k = r["train_s"] * 50000 / r["samples"]
+        share = r["eval_s"] / per_epoch_50k
+        report.emit(f"evaluation of {r['test_size']} images: {r['eval_s']:.3f} s = {100 * share:.1f}% of a "
+                    f"50k-image training epoch at this speed ({per_epoch_50k:.2f} s)")
+        report.emit(f"capture time (MEST, one depth + evaluation): {r['capture_s']:.2f} s")
+        report.record(**{f"{key}_eval_share": share, f"{key}_capture_s": r["capture_s"]})
+    report.emit("\n| training memory (MiB) | measured peak | measured above the resting state | plan (total) | "
+                "plan without weights |\n|---|---|---|---|---|")
+    for r in (unfrozen, all_frozen):
+        if r is None:
+            continue
+        measured = "n/a" if r["measured_peak"] is None else f"{r['measured_peak'] / 2**20:.1f}"
+        above = "n/a" if r["measured_above_baseline"] is None else f"{r['measured_above_baseline'] / 2**20:.1f}"
+        report.emit(f"| {r['frozen']} frozen | {measured} | {above} | {r['plan_total'] / 2**20:.1f} | "
+                    f"{r['plan_non_weights'] / 2**20:.1f} |")
+    if unfrozen and all_frozen and unfrozen["measured_above_baseline"]:
+        got = 1 - all_frozen["measured_above_baseline"] / unfrozen["measured_above_baseline"]
+        want = 1 - all_frozen["plan_non_weights"] / unfrozen["plan_non_weights"]
+        report.emit(f"reduction 0 -> all frozen: measured {100 * got:.1f}% (above the resting state: weights, "
+                    f"momentum, data), plan {100 * want:.1f}% (without weights): {100 * abs(got - want):.1f} points "
+                    "apart")
+        report.record(**{f"{key}_memory_reduction_measured": got, f"{key}_memory_reduction_planned": want})
+
+
+def spfde_wall_clock(report: Report, overrides: list[str], bs: int, run_size: int, run_epochs: int) -> None:
+    """Whole runs of MEST and SpFDE (sieve=0.2 freeze=0.2): wall-clock saving against FLOPs saving. A small
+    test set, so that evaluation, which neither dimension shortens, does not dilute the saving."""
+    report.emit(f"\n## MEST vs SpFDE (sieve=0.2 freeze=0.2): {run_epochs} epochs on {run_size} FakeData images, "
+                "interval 1")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, more in (("MEST", []), ("SpFDE 0.2+0.2", ["sieve=0.2", "freeze=0.2"])):
+            summary, _ = run_once([f"dataset.test_size={min(run_size, 1000)}", *overrides,
+                                   f"dataset.train_size={run_size}", f"epochs={run_epochs}", "interval=1",
+                                   f"batch_size={bs}", *more], Path(tmp) / label.split()[0])
+            runs[label] = summary
+    report.emit("| run | wall-clock s | of which capture s | training FLOPs | test acc |\n|---|---|---|---|---|")
+    for label, s in runs.items():
+        report.emit(f"| {label} | {s['train_time_s']:.1f} | {s.get('cuda_graphs_capture_s', 0.0):.1f} | "
+                    f"{s['train_flops']:.4g} | {s['final_acc']:.4f} |")
+    mest, spfde = runs["MEST"], runs["SpFDE 0.2+0.2"]
+    flops_saving = 1 - spfde["train_flops"] / mest["train_flops"]
+
+    def wall(s):
+        return s["train_time_s"] - s.get("cuda_graphs_capture_s", 0.0)
+
+    wall_saving = 1 - wall(spfde) / wall(mest)
+    report.emit(f"FLOPs saving {100 * flops_saving:.1f}%, wall-clock saving (capture excluded) "
+                f"{100 * wall_saving:.1f}% = {wall_saving / flops_saving:.2f}x of the FLOPs saving; with capture "
+                f"{100 * (1 - spfde['train_time_s'] / mest['train_time_s']):.1f}%")
+    report.record(spfde_flops_saving=flops_saving, spfde_wall_saving=wall_saving,
+                  spfde_wall_vs_flops=wall_saving / flops_saving,
+                  spfde_capture_s=spfde.get("cuda_graphs_capture_s"), mest_capture_s=mest.get("cuda_graphs_capture_s"),
+                  spfde_cuda_graphs=spfde.get("cuda_graphs"))
