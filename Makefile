@@ -72,8 +72,9 @@ slurm-up: ## start a single-node SLURM test cluster on this machine (root, Debia
 slurm-down: ## stop it
 	bash tests/cluster/slurm-down.sh
 
-lint: install  ## ruff
+lint: install  ## ruff, and import-linter: the layers of the code (pyproject.toml) hold, no import circles
 	$(VENV)/bin/ruff check spfde tests hydra_plugins
+	$(VENV)/bin/lint-imports
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

@@ -7,6 +7,7 @@ to them. Errors of the code itself stay ordinary exceptions and keep their trace
 
 from __future__ import annotations
 
+import functools
 import sys
 
 
@@ -24,6 +25,4 @@ def exit_on_error(main):
             print(f"spfde: error: {e}", file=sys.stderr)
             sys.exit(2)
 
-    command.__doc__ = main.__doc__
-    command.__name__ = getattr(main, "__name__", "main")
-    return command
+    return functools.wraps(main)(command)

@@ -9,14 +9,15 @@ the dataset config (an image folder's are counted in dataset.root, file names on
 meta device, so even ResNet-50 plans in seconds, and a sweep's jobs share one model build and FLOP table.
 
 plan.calibrate=true: also the estimated wall-clock, from the run's own step timed on its device at each frozen
-depth (spfde/calibrate.py; cached in plan.calibration_file); with -m per job, in device-hours, and with a SLURM
+depth (spfde/planning/calibrate.py; cached in plan.calibration_file); with -m per job, in device-hours, and with a SLURM
 launcher a warning for each job over hydra.launcher.timeout_min.
 plan.budget=F (or plan.budget_hours=H with calibration): the (freeze, sieve) pairs within the budget and the
-one to run (spfde/budget.py); plan.results=<sweep dir> chooses by measured accuracy instead.
+one to run (spfde/planning/budget.py); plan.results=<sweep dir> chooses by measured accuracy instead.
 """
 
 from __future__ import annotations
 
+# the planner's modules (Hydra, torch) load inside main, after --help: keeps start-up fast
 import json
 import sys
 

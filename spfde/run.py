@@ -12,11 +12,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from spfde.config import CONF_DIR, register_configs, register_resolvers
+from spfde.checks.command_line import precheck_overrides
+from spfde.checks.validation import is_hydra, sweep_jobs, validate
+from spfde.config import CONF_DIR, compose_config, register_configs, register_resolvers, run_name
 from spfde.errors import SpfdeError
+from spfde.rundir.checkpoint import RunDirError, RunDirInUse
+from spfde.rundir.lifecycle import Stopped, check_output_dir, check_run_files, lock_run_dir, release_run_dir
 
-# This module imports only Hydra and the config schema: torch, wandb and the training modules load when a run
-# starts (in `main` and `cli`), so that Hydra's tab completion (-sc), run at every Tab, answers in under a second.
+# At start-up this module loads Hydra, the config schema, the checks and the run directory's guards, none of which
+# imports torch: torch, wandb and the training modules load when a run starts (in `main`), so that Hydra's tab
+# completion (-sc), run at every Tab, and a bad override's one line answer in about a second.
 register_configs()
 register_resolvers()
 log = logging.getLogger("spfde")
@@ -48,9 +53,6 @@ def in_basic_sweep() -> bool:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     # imported here, not at the top: Hydra's tab completion and --help load this module and need none of it
-    from spfde.checks.validation import validate
-    from spfde.rundir.checkpoint import RunDirInUse
-    from spfde.rundir.lifecycle import Stopped
     from spfde.sweeps.search import search_objectives, trial_values
     from spfde.training.distributed import shutdown
     from spfde.training.loop import train
@@ -86,8 +88,6 @@ def adhoc_sweep_dir(args: list[str]) -> str | None:
         return None
     from omegaconf import OmegaConf
 
-    from spfde.config import CONF_DIR, run_name
-
     exclude = set(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
     keep = sorted(a for a in args if not a.startswith("-") and "=" in a
                   and not a.split("=", 1)[0].lstrip("+~").startswith("hydra")
@@ -99,9 +99,6 @@ def sweep_run_dirs(args: list[str]) -> list[Path]:
     """With -m: the run directories of the sweep's jobs that exist already (a relaunch), as Hydra names them
     (hydra.sweep.dir / hydra.sweep.subdir). Jobs whose values another sweeper draws are not known yet."""
     from hydra.errors import HydraException
-
-    from spfde.checks.validation import is_hydra, sweep_jobs
-    from spfde.config import compose_config
 
     overrides = [a for a in args if not a.startswith("-")]
     settings = [a for a in overrides if is_hydra(a)]
@@ -119,9 +116,6 @@ def sweep_run_dirs(args: list[str]) -> list[Path]:
 def busy_runs(run_dirs: list[Path]) -> list[str]:
     """The lock errors of a sweep's run directories that a running process holds (the orphaned jobs of a
     killed launcher train on), known before anything is started or submitted."""
-    from spfde.rundir.checkpoint import RunDirError
-    from spfde.rundir.lifecycle import lock_run_dir, release_run_dir
-
     busy = []
     for run_dir in run_dirs:
         try:
@@ -148,8 +142,6 @@ def cli() -> None:
     if hydra_only(args):
         main()  # Hydra answers (completion, help, the config) from the config alone
         return
-    from spfde.checks.command_line import precheck_overrides
-    from spfde.rundir.lifecycle import check_output_dir, check_run_files
 
     try:
         precheck_overrides(args)

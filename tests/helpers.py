@@ -12,8 +12,8 @@ from pathlib import Path
 
 from omegaconf import open_dict
 
-from spfde.config import compose_config
 from spfde.checks.validation import validate
+from spfde.config import compose_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -98,7 +98,7 @@ def group_options(group: str) -> list[str]:
 
 @contextlib.contextmanager
 def lock_held_by_another_process(run_dir: Path, seconds: int = 120):
-    """A process that holds `run_dir`'s lock (spfde.rundir.lifecycle.lock_run_dir) while the block runs; yields it (its pid).
+    """A process that holds `run_dir`'s lock (lock_run_dir) while the block runs; yields it (its pid).
     Killed at the end: the OS releases the lock of a killed process."""
     holder = subprocess.Popen([sys.executable, "-c", "import time; from spfde.rundir.lifecycle import lock_run_dir; "
                                f"lock_run_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep({seconds})"],

@@ -17,8 +17,9 @@ import pytest
 import spfde.plan
 import spfde.planning.plan
 import spfde.run
+from spfde.checks.command_line import precheck_overrides
+from spfde.checks.validation import sweep_jobs
 from spfde.config import ConfigError
-from spfde.checks.validation import precheck_overrides, sweep_jobs
 from tests.helpers import REPO, lock_held_by_another_process, make_cfg, run_cli
 
 T = ["dataset=fake", "dataset.train_size=128", "dataset.test_size=32", "dataset.image_size=8", "dataset.channels=1",
@@ -379,8 +380,8 @@ def test_the_up_front_folder_check_reads_what_imagefolder_reads():
 def test_fixed_class_counts_match_the_dataset_files():
     from omegaconf import OmegaConf
 
-    from spfde.config import CONF_DIR
     from spfde.checks.validation import CLASS_COUNTS
+    from spfde.config import CONF_DIR
 
     for name, count in CLASS_COUNTS.items():
         assert OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml").num_classes == count

@@ -14,7 +14,7 @@ from spfde.config import ConfigError, compose_config, group_options
 from tests.helpers import REPO, run_cli
 
 USER_CONFIG = REPO / "docs" / "config"  # holds launcher/mycluster.yaml, the README's example
-HEAVY = ("torch", "wandb", "torchvision", "matplotlib", "spfde.training.loop", "spfde.rundir.checkpoint", "spfde.data")
+HEAVY = ("torch", "wandb", "torchvision", "matplotlib", "spfde.training.loop", "spfde.data")
 
 
 def test_tab_completion_imports_no_torch(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError, run_name
-from spfde.checks.validation import precheck_overrides
 from tests.helpers import experiment_names, group_options, make_cfg, run_cli
 
 

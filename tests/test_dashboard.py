@@ -11,11 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from spfde.training.build import Runtime
 from spfde.config import compose_config, run_name
-from spfde.results.dashboard import main, run_filter, sweep_info
-from spfde.training.log import RunLogger, run_tags, wandb_config, wandb_group, wandb_record
+from spfde.dashboard import main
+from spfde.results.dashboard import run_filter, sweep_info
 from spfde.run import adhoc_sweep_dir
+from spfde.training.build import Runtime
+from spfde.training.log import RunLogger, run_tags, wandb_config, wandb_group, wandb_record
 from tests.helpers import make_cfg, quick_overrides
 from tests.test_sweeps import SWEEPS
 

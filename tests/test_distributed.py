@@ -16,8 +16,8 @@ import torch
 
 from spfde.data import build_data
 from spfde.data.loaders import epoch_batches
-from spfde.training.distributed import World
 from spfde.planning.plan import build_plan
+from spfde.training.distributed import World
 from tests.helpers import REPO, make_cfg, quick_overrides, read_metrics
 from tests.test_sweeps import SLURM_TEST_LAUNCHER, slurm_cluster  # noqa: F401 - the fixture
 

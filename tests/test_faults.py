@@ -14,14 +14,14 @@ import time
 import pytest
 import torch
 
-import spfde.training.build
 import spfde.rundir.checkpoint
 import spfde.rundir.lifecycle
+import spfde.training.build
 import spfde.training.loop
-from spfde.rundir.checkpoint import RunDirError, load_checkpoint
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
+from spfde.rundir.checkpoint import RunDirError, load_checkpoint
 from spfde.rundir.lifecycle import TrainingDiverged, config_fingerprint
-from spfde.checks.validation import precheck_overrides
 from tests.helpers import REPO, crash_at_epoch, make_cfg, read_metrics, run_training, summary_core
 
 TINY = ["experiment=quickstart", "model.depth=8", "dataset=fake", "dataset.train_size=128", "dataset.test_size=64",
@@ -122,7 +122,8 @@ def test_different_data_roots_never_share_a_run_directory():
 
 
 def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir.lifecycle import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
+                               "from spfde.rundir.lifecycle import lock_run_dir; "
                                f"lock_run_dir({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -188,8 +189,8 @@ def test_fresh_applies_once_per_launch_and_a_requeued_job_resumes(tmp_path, monk
 def test_the_unfrozen_memory_baseline_does_not_depend_on_blocks_frozen_at_the_time():
     """A resumed freeze run measured its unfrozen baseline after the resume froze blocks (2.2 MB vs
     13.3 MB); the resume tests compare whole summaries, this pins the cause."""
-    from spfde.training.cost import MemoryModel
     from spfde.models import build_model
+    from spfde.training.cost import MemoryModel
 
     model = build_model(make_cfg(tiny()).model, 10, 3)
     before = MemoryModel(model, (3, 8, 8), 64).breakdown({}, 0)
@@ -250,10 +251,10 @@ def test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_temp_file(tmp_path
             out.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spfde.rundir.checkpoint.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(RunDirError, match=f"disk full: could not write {tmp_path / 'last.pt'}.*previous last.pt is k"):
         run_training(tiny(), tmp_path)
-    monkeypatch.setattr(spfde.rundir.checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not list(tmp_path.glob(".*tmp*"))
     assert run_training(tiny(), tmp_path)["epochs"] == 2  # rerun once there is space: resumes
@@ -476,7 +477,8 @@ def test_a_summary_of_the_wrong_shape_counts_as_damaged(tmp_path, text):
 def test_kept_damaged_copies_are_never_overwritten(tmp_path, monkeypatch):
     from spfde.rundir.checkpoint import set_aside
 
-    monkeypatch.setattr(spfde.rundir.checkpoint.time, "strftime", lambda *a: "20260101-000000")  # the clock stepped back
+    # the clock stepped back
+    monkeypatch.setattr(spfde.rundir.checkpoint.time, "strftime", lambda *a: "20260101-000000")
     for n in range(3):
         (tmp_path / "metrics.jsonl").write_text(f"damaged {n}")
         set_aside(tmp_path / "metrics.jsonl")
@@ -490,7 +492,8 @@ def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
     (run_dir / ".hydra" / "overrides.yaml").write_text("- the running run's record\n")
     (run_dir / ".hydra-accepted").mkdir()
     (run_dir / ".hydra-accepted" / "overrides.yaml").write_text("- the running run's record\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spfde.rundir.lifecycle import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
+                               "from spfde.rundir.lifecycle import lock_run_dir; "
                                f"lock_run_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -515,7 +518,7 @@ def test_any_failed_write_of_a_checkpoint_is_one_line_and_keeps_the_previous(tmp
         raise RuntimeError("basic_ios::clear: iostream error")
 
     with monkeypatch.context() as m:
-        m.setattr(spfde.rundir.checkpoint.torch, "save", iostream_error)
+        m.setattr(torch, "save", iostream_error)
         with pytest.raises(RunDirError, match=f"could not write {tmp_path / 'last.pt'}: basic_ios::clear: iostream "
                                               "error.*the previous last.pt is kept"):
             run_training(tiny(), tmp_path)
@@ -680,7 +683,7 @@ FAULTS = [
      "report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_one_keeps_nothing_stale", "exact"),
     ("a calibration cache with negative, NaN or 1e9 s times", "test_faults_tools.py::test_a_calibration_cache_with_"
      "impossible_times_is_ignored", "exact"),
-    ("spfde.results.status on a dead job whose files are dated in the future", "test_faults_tools.py::test_status_does_not_"
+    ("spfde.status on a dead job whose files are dated in the future", "test_faults_tools.py::test_status_does_not_"
      "take_a_run_dated_in_the_future_for_one_starting", "exact"),
     ("a refused second launch, then its holder dies (status)", "test_faults_tools.py::test_a_refused_second_launch_"
      "leaves_the_holders_log_alone", "exact"),
@@ -698,7 +701,7 @@ FAULTS = [
      "gives_its_plan", "exact"),
     ("spfde.report on a full or read-only disk, or --out naming a file", "test_faults_tools.py::test_a_report_on_a_"
      "full_or_read_only_disk_or_into_a_file_is_one_line", "exact"),
-    ("spfde.results.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
+    ("spfde.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
      "is_one_line", "exact"),
     ("sbatch refuses the sweep's jobs", "test_sweeps.py::test_a_job_slurm_refuses_is_one_line_and_nothing_is_"
      "submitted", "exact"),

@@ -130,21 +130,21 @@ def test_a_calibration_cache_with_impossible_times_is_ignored(tmp_path, seconds,
 
 
 def test_a_calibration_that_cannot_be_saved_still_gives_its_plan(tmp_path, monkeypatch, caplog):
-    import spfde.rundir.checkpoint
+    import spfde.planning.calibrate
     from spfde.planning.calibrate import Cache
 
     def full_disk(path, value):
         raise RunDirError(f"disk full: could not write {path}")
 
-    monkeypatch.setattr(spfde.rundir.checkpoint, "write_json", full_disk)
+    monkeypatch.setattr(spfde.planning.calibrate, "write_json", full_disk)
     with caplog.at_level("WARNING"):
         Cache(tmp_path / "cal.json").put({"k": 1.0})
     assert "measured but not saved" in caplog.text and not (tmp_path / "cal.json").exists()
 
 
 def test_plan_results_chooses_only_among_runs_of_the_plans_own_settings(tmp_path):
-    from spfde.planning.budget import solve
     from spfde.config import ConfigError
+    from spfde.planning.budget import solve
 
     base = ["epochs=4"]
     for x, y, acc in ((0.0, 0.2, 0.9), (0.05, 0.2, 0.95)):
@@ -236,8 +236,8 @@ def test_fifos_in_place_of_a_runs_files_are_one_line_never_a_hang(tmp_path):
 
 
 def test_an_image_folder_with_a_symlink_loop_trains_on_what_the_plan_counts(tmp_path):
-    from spfde.training.build import build_run
     from spfde.planning.plan import build_plan
+    from spfde.training.build import build_run
     from tests.test_folders import write_folder
 
     root = write_folder(tmp_path / "f", size=(12, 12), classes=2, per_class=8)
@@ -322,8 +322,8 @@ def test_hydras_own_flags_with_a_value_are_hydras(tmp_path, args):
 def test_wandb_online_without_a_network_is_one_line_in_seconds(monkeypatch):
     import socket
 
-    from spfde.config import ConfigError
     from spfde.checks.validation import check_before_work, wandb_online_problem
+    from spfde.config import ConfigError
 
     def unreachable(address, timeout=None):
         raise OSError(-2, "Name or service not known")

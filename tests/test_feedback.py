@@ -11,11 +11,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from spfde.config import CONF_DIR, register_configs, register_resolvers
+from spfde.plan import main as plan_main
+from spfde.planning.plan import build_plan
+from spfde.run import adhoc_sweep_dir
 from spfde.training.freeze import FreezePlan
 from spfde.training.log import RunLogger, format_epoch
-from spfde.planning.plan import build_plan
-from spfde.plan import main as plan_main
-from spfde.run import adhoc_sweep_dir
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_cli
 
 RECORD = {"epoch": 3, "train/loss": 1.0, "train/acc": 0.5, "test/loss": 1.1, "test/acc": 0.4, "test/best_acc": 0.45,

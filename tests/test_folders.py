@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
 from spfde.data import build_data
 from spfde.data.folders import FolderChoice, dali_installed, pil_transforms
 from spfde.data.gpu_decode import GpuDecodeLoader, pack
 from spfde.data.loaders import FolderLoader, LoaderError
-from spfde.checks.validation import precheck_overrides
 from tests.helpers import make_cfg, run_cli
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import spfde.training.loop
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
-from spfde.training.freeze import FreezeError, FreezePlan, Freezer, candidate_blocks, frozen_prefix_forward
 from spfde.models import build_model
 from spfde.planning.plan import build_plan
+from spfde.training.freeze import FreezeError, FreezePlan, Freezer, candidate_blocks, frozen_prefix_forward
 from spfde.training.schedule import lr_at
-from spfde.checks.validation import precheck_overrides
 from tests.helpers import (
     crash_then_resume,
     make_cfg,

@@ -8,17 +8,17 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-import spfde.training.build
-import spfde.planning.calibrate
 import spfde.plan
+import spfde.planning.calibrate
 import spfde.planning.plan
-from spfde.planning import budget
+import spfde.training.build
+from spfde.checks.validation import compose_checked
 from spfde.config import ConfigError
-from spfde.results.pareto import pareto_front
+from spfde.planning import budget
 from spfde.planning.plan import build_plan, fmt_change, plan_sweep, render, sweep_plans
+from spfde.results.pareto import pareto_front
 from spfde.results.runs import find_runs, group, load_run
 from spfde.training.sieve import SieveError
-from spfde.checks.validation import compose_checked
 from tests.helpers import make_cfg, quick_overrides
 from tests.test_folders import write_folder
 from tests.test_report import fake_run

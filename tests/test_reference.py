@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from spfde.checks.validation import validate
 from spfde.config import compose_config
-from spfde.training.cost import CostModel
-from spfde.training.freeze import frozen_prefix_forward
 from spfde.models import build_model
-from spfde.training.schedule import lr_at
 from spfde.sparse.grasp import fetch_per_class
 from spfde.sparse.masks import Masks, weight_layers
 from spfde.sparse.snfs import capped_growth
-from spfde.checks.validation import validate
+from spfde.training.cost import CostModel
+from spfde.training.freeze import frozen_prefix_forward
+from spfde.training.schedule import lr_at
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 from tests.test_sparse import make_method, tiny_net, two_layer_snfs
 
@@ -78,8 +78,8 @@ def test_the_earlier_masking_stays_a_named_option():
 
 
 def test_a_bad_masking_rule_is_one_line():
+    from spfde.checks.command_line import precheck_overrides
     from spfde.config import ConfigError
-    from spfde.checks.validation import precheck_overrides
 
     with pytest.raises(ConfigError) as err:
         precheck_overrides(["sparsity.masked=first"])
@@ -298,8 +298,8 @@ def test_snfs_lowers_the_prune_rate_of_a_nearly_dense_growing_layer():
 
 
 def test_step_schedule_is_validated_in_one_line():
+    from spfde.checks.command_line import precheck_overrides
     from spfde.config import ConfigError
-    from spfde.checks.validation import precheck_overrides
 
     for override, message in (("optim.step_at=[0.6,0.3]", "optim.step_at must be increasing fractions"),
                               ("optim.step_gamma=0", "optim.step_gamma must be in (0, 1]"),

@@ -76,7 +76,7 @@ def test_trial_values_are_what_the_sweeper_asks_for_and_never_made_up():
 @needs_search
 @pytest.mark.slow
 def test_precheck_checks_both_ends_of_the_search_box(monkeypatch):
-    from spfde.checks.validation import precheck_overrides
+    from spfde.checks.command_line import precheck_overrides
 
     precheck_overrides(["-m", *quick_overrides(), *BOX])
     with pytest.raises(ConfigError, match=r"freeze=interval\(0.0,0.5\) at freeze=0.5: freeze=0.5 cannot be reached"):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
 from spfde.planning.plan import build_plan
 from spfde.training.sieve import Sieve
-from spfde.checks.validation import precheck_overrides
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 from tests.test_data import make_image_folder
 

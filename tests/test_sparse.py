@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spfde.training.build import build_optimizer
+from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
 from spfde.models import build_model
 from spfde.models.base import BlockNet
 from spfde.sparse import METHODS, Schedule, SparsityError
 from spfde.sparse.masks import Masks, layer_densities
-from spfde.checks.validation import precheck_overrides
+from spfde.training.build import build_optimizer
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
 
 ALL = sorted(METHODS)
@@ -485,8 +485,8 @@ def test_itop_rate_is_monotone_and_the_union_of_masks_seen():
 def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
     from omegaconf import open_dict
 
-    from spfde.training.rounds import REWIND, RoundFiles
     from spfde.sparse.lth import round_sparsities
+    from spfde.training.rounds import REWIND, RoundFiles
 
     assert round_sparsities(0.9, 0.2)[-1] == 0.9 and len(round_sparsities(0.9, 0.2)) == 12
     overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.5", "sparsity.lth.rewind_epoch=1")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from spfde.rundir.lifecycle import lock_run_dir, release_run_dir
 from spfde.results.status import main, sweep_status
+from spfde.rundir.lifecycle import lock_run_dir, release_run_dir
+from spfde.status import main as status_command  # the command: a user's error is one line and exit status 2
 from tests.helpers import run_cli
 
 # what Hydra saves as <sweep dir>/multirun.yaml, cut to what the job list needs: a preset's params (seed) come
@@ -213,13 +214,13 @@ def test_a_name_resolves_under_outputs_and_a_bad_one_is_one_line(tmp_path, monke
     for target, says in (("2026-01-02", "names 2 sweeps"), ("nope", "no sweep 'nope'"),
                          (str(tmp_path / "missing"), "not a directory")):
         with pytest.raises(SystemExit) as exit_info:
-            main([target])
+            status_command([target])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("spfde: error: ") and says in err
         assert len(err.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
-        main(["empty"])
+        status_command(["empty"])
     assert "holds no sweep" in capsys.readouterr().err
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from spfde.config import CONF_DIR, register_configs, register_resolvers
 from spfde.checks.validation import validate
+from spfde.config import CONF_DIR, register_configs, register_resolvers
 from tests.helpers import REPO, read_metrics, run_cli
 
 SWEEPS = {"smoke": 4, "grid_xy": 75, "table2": 99, "table3": 14, "freeze_schemes": 36, "sieve_methods": 27,

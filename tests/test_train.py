@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
 import torch
 
 import spfde.training.loop
-from spfde.rundir.checkpoint import load_checkpoint
-from tests.helpers import crash_at_epoch, quick_overrides, read_metrics, run_cli, run_training, summary_core
+from spfde.rundir.checkpoint import RunDirError, load_checkpoint, save_checkpoint
+from tests.helpers import (
+    REPO,
+    crash_at_epoch,
+    quick_overrides,
+    read_metrics,
+    run_cli,
+    run_training,
+    summary_core,
+)
 
 TIME_KEYS = ("time/",)
 
@@ -114,3 +123,30 @@ def test_cli_trains_in_a_deterministic_run_dir_and_refuses_to_retrain(tmp_path):
     again = run_cli([*args, "device=cpu"], cwd=tmp_path)  # device does not change the run directory
     assert again.returncode == 0 and "already finished" in again.stdout + again.stderr
     assert len(read_metrics(run_dir)) == 1
+
+
+# a run stopped after epoch 1 of 3 by the code of release 0.1 (before the run state was one object): its last.pt,
+# metrics.jsonl and config.yaml, made with these overrides and 2 CPU threads
+OLD_RELEASE = REPO / "tests" / "data" / "checkpoint-0.1"
+OLD_RELEASE_OVERRIDES = quick_overrides("epochs=3", "freeze=0.02", "sieve=0.2", "threads=2")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_previous_release_resumes_where_a_straight_run_ends(tmp_path):
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(OLD_RELEASE, resumed_dir)
+    resumed = run_training(OLD_RELEASE_OVERRIDES, resumed_dir)
+    straight = run_training(OLD_RELEASE_OVERRIDES, tmp_path / "straight")
+    assert [r["epoch"] for r in read_metrics(resumed_dir)] == [1, 2, 3]
+    assert without_times(read_metrics(resumed_dir)) == without_times(read_metrics(tmp_path / "straight"))
+    assert summary_core(resumed) == summary_core(straight)
+    assert resumed["run_id"] == torch.load(OLD_RELEASE / "last.pt", weights_only=False)["run_id"]
+
+
+def test_a_checkpoint_without_a_part_of_the_run_is_refused_in_one_line(tmp_path):
+    state = load_checkpoint(OLD_RELEASE / "last.pt")
+    del state["sieve"], state["rng"]
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(RunDirError, match=r"holds no sieve, rng \(not a checkpoint this harness wrote\)"):
+        run_training(OLD_RELEASE_OVERRIDES, tmp_path)
+    assert not (tmp_path / "summary.json").exists()

@@ -26,7 +26,7 @@ from spfde.analysis.measures import (
     unpack,
     unpack_gram,
 )
-from spfde.rundir.checkpoint import save_checkpoint
+from spfde.rundir.checkpoint import load_checkpoint, save_checkpoint
 
 # ----------------------------------------------------------------------------- during training
 
@@ -101,8 +101,6 @@ class Analysis:
 
 def load_snapshots(run_dir) -> list[dict]:
     from pathlib import Path
-
-    from spfde.rundir.checkpoint import load_checkpoint
 
     paths = sorted((Path(run_dir) / "analysis").glob("epoch_*.pt"))
     return [load_checkpoint(p) for p in paths]  # weights_only: a crafted snapshot is refused, not run

@@ -4,6 +4,8 @@ overrides of a command line parse, compose and expand into a sweep's jobs here t
 
 from __future__ import annotations
 
+# torch, Hydra, omegaconf and the registries load inside the checks that need them: keeps start-up fast
+# for tab completion and the commands that only check a command line
 import copy
 import functools
 import importlib.util
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from spfde.config import (
     USER_CONFIG_ENV,
+    Config,
     ConfigError,
     compose_config,
     group_options,
@@ -253,8 +256,6 @@ def check_booleans(overrides: list[str]) -> None:
     from omegaconf import OmegaConf
     from omegaconf.nodes import BooleanNode
 
-    from spfde.config import Config
-
     schema = OmegaConf.structured(Config)
     for o in parse_overrides([a for a in overrides if not is_group(a.lstrip("+~").split("=", 1)[0])]):
         parent, _, leaf = o.key_or_group.rpartition(".")
@@ -270,8 +271,6 @@ def check_booleans(overrides: list[str]) -> None:
 def similar_key(key: str) -> str:
     """'; did you mean <key>?' for a mistyped key, from the keys next to it in the schema ('' if none is close)."""
     import difflib
-
-    from spfde.config import Config
 
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(OmegaConf.structured(Config), parent) if parent else OmegaConf.structured(Config)

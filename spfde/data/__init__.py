@@ -4,28 +4,14 @@ are small, are decoded once into memory too (see `spfde.data.folders`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from spfde.data.folders import FOLDERS, build_folder_data, check_image_folder
-from spfde.data.loaders import FolderLoader, InMemoryLoader
-from spfde.data.sources import IN_MEMORY, Arrays, DataError, train_stats
+from spfde.data.loaders import Data, in_memory_data
+from spfde.data.sources import IN_MEMORY, Arrays, DataError
 
-__all__ = ["DATASETS", "FOLDERS", "IN_MEMORY", "Arrays", "Data", "DataError", "build_data", "check_image_folder"]
-
-
-@dataclass
-class Data:
-    train: InMemoryLoader | FolderLoader
-    test: InMemoryLoader | FolderLoader
-    num_classes: int
-    channels: int
-    image_size: int
-
-    @property
-    def train_size(self) -> int:
-        return self.train.dataset_size
+__all__ = ["DATASETS", "FOLDERS", "IN_MEMORY", "Arrays", "Data", "DataError", "build_data", "check_image_folder",
+           "in_memory_data"]
 
 
 DATASETS = sorted(set(IN_MEMORY) | FOLDERS)
@@ -40,16 +26,3 @@ def build_data(cfg, device: torch.device, generator: torch.Generator, world=None
     arrays = IN_MEMORY[d.name](d)
     return in_memory_data(arrays, cfg, device, generator, world, num_classes=d.num_classes,
                           crop_padding=d.crop_padding, hflip=d.hflip)
-
-
-def in_memory_data(arrays: Arrays, cfg, device, generator, world, *, num_classes: int, crop_padding: int,
-                   hflip: bool) -> Data:
-    """GPU-resident loaders over uint8 arrays, normalised with the training images' statistics."""
-    mean, std = train_stats(arrays.train_images)
-    to_dev = {k: v.to(device) for k, v in vars(arrays).items()}
-    common = dict(mean=mean, std=std, generator=generator, world=world)
-    train = InMemoryLoader(to_dev["train_images"], to_dev["train_labels"], cfg.batch_size, train=True,
-                           crop_padding=crop_padding, hflip=hflip, **common)
-    test = InMemoryLoader(to_dev["test_images"], to_dev["test_labels"], cfg.eval_batch_size, train=False, **common)
-    return Data(train, test, num_classes=num_classes, channels=arrays.train_images.shape[1],
-                image_size=arrays.train_images.shape[-1])

@@ -7,15 +7,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from spfde.data.loaders import BAD_FILE_WAYS_OUT, FolderLoader, bad_image
+from spfde.data.dali import DaliLoader
+from spfde.data.gpu_decode import GpuDecodeLoader
+from spfde.data.loaders import BAD_FILE_WAYS_OUT, Data, FolderLoader, bad_image, in_memory_data
 from spfde.data.sources import IMAGENET_MEAN, IMAGENET_STD, Arrays, DataError
-
-if TYPE_CHECKING:
-    from spfde.data import Data
 
 FOLDERS = {"imagenet", "imagefolder"}
 SMALL_IMAGE = 64  # px: folders whose sampled images are at most this on their longer side count as small
@@ -305,8 +303,6 @@ def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, dev
     """Loaders for an image folder: small folders decode once into memory (the in-memory loader, no workers);
     large ones stream through PIL, torchvision-GPU or DALI decoding (`choose`). Every streaming loader walks
     the same `IndexBatches` order, so sieving and exact resume do not depend on the loader."""
-    from spfde.data import Data, in_memory_data
-
     d = cfg.dataset
     root = check_image_folder(d)
     train_set, test_set = image_folder(root / "train"), image_folder(root / "val")
@@ -339,11 +335,10 @@ def build_folder_data(cfg, batch_size: int, eval_batch_size: int, generator, dev
         opts = dict(device=device, image_size=size, augment=choice.augment, small=choice.small, hflip=choice.hflip,
                     channels=channels, mean=mean, std=std, seed=cfg.seed, **common)
         if choice.loader == "gpu":
-            from spfde.data.gpu_decode import GpuDecodeLoader as Loader
-
+            Loader = GpuDecodeLoader
             opts["timeout_s"] = d.timeout_s  # DALI reads files in the main process: no worker to wait for
         else:
-            from spfde.data.dali import DaliLoader as Loader
+            Loader = DaliLoader  # its library (the `dali` extra) loads when the loader starts
         train = Loader(train_set.samples, batch_size, train=True, **opts)
         test = Loader(test_set.samples, eval_batch_size, train=False, **opts)
     return Data(train, test, num_classes=classes, channels=channels, image_size=size)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from spfde.data.sources import DataError
+from spfde.data.sources import Arrays, DataError, train_stats
 from spfde.errors import SpfdeError
 
 log = logging.getLogger("spfde")
@@ -311,3 +312,29 @@ class FolderLoader:
         if int(self.dataset.skipped) > before:
             log.warning(f"{int(self.dataset.skipped) - before} unreadable images skipped in this pass "
                         f"({int(self.dataset.skipped)} in all; their paths are logged above)")
+
+
+@dataclass
+class Data:
+    train: InMemoryLoader | FolderLoader
+    test: InMemoryLoader | FolderLoader
+    num_classes: int
+    channels: int
+    image_size: int
+
+    @property
+    def train_size(self) -> int:
+        return self.train.dataset_size
+
+
+def in_memory_data(arrays: Arrays, cfg, device, generator, world, *, num_classes: int, crop_padding: int,
+                   hflip: bool) -> Data:
+    """GPU-resident loaders over uint8 arrays, normalised with the training images' statistics."""
+    mean, std = train_stats(arrays.train_images)
+    to_dev = {k: v.to(device) for k, v in vars(arrays).items()}
+    common = dict(mean=mean, std=std, generator=generator, world=world)
+    train = InMemoryLoader(to_dev["train_images"], to_dev["train_labels"], cfg.batch_size, train=True,
+                           crop_padding=crop_padding, hflip=hflip, **common)
+    test = InMemoryLoader(to_dev["test_images"], to_dev["test_labels"], cfg.eval_batch_size, train=False, **common)
+    return Data(train, test, num_classes=num_classes, channels=arrays.train_images.shape[1],
+                image_size=arrays.train_images.shape[-1])

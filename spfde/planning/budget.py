@@ -18,6 +18,10 @@ import copy
 import shlex
 
 from spfde.config import ConfigError
+from spfde.planning.calibrate import calibrate, estimate, fmt_duration, used_depths
+from spfde.planning.plan import build_plan, planned_data
+from spfde.results.pareto import pareto_front
+from spfde.results.runs import find_runs, group, load_run, result_config
 from spfde.training.freeze import FreezeError
 from spfde.training.sieve import SieveError
 
@@ -34,9 +38,6 @@ def unevenness(x: float, y: float) -> int:
 def candidates(cfg, pairs=None, calibrated: bool = False) -> tuple[list[dict], dict]:
     """Every plannable (x, y) pair of `pairs` (default: the grid) with its planned FLOPs, their fraction of the
     plain run's and, with `calibrated`, its estimated wall-clock; and the plain run's plan."""
-    from spfde.planning.calibrate import calibrate, estimate, used_depths
-    from spfde.planning.plan import build_plan, planned_data
-
     work = copy.deepcopy(planned_data(cfg)[0])  # one copy (an image folder counted once), set pair by pair
     convention = (cfg.cost.memory,)
     work.freeze, work.sieve = 0.0, 0.0
@@ -111,8 +112,6 @@ def measured(cfg, results: str) -> tuple[list[dict], int]:
     mean test accuracy and seed count (spfde.results.report's grouping); and how many finished configurations differ."""
     from pathlib import Path
 
-    from spfde.results.runs import find_runs, group, load_run, result_config
-
     root = Path(results).expanduser()
     if not root.is_dir():
         raise ConfigError(f"plan.results={results}: no such directory (give a sweep directory, e.g. "
@@ -120,7 +119,6 @@ def measured(cfg, results: str) -> tuple[list[dict], int]:
     runs = find_runs([root])
     if not runs:
         raise ConfigError(f"plan.results={results} holds no finished run (no summary.json under it)")
-    from spfde.results.pareto import pareto_front
 
     planned = result_config(cfg)
     rows = [load_run(r) for r in runs]
@@ -182,8 +180,6 @@ def solve(cfg, overrides: list[str]) -> dict:
 
 
 def render(answer: dict) -> str:
-    from spfde.planning.calibrate import fmt_duration
-
     hours = answer["budget_hours"] is not None
     budget = (f"{answer['budget_hours']:g} h of wall-clock" if hours else
               f"{answer['budget']:g} x the training FLOPs without freezing and sieving "

@@ -4,8 +4,8 @@ The plan's FLOPs say how much work a run is; how long it takes depends on the de
 frozen depth (a frozen prefix runs under no_grad) and everything around the step. So we time the run's own
 parts, built the way the run builds them (`spfde.training.build.build_core`, the `Freezer`, the `Sieve`, the cost
 meter, the in-memory loader over random images of the data's shape) and driven by the run's own loop
-(`spfde.training.loop.train_one_epoch` with `spfde.training.step.TrainStep`, eager or replayed from CUDA graphs as the run
-would, and `spfde.training.loop.evaluate`) on the configured device and precision:
+(`train_one_epoch` with `TrainStep` from `spfde.training`, eager or replayed from CUDA graphs as the run would, and
+`evaluate`) on the configured device and precision:
 
 - one training step at every frozen depth the plan uses (a warm-up epoch, then a timed one; on CUDA the warm-up
   also captures the depth's graph, which the run does once per depth too),
@@ -32,7 +32,17 @@ from pathlib import Path
 
 import torch
 
+from spfde.analysis import Analysis
+from spfde.data import in_memory_data
+from spfde.data.sources import Arrays
 from spfde.errors import SpfdeError
+from spfde.rundir.checkpoint import RunDirError, save_checkpoint, write_json
+from spfde.training.build import Runtime, build_core, resolve_device, resolve_threads
+from spfde.training.cost import CostMeter
+from spfde.training.freeze import Freezer, scheme_options
+from spfde.training.loop import evaluate, train_one_epoch
+from spfde.training.sieve import Sieve, sieve_epochs
+from spfde.training.step import WARMUP_STEPS, EvalBatches, TrainStep, use_cuda_graphs
 
 log = logging.getLogger("spfde")
 
@@ -86,8 +96,6 @@ class Cache:
         return self.entries.get(key)
 
     def put(self, values: dict[str, float]) -> None:
-        from spfde.rundir.checkpoint import RunDirError, write_json
-
         self.entries.update(values)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,11 +116,8 @@ def shape_key(cfg, device: str, classes: int, input_shape: tuple, graphs: bool) 
 
 
 def run_device(cfg) -> tuple[torch.device, bool, int]:
-    """The device, CUDA graphs on or off, and the CPU threads of a run of cfg (as spfde.training.build and spfde.training.loop
+    """The device, CUDA graphs on or off, and the CPU threads of a run of cfg (as the run's own build and loop
     choose them)."""
-    from spfde.training.build import resolve_device, resolve_threads
-    from spfde.training.step import use_cuda_graphs
-
     device = resolve_device(cfg.device)
     return device, use_cuda_graphs(cfg.cuda_graphs, device), resolve_threads(cfg)
 
@@ -146,17 +151,6 @@ def calibrate(cfg, classes: int, input_shape: tuple, depths: list[int]) -> tuple
 
 def measure(cfg, classes: int, input_shape: tuple, depths: list[int]) -> dict[str, float]:
     """Time the run's parts on random images of the run's shape; see the module doc."""
-    from spfde.analysis import Analysis
-    from spfde.data import in_memory_data
-    from spfde.data.sources import Arrays
-    from spfde.rundir.checkpoint import save_checkpoint
-    from spfde.training.build import Runtime, build_core
-    from spfde.training.cost import CostMeter
-    from spfde.training.freeze import Freezer, scheme_options
-    from spfde.training.loop import evaluate, train_one_epoch
-    from spfde.training.sieve import Sieve
-    from spfde.training.step import WARMUP_STEPS, EvalBatches, TrainStep
-
     device, graphs, threads = run_device(cfg)
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # as build_run
@@ -240,8 +234,6 @@ def _sync(device: torch.device) -> None:
 
 def estimate(cfg, plan: dict, times: dict[str, float]) -> dict:
     """The run's wall-clock from calibrated times along the plan's schedule (see the module doc)."""
-    from spfde.training.sieve import sieve_epochs
-
     samples = sieve_epochs(cfg, plan["train_size"])
     train = 0.0
     for e, row in enumerate(plan["schedule"]):

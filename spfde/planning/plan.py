@@ -7,9 +7,11 @@ import functools
 
 from omegaconf import OmegaConf
 
-from spfde.checks.validation import compose_checked
-from spfde.config import ConfigError
-from spfde.planning.calibrate import fmt_duration
+from spfde.checks.validation import check_dense_layers, compose_checked, parse_overrides, sweep_jobs, validate
+from spfde.config import ConfigError, compose_config, is_group
+from spfde.data import FOLDERS, DataError
+from spfde.data.folders import find_image_folder, list_image_folder, planned_image_size
+from spfde.planning.calibrate import calibrate, estimate, fmt_duration, timeout_minutes, used_depths
 from spfde.sparse import SparsityError, target_sparsity
 from spfde.training.build import build_core, meta_model
 from spfde.training.cost import MEMORY_CONVENTIONS, epoch_batches, flops_table
@@ -21,9 +23,6 @@ def planned_data(cfg) -> tuple:
     """The config with the data sizes the run will read, and a line saying where they come from. Image folders
     are counted as the run counts them (`list_image_folder`: file names only, nothing opened or decoded) when
     dataset.root holds train/ and val/; otherwise, and for every other data set, the dataset config's sizes."""
-    from spfde.data import FOLDERS, DataError
-    from spfde.data.folders import find_image_folder
-
     d = cfg.dataset
     if d.name in FOLDERS:
         try:
@@ -48,8 +47,6 @@ def count_folder(root: str, name: str, num_classes: int) -> tuple[int, int, int]
     share the count). Headers are not read (on_bad_file=skip): the run checks them itself before it starts."""
     from omegaconf import OmegaConf
 
-    from spfde.data.folders import list_image_folder
-
     d = OmegaConf.create({"name": name, "root": root, "num_classes": num_classes, "on_bad_file": "skip"})
     listing = list_image_folder(d)
     return listing.train_images, listing.val_images, len(listing.classes)
@@ -73,9 +70,6 @@ def planned_table(cfg, cost_model, method, batches_per_epoch, max_frozen: int, f
 def build_plan(cfg, conventions=MEMORY_CONVENTIONS) -> dict:
     """The plan of one run. `conventions`: the memory conventions it reports (a sweep plan asks for the one it
     shows: measuring the other's activations at every frozen depth is most of a plan's time)."""
-    from spfde.checks.validation import check_dense_layers
-    from spfde.data.folders import planned_image_size
-
     cfg, data_line = planned_data(cfg)  # image folders: the folder's own counts
     d = cfg.dataset
     size = planned_image_size(d)  # image folders: dataset.image_size 0 = read from the images
@@ -180,8 +174,6 @@ def build_plan(cfg, conventions=MEMORY_CONVENTIONS) -> dict:
 def add_estimate(cfg, plan: dict) -> dict:
     """The plan with `estimated_s` (total and parts) and `estimate` (device, step times), from the run's parts
     timed on its device (spfde.planning.calibrate; cached per shape)."""
-    from spfde.planning.calibrate import calibrate, estimate, used_depths
-
     cfg = planned_data(cfg)[0]
     times, measured = calibrate(cfg, plan["num_classes"], tuple(plan["input_shape"]), used_depths(plan))
     e = estimate(cfg, plan, times)
@@ -291,13 +283,10 @@ def sweep_configs(overrides: list[str]) -> list[tuple[list[str], object]]:
     A job whose values do not apply that way is composed by `compose_checked` itself (its error, word for
     word). The seeds of one configuration share its config object (that of its first seed: plans do not depend
     on the seed). The data, model and freeze checks are the plan's own (build_plan)."""
-    from spfde.checks.validation import parse_overrides, sweep_jobs, validate
-    from spfde.config import compose_config, is_group
-
     jobs, standins = sweep_jobs(overrides)
     if standins:
         given = next(iter(standins))
-        raise ConfigError(f"{given} is drawn by another sweeper during the sweep: spfde.planning.plan -m plans the jobs of "
+        raise ConfigError(f"{given} is drawn by another sweeper during the sweep: spfde.plan -m plans the jobs of "
                           "a grid (a=1,2, choice, range, glob); plan a few of its values instead (one run each)")
     composed: dict[tuple, object] = {}
     configs: dict[tuple, object] = {}  # a job's config but for its seed
@@ -382,8 +371,6 @@ def plan_sweep(overrides: list[str], hydra_args: list[str] = ()) -> str:
 
 def sweep_hours(plans: list, hydra_args) -> list[str]:
     """Total device-hours, the longest job and, on SLURM, the jobs over the time limit (with the limit to use)."""
-    from spfde.planning.calibrate import timeout_minutes
-
     first = plans[0][2]["estimate"]
     seconds = sum(plan["estimated_s"]["total"] * len(members) for _, members, plan in plans)
     config, _, longest = max(plans, key=lambda p: p[2]["estimated_s"]["total"])
@@ -407,8 +394,6 @@ def sweep_hours(plans: list, hydra_args) -> list[str]:
 def slurm_timeout(job: list[str], hydra_args) -> int | None:
     """hydra.launcher.timeout_min of the sweep's launcher when it submits to SLURM (launcher=slurm or a user's
     launcher config built on submitit_slurm); None for other launchers."""
-    from spfde.config import compose_config
-
     launcher = compose_config([*job, *hydra_args], with_hydra=True).hydra.launcher
     if "slurm" not in str(launcher.get("_target_", "")).lower():
         return None

@@ -14,12 +14,13 @@ Writes into --out (default: <first run>/analysis/figures), each figure as PNG an
 
 from __future__ import annotations
 
+# omegaconf, matplotlib and the snapshot reader (torch) load inside the functions that need them: keeps
+# start-up fast for --help
 import argparse
 import csv
 import json
 from pathlib import Path
 
-from spfde.analysis import series
 from spfde.errors import SpfdeError
 from spfde.results.figures import PALETTE, epoch_axis, save_figure
 
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--debiased", action="store_true", help="debiased HSIC estimator for CKA")
     args = parser.parse_args(argv)
     import matplotlib
+
+    from spfde.analysis import series  # reads the snapshots (torch): after --help, which needs none of it
 
     matplotlib.use("Agg")
     missing = [run for run in args.runs if not run.is_dir()]

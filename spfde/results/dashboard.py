@@ -15,10 +15,13 @@ the workspace and the report are saved to the entity/project of the sweep's logg
 
 from __future__ import annotations
 
+# Hydra, omegaconf and wandb-workspaces load inside the functions that need them: keeps start-up fast for
+# --help
 import argparse
 import json
 import math
 import sys
+import unicodedata
 from pathlib import Path
 
 from spfde.errors import SpfdeError
@@ -96,7 +99,8 @@ def sweep_info(target: str) -> dict:
         directory = Path(cfg.hydra.sweep.dir)
     params = {k: str(v) for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()}
     varies = sweep_values([f"{k}={v}" for k, v in params.items()] + task)
-    # the wandb group its runs log to (spfde.training.log.wandb_group): a preset's logger.group, else the sweep directory's name
+    # the wandb group its runs log to (spfde.training.log.wandb_group): a preset's logger.group, else the sweep
+    # directory's name
     group = cfg.logger.get("group") or directory.name
     runs = math.prod(len(values) for values in varies.values())  # Hydra's basic sweeper: every combination
     runs = OmegaConf.select(cfg, "hydra.sweeper.n_trials", default=runs)  # a search: its trials
@@ -134,7 +138,8 @@ def panels():
 
     return {
         "trade-off": [
-            # flops/total: the training FLOPs spent up to the end of each epoch (spfde.training.cost, logged every epoch)
+            # flops/total: the training FLOPs spent up to the end of each epoch (spfde.training.cost, logged every
+            # epoch)
             wr.LinePlot(title="test accuracy vs training FLOPs spent so far", x="flops/total", y=["test/acc"],
                         groupby_aggfunc="mean", groupby_rangefunc="stddev", title_x="training FLOPs so far",
                         title_y="test accuracy"),
@@ -167,8 +172,6 @@ def display_name(info: dict) -> str:
     """The sweep's name as wandb-workspaces accepts a workspace name: it refuses every symbol (Unicode S*, meant
     for emojis), and sweep names hold '=' and '+' (`epochs=3,experiment=quickstart`): '=' becomes ':', other
     symbols '_'."""
-    import unicodedata
-
     name = "".join(":" if c == "=" else "_" if unicodedata.category(c)[0] == "S" or unicodedata.category(c) == "Cs"
                    else c for c in info["name"])
     return f"SpFDE sweep {name}"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+# omegaconf and the config load inside the functions that read a run's config: keeps start-up fast for
+# status on a large sweep
+import ast
 import csv
 import functools
+import importlib.util
 import json
 import math
 import re
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from spfde.errors import SpfdeError
 from spfde.rundir.checkpoint import not_regular
@@ -69,6 +74,68 @@ def method_file_settings(method: str) -> dict:
     return {f"sparsity.{k}": v for k, v in data.items() if k != "name" and not isinstance(v, (dict, list))}
 
 
+class MethodFacts(NamedTuple):
+    """What reports need to know of a sparse-training method (attributes of its class in spfde.sparse)."""
+
+    name: str
+    label: str  # how reports and the paper's tables name it
+    uses_ratio: bool  # trains to sparsity.ratio (dense ignores it)
+    spfde_base: bool  # SpFDE's own base method (MEST): its rows with freezing/sieving are "SpFDE x%+y%"
+
+
+@functools.cache
+def method_facts() -> dict[str, MethodFacts]:
+    """Every method of spfde.sparse.METHODS by name, with the class attributes that reports use, read from the
+    package's source (`ast`) rather than imported: importing it loads torch, and `spfde.report` reads finished runs
+    without torch. The classes stay the one place these facts are written. Source that does not read as expected
+    (METHODS not a literal list of classes, an attribute that is not a literal) falls back to importing them;
+    tests/test_startup.py checks that both give the same."""
+    try:
+        return methods_from_source()
+    except (LookupError, AttributeError, SyntaxError, ValueError, TypeError, OSError):
+        from spfde.sparse import METHODS
+
+        return {name: MethodFacts(name, m.label, m.uses_ratio, m.spfde_base) for name, m in METHODS.items()}
+
+
+def methods_from_source() -> dict[str, MethodFacts]:
+    """method_facts() from spfde/sparse/*.py without running them: each class's own literal attributes and its
+    bases' (by name: class names are unique in the package), for the classes listed in `METHODS = {m.name: m for m
+    in (Dense, ...)}` of its __init__.py."""
+    spec = importlib.util.find_spec("spfde.sparse")  # loads no module of spfde.sparse
+    folder = Path(spec.origin).parent
+    classes: dict[str, tuple[list[str], dict]] = {}
+    registered: list[str] = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.ClassDef):
+                if node.name in classes:
+                    raise ValueError(f"two classes named {node.name} in {folder}")
+                own = {stmt.targets[0].id: stmt.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                       and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)}
+                classes[node.name] = ([base.id for base in node.bases if isinstance(base, ast.Name)], own)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and path.name == "__init__.py":
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == "METHODS" for t in targets):
+                    registered = [elt.id for elt in node.value.generators[0].iter.elts]
+
+    def attribute(cls: str, key: str):
+        bases, own = classes[cls]
+        if key in own:
+            return ast.literal_eval(own[key])
+        for base in bases:
+            try:
+                return attribute(base, key)
+            except KeyError:
+                continue
+        raise KeyError(f"{cls}.{key}")
+
+    if not registered:
+        raise LookupError(f"no METHODS in {folder / '__init__.py'}")
+    facts = [MethodFacts(*(attribute(cls, key) for key in MethodFacts._fields)) for cls in registered]
+    return {f.name: f for f in facts}
+
+
 def printable(text: str) -> str:
     """A path as text files and pages can hold it: bytes of a file name that are not UTF-8 (kept by Python as
     surrogates, which no UTF-8 file takes) shown as U+FFFD."""
@@ -80,13 +147,12 @@ def result_config(cfg) -> dict:
     its results: seed, non-result keys, other methods' options, and options of a dimension that is off."""
     from omegaconf import OmegaConf
 
-    from spfde.sparse import METHODS
-
+    methods = method_facts()
     flat = flatten(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False))
     skip = not_result_keys()
     method = flat.get("sparsity.name")
-    off = [f"sparsity.{m}." for m in METHODS if m != method]
-    if method in METHODS and not METHODS[method].uses_ratio:
+    off = [f"sparsity.{m}." for m in methods if m != method]
+    if method in methods and not methods[method].uses_ratio:
         off.append("sparsity.ratio")  # e.g. dense ignores the ratio
     if not flat.get("freeze"):
         off += ["freeze_scheme.", "freeze_fraction"]
@@ -97,12 +163,12 @@ def result_config(cfg) -> dict:
 
 
 def run_ratio(cfg) -> float | None:
-    """The run's target sparsity (0 for a method that ignores sparsity.ratio, e.g. dense)."""
-    from spfde.sparse import METHODS, target_sparsity
-
+    """The run's target sparsity (0 for a method that ignores sparsity.ratio, e.g. dense), as
+    spfde.sparse.target_sparsity says."""
     if cfg is None:
         return None
-    return target_sparsity(cfg.sparsity) if cfg.sparsity.name in METHODS else cfg.sparsity.ratio
+    method = method_facts().get(cfg.sparsity.name)
+    return 0.0 if method is not None and not method.uses_ratio else cfg.sparsity.ratio
 
 
 def model_label(name, depth, width) -> str:
@@ -192,10 +258,8 @@ def label(row: dict, extra: dict | None = None) -> str:
     return paper_name(row)
 
 
-def method_of(name):
-    from spfde.sparse import METHODS
-
-    return METHODS.get(name)
+def method_of(name) -> MethodFacts | None:
+    return method_facts().get(name)
 
 
 def is_spfde_base(name) -> bool:

@@ -35,6 +35,8 @@ from spfde.units import clock as duration
 RUN_LOG = "run.log"  # Hydra's job log (<job name>.log; the job is `run`)
 STARTING_S = 60  # a run directory without lock, epoch or error written to this recently is still starting
 LOG_TAIL = 256 * 2**10  # bytes read from the end of a log: the last launch is there, and huge logs stay cheap
+# conf/config.yaml's hydra.sweep.subdir: a job's run directory is spfde.config.run_name of its overrides
+RUN_NAME_SUBDIR = "${spfde_run_name:${hydra.job.override_dirname}}"
 STATES = ("finished", "training", "starting", "stopped", "failed", "damaged", "not started")
 
 
@@ -75,7 +77,7 @@ def sweep_jobs(sweep_dir: Path) -> list[str] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from spfde.config import register_resolvers
+    from spfde.config import register_resolvers, run_name
 
     try:
         cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
@@ -87,14 +89,25 @@ def sweep_jobs(sweep_dir: Path) -> list[str] | None:
         params = [f"{k}={v}" for k, v in (hydra.sweeper.params or {}).items()]
         batches = BasicSweeper.split_arguments(parser.parse_overrides([*params, *hydra.overrides.task]), None)
         names_of = hydra.job.config.override_dirname
-        register_resolvers()  # the subdir is ${spfde_run_name:${hydra.job.override_dirname}}
-        one = OmegaConf.create({"hydra": OmegaConf.to_container(hydra, resolve=False)})
-        names = []
-        for num, job in enumerate(batches[0]):
-            one.hydra.job.override_dirname = get_overrides_dirname(
-                parser.parse_overrides(job), list(names_of.exclude_keys), names_of.item_sep, names_of.kv_sep)
-            one.hydra.job.num = num
-            names.append(str(one.hydra.sweep.subdir))
+        exclude = list(names_of.exclude_keys)
+        parsed: dict[str, object] = {}  # each distinct override parsed once: jobs share all but the swept values
+
+        def dirname(job: list[str]) -> str:
+            for line in job:
+                if line not in parsed:
+                    parsed[line] = parser.parse_overrides([line])[0]
+            return get_overrides_dirname([parsed[line] for line in job], exclude, names_of.item_sep, names_of.kv_sep)
+
+        if OmegaConf.to_container(hydra.sweep, resolve=False).get("subdir") == RUN_NAME_SUBDIR:
+            names = [run_name(dirname(job)) for job in batches[0]]  # what the interpolation gives, without it
+        else:  # another subdir: resolved by OmegaConf for each job, as Hydra does
+            register_resolvers()  # spfde's resolvers (spfde_run_name, ...) that it may use
+            one = OmegaConf.create({"hydra": OmegaConf.to_container(hydra, resolve=False)})
+            names = []
+            for num, job in enumerate(batches[0]):
+                one.hydra.job.override_dirname = dirname(job)
+                one.hydra.job.num = num
+                names.append(str(one.hydra.sweep.subdir))
         return names if len(set(names)) == len(names) else None  # a fixed subdir: jobs share one directory
     except Exception:  # noqa: BLE001 - an unreadable or unusual multirun.yaml: the rows come from the directories
         return None
@@ -145,9 +158,9 @@ def submitit_jobs(sweep_dir: Path, names: list[str] | None) -> dict[str, dict]:
 
 
 def lock_held(run_dir: Path) -> bool:
-    """Whether a live process holds the run directory's lock (spfde.rundir.lifecycle.lock_run_dir: flock on the directory,
-    or on `.lock` where the file system cannot lock a directory). A non-blocking shared flock that succeeds means
-    nobody holds it; it is released at once. Shared: it needs no write access and cannot block a reader."""
+    """Whether a live process holds the run directory's lock (spfde.rundir.lifecycle.lock_run_dir: flock on the
+    directory, or on `.lock` where the file system cannot lock a directory). A non-blocking shared flock that succeeds
+    means nobody holds it; it is released at once. Shared: it needs no write access and cannot block a reader."""
     for target in (run_dir, run_dir / LOCK):
         try:
             fd = os.open(target, os.O_RDONLY)

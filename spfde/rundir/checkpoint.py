@@ -5,6 +5,9 @@ directory is fsynced): a crash, a kill or a full disk leaves either the old file
 half of one. Checkpoints load with `weights_only=True`: a file holding other Python objects is refused
 instead of run (run directories are shared between people), and carry a checksum of their contents: a file
 changed after it was written (a flipped bit, overwritten bytes) is refused, naming it, instead of resumed.
+
+torch and numpy load inside the functions that need them (the checkpoint and the random states), not when this
+module loads: `spfde.status` and `spfde.report` read run directories through it and start without torch.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import shutil
 import stat
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from spfde.errors import SpfdeError
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT = "last.pt"
 SUMMARY = "summary.json"
@@ -118,6 +122,9 @@ def contents_digest(value) -> str:
     """A digest of everything a checkpoint holds: every tensor's dtype, shape and bytes, every plain value,
     in order. Stored in the file, it tells a file whose contents changed after writing (torch.load checks no
     checksum of its own: a flipped bit in a weight loads and trains on)."""
+    # torch loads here, not at import: spfde.status and spfde.report read run directories without it
+    import torch
+
     h = hashlib.blake2b(digest_size=20)
 
     def feed(v) -> None:
@@ -146,6 +153,8 @@ def contents_digest(value) -> str:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """The state plus its checksum, written atomically (last.pt, the LTH rewind point, analysis snapshots)."""
+    import torch
+
     atomic_write(path, lambda tmp: torch.save({**state, CHECKSUM: contents_digest(state)}, tmp))
 
 
@@ -157,6 +166,8 @@ def load_checkpoint(path: Path) -> dict:
                 f"or delete {path}")
     if kind := not_regular(path):
         raise RunDirError(f"{path} is {kind}, not a checkpoint file; {ways_out}")
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -186,6 +197,9 @@ def write_json(path: Path, obj: dict) -> None:
 
 def rng_state(generator: torch.Generator) -> dict:
     """Every random state of the run, as tensors and plain values (loadable with weights_only)."""
+    import numpy as np
+    import torch
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -198,6 +212,9 @@ def rng_state(generator: torch.Generator) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))

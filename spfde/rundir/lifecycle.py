@@ -4,6 +4,8 @@ per launch (a requeued job resumes), a stop on a diverged loss and one-line stop
 
 from __future__ import annotations
 
+# Hydra and the config load inside the one function that compares overrides: keeps start-up fast for
+# the commands that only read run directories (status, report)
 import fcntl
 import logging
 import math
@@ -11,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,8 +179,8 @@ RUN_FILES = (CHECKPOINT, SUMMARY, METRICS, "config.yaml", "run.log")
 
 
 def check_run_files(run_dir: Path) -> None:
-    """Each file a run reads is a regular file: a FIFO or device in its place would block the run (and spfde.results.status,
-    spfde.results.report) forever. Raises RunDirError (one line)."""
+    """Each file a run reads is a regular file: a FIFO or device in its place would block the run (and
+    spfde.results.status, spfde.results.report) forever. Raises RunDirError (one line)."""
     for name in RUN_FILES:
         if kind := not_regular(Path(run_dir) / name):
             raise RunDirError(f"{Path(run_dir) / name} is {kind}, not a regular file: remove it (a run rewrites "
@@ -317,8 +320,6 @@ def check_finite(epoch: int, stats: dict, run_dir: Path, cfg) -> None:
 def catch_stop_signals() -> dict:
     """SIGTERM and SIGINT raise `Stopped` (unless someone else, e.g. submitit, handles them already).
     Returns the previous handlers for `restore_signals`."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {}

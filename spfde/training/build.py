@@ -1,5 +1,5 @@
 """How a run is assembled from its config: the runtime (device, precision), data, model, optimizer, sparse
-method, cost models, sieve, freeze plan and analysis. `train`, `spfde.planning.plan` and `spfde.bench.benchmarks` all build
+method, cost models, sieve, freeze plan and analysis. `train`, the planner and the benchmarks all build
 through here (the plan through `build_core`, on the meta device)."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def meta_model(cfg, num_classes: int, input_shape: tuple, convention: str | None
 
 @dataclass
 class Run:
-    """The parts of a run, built from its config (by `train` and by `spfde.bench.benchmarks gpu`)."""
+    """The parts of a run, built from its config (by `train` and by `python -m spfde.bench gpu`)."""
 
     device: torch.device
     rt: Runtime

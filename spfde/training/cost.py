@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spfde.data.loaders import epoch_batches  # noqa: F401 - the planner's batch sizes are the loader's
 from spfde.models.base import block_of
+from spfde.sparse.base import SparseMethod
 
 BYTES_FP32 = 4
 
@@ -119,8 +120,6 @@ def flops_table(cost_model: CostModel, method, batches_per_epoch: list[list[int]
     (fewer under sieving). With frozen_densities=False frozen layers keep the density they would train
     at, so table[e][0] - table[e][k] is exactly the back-propagation the frozen prefix skips (the saving
     the paper's Alg. 1 solves on; MEST's pruning of a frozen block to its target is not credited)."""
-    from spfde.sparse.base import SparseMethod
-
     # most methods never take a dense-gradient step: no need to ask at each of the run's steps
     asks = type(method).dense_grad_step is not SparseMethod.dense_grad_step
     frozen_of = [frozenset(method.masks.in_blocks(range(k))) if frozen_densities else frozenset()

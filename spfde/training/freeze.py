@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from spfde.errors import SpfdeError
+from spfde.training.cost import flops_table
 from spfde.training.schedule import cosine, lr_at
 
 
@@ -158,7 +159,6 @@ def make_freeze_plan(cfg, model: nn.Module, method, cost_model,
     """Alg. 1 for this run: None when freezing is off; FreezeError when the target is out of reach."""
     if cfg.freeze <= 0:
         return None
-    from spfde.training.cost import flops_table
 
     candidates = candidate_blocks(model, cfg.freeze_fraction)
     table = flops_table(cost_model, method, batches_per_epoch, candidates, frozen_densities=False)  # BP saved

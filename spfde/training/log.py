@@ -10,7 +10,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from spfde.analysis import series
 from spfde.rundir.checkpoint import CHECKPOINT, SUMMARY, write_metrics
+from spfde.sparse import METHODS
+from spfde.training.sieve import oneshot_epoch, partial_size
 from spfde.units import clock
 
 log = logging.getLogger("spfde")
@@ -61,8 +64,6 @@ class RunLogger:
 
     def start(self, cfg, blocks: int, freeze_plan, dataset_size: int) -> None:
         """Say at the start what freezing and sieving will do (the plan is fixed before training)."""
-        from spfde.training.sieve import oneshot_epoch, partial_size
-
         self.blocks, self.dataset_size = blocks, dataset_size
         if freeze_plan is None:
             log.info("layer freezing: off (freeze=0)")
@@ -87,8 +88,6 @@ class RunLogger:
         if self.wandb is None:
             return
         import wandb
-
-        from spfde.analysis import series
 
         d = series(run_dir, debiased)
         for kind in ("structural_similarity", "cka"):
@@ -145,11 +144,9 @@ NOT_LOGGED = ("run_dir", "logger", "progress", "plan", "threads", "fresh")
 
 
 def wandb_config(cfg, runtime=None) -> dict:
-    """The run's resolved config for wandb, as used: with `runtime` (spfde.training.build.Runtime) the device and precision
-    it resolved `auto` to; only the active method's options (the other methods' unset `???` values would make
+    """The run's resolved config for wandb, as used: with `runtime` (`Runtime` of spfde.training.build) the device and
+    precision it resolved `auto` to; only the active method's options (the other methods' unset `???` values would make
     mixed-type columns that break parallel-coordinates plots); no launch or logging settings (NOT_LOGGED)."""
-    from spfde.sparse import METHODS
-
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     config["sparsity"] = {k: v for k, v in config["sparsity"].items() if k not in METHODS or k == cfg.sparsity.name}
     for key in NOT_LOGGED:

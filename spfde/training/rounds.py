@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import open_dict
 
 from spfde.rundir.checkpoint import CHECKPOINT, finished_summary, load_checkpoint, save_checkpoint, write_json
+from spfde.rundir.lifecycle import start_fresh
 from spfde.sparse import METHODS
 
 log = logging.getLogger("spfde")
@@ -53,8 +54,6 @@ def attach_round_files(cfg, method, write: bool = True) -> None:
 
 def run_rounds(cfg, train_round, write: bool = True) -> dict:
     """Train every round in its own directory (each resumes or skips on its own) and sum them up."""
-    from spfde.rundir.lifecycle import start_fresh
-
     workdir = Path(cfg.run_dir)
     workdir.mkdir(parents=True, exist_ok=True)
     fresh = start_fresh(cfg, workdir, extra=("round-*", REWIND))  # once per launch
