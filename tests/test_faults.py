@@ -613,15 +613,18 @@ def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
 # finishes with an undisturbed run's numbers, or stops with one line and its data intact), "traceback" (data intact,
 # but the user meets a traceback), "mixed" (results silently mixed or damaged), "stuck" (hangs).
 FAULTS = [
-    ("crash mid-run, then the same command", "test_train.py::test_resume_after_a_crash_is_exact", "exact"),
-    ("crash after metrics, before the checkpoint", "test_train.py::test_resume_keeps_the_run_id_and_drops_metrics_"
+    ("crash mid-run, then the same command", "training/test_train.py::test_resume_after_a_crash_is_exact", "exact"),
+    ("crash after metrics, before the checkpoint",
+     "training/test_train.py::test_resume_keeps_the_run_id_and_drops_metrics_"
      "past_the_checkpoint", "exact"),
-    ("kill -9 of a two-rank torchrun job", "test_distributed.py::test_a_killed_two_rank_job_resumes_exactly", "exact"),
-    ("SLURM requeue mid-run", "test_sweeps.py::test_requeued_slurm_job_resumes_from_its_checkpoint", "exact"),
-    ("crash in an LTH round", "test_sparse.py::test_lth_resumes_mid_round_and_skips_finished_rounds", "exact"),
-    ("crash with every method's state", "test_sparse.py::test_method_state_resumes_bit_exactly", "exact"),
-    ("crash with analysis snapshots", "test_analysis.py::test_snapshots_survive_a_resume", "exact"),
-    ("crash with folder loaders, sieved", "test_folders.py::test_loaders_walk_the_same_indices_per_epoch_and_resume",
+    ("kill -9 of a two-rank torchrun job",
+     "training/test_distributed.py::test_a_killed_two_rank_job_resumes_exactly", "exact"),
+    ("SLURM requeue mid-run", "sweeps/test_sweeps.py::test_requeued_slurm_job_resumes_from_its_checkpoint", "exact"),
+    ("crash in an LTH round", "sparse/test_sparse.py::test_lth_resumes_mid_round_and_skips_finished_rounds", "exact"),
+    ("crash with every method's state", "sparse/test_sparse.py::test_method_state_resumes_bit_exactly", "exact"),
+    ("crash with analysis snapshots", "analysis/test_analysis.py::test_snapshots_survive_a_resume", "exact"),
+    ("crash with folder loaders, sieved",
+     "data/test_folders.py::test_loaders_walk_the_same_indices_per_epoch_and_resume",
      "exact"),
     ("SIGTERM", "test_faults.py::test_sigterm_stops_with_one_line_and_the_run_resumes", "exact"),
     ("SIGTERM right after the checkpoint rename", "test_faults.py::test_a_stop_right_after_the_checkpoint_names_the_"
@@ -668,15 +671,19 @@ FAULTS = [
      "exact"),
     ("an image that does not decode", "test_faults.py::test_an_image_that_does_not_decode_is_named_or_skipped",
      "exact"),
-    ("a stuck or dead loader worker", "test_folders.py::test_a_stuck_or_dead_worker_is_a_one_line_error_naming_the_"
+    ("a stuck or dead loader worker",
+     "data/test_folders.py::test_a_stuck_or_dead_worker_is_a_one_line_error_naming_the_"
      "loader", "exact"),
-    ("a CUDA-graph capture or first replay that fails", "test_step.py::test_a_failed_capture_falls_back_to_eager_"
+    ("a CUDA-graph capture or first replay that fails",
+     "training/test_step.py::test_a_failed_capture_falls_back_to_eager_"
      "steps_from_the_same_state", "exact"),
-    ("ranks that hold different masks", "test_distributed.py::test_ranks_with_different_masks_stop_with_the_checksum_"
+    ("ranks that hold different masks",
+     "training/test_distributed.py::test_ranks_with_different_masks_stop_with_the_checksum_"
      "error", "exact"),
     ("relaunching a sweep while its orphaned jobs train", "test_bad_inputs.py::test_relaunching_a_sweep_whose_job_"
      "still_trains_names_it_before_anything_starts", "exact"),
-    ("a SLURM job cancelled mid-run (status)", "test_sweeps.py::test_status_of_a_slurm_sweep_with_a_cancelled_job",
+    ("a SLURM job cancelled mid-run (status)",
+     "sweeps/test_sweeps.py::test_status_of_a_slurm_sweep_with_a_cancelled_job",
      "exact"),
     # tried as a new user and a cluster would break it, outside the lists above
     ("spfde.report stopped while it writes; a later report after a run is gone", "test_faults_tools.py::test_a_"
@@ -703,7 +710,7 @@ FAULTS = [
      "full_or_read_only_disk_or_into_a_file_is_one_line", "exact"),
     ("spfde.dashboard on a broken multirun.yaml", "test_faults_tools.py::test_a_dashboard_of_a_broken_multirun_yaml_"
      "is_one_line", "exact"),
-    ("sbatch refuses the sweep's jobs", "test_sweeps.py::test_a_job_slurm_refuses_is_one_line_and_nothing_is_"
+    ("sbatch refuses the sweep's jobs", "sweeps/test_sweeps.py::test_a_job_slurm_refuses_is_one_line_and_nothing_is_"
      "submitted", "exact"),
     ("every job of a -m sweep fails", "test_faults_tools.py::test_a_sweep_whose_every_job_fails_exits_2_with_the_"
      "count", "exact"),
@@ -715,13 +722,17 @@ FAULTS = [
      "exact"),
     ("logger.mode=online without a network", "test_faults_tools.py::test_wandb_online_without_a_network_is_one_line_"
      "in_seconds", "exact"),
-    ("a search relaunched after a kill, and stopped again", "test_search.py::test_stopped_trials_are_not_counted_again_"
+    ("a search relaunched after a kill, and stopped again",
+     "sweeps/test_search.py::test_stopped_trials_are_not_counted_again_"
      "when_a_relaunch_is_stopped_too", "exact"),
-    ("a second search on a sweep directory while the first trains, or at the same moment", "test_search.py::test_a_"
+    ("a second search on a sweep directory while the first trains, or at the same moment",
+     "sweeps/test_search.py::test_a_"
      "second_search_on_the_same_sweep_directory_is_refused_at_once", "exact"),
-    ("a search relaunched in its sweep directory with another box", "test_search.py::test_a_relaunch_with_another_box_"
+    ("a search relaunched in its sweep directory with another box",
+     "sweeps/test_search.py::test_a_relaunch_with_another_box_"
      "is_refused_naming_the_bounds", "exact"),
-    ("a truncated or corrupted study.db; a study written by Optuna 2.10", "test_search.py::test_a_study_of_an_older_"
+    ("a truncated or corrupted study.db; a study written by Optuna 2.10",
+     "sweeps/test_search.py::test_a_study_of_an_older_"
      "optuna_or_a_damaged_one_is_one_line", "exact"),
 ]
 FAULT_OUTCOMES = ("exact", "traceback", "mixed", "stuck")
@@ -740,7 +751,7 @@ def test_every_fault_of_the_table_has_its_test_and_the_readme_states_the_tally(c
     for _, where, outcome in FAULTS:
         module, name = where.split("::")
         assert outcome in FAULT_OUTCOMES
-        assert hasattr(importlib.import_module(f"tests.{module[:-3]}"), name), where
+        assert hasattr(importlib.import_module("tests." + module[:-3].replace("/", ".")), name), where
     line = fault_tally_line()
     with capsys.disabled():
         print(f"\n{line}")

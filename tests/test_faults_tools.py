@@ -14,8 +14,8 @@ import pytest
 
 from spfde.rundir.checkpoint import RunDirError, atomic_write
 from tests.helpers import REPO, lock_held_by_another_process, make_cfg, quick_overrides, run_cli, run_training
+from tests.results.test_report import fake_run
 from tests.test_faults import mounted_tmpfs, tiny
-from tests.test_report import fake_run
 
 SMOKE = REPO / "docs" / "smoke" / "runs"
 
@@ -238,7 +238,7 @@ def test_fifos_in_place_of_a_runs_files_are_one_line_never_a_hang(tmp_path):
 def test_an_image_folder_with_a_symlink_loop_trains_on_what_the_plan_counts(tmp_path):
     from spfde.planning.plan import build_plan
     from spfde.training.build import build_run
-    from tests.test_folders import write_folder
+    from tests.data.test_folders import write_folder
 
     root = write_folder(tmp_path / "f", size=(12, 12), classes=2, per_class=8)
     (root / "train" / "c0" / "loop").symlink_to(root / "train" / "c0", target_is_directory=True)

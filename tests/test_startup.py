@@ -48,7 +48,8 @@ def run_module(module: str, args: list[str], cwd: Path, **env: str) -> tuple[sub
     ("spfde.plan", ["--help"], {}, "usage: python -m spfde.plan"),
     ("spfde.run", ["--help"], {}, "spfde-run (= python -m spfde.run)"),
     ("spfde.run", ["-sc", "query=bash"], COMPLETION, "sparsity=rigl"),
-], ids=["status", "report", "dashboard", "analyze", "plan", "run", "run-completion"])
+    ("spfde.bench", ["--help"], {}, "usage: python -m spfde.bench"),
+], ids=["status", "report", "dashboard", "analyze", "plan", "run", "run-completion", "bench"])
 def test_help_and_tab_completion_load_no_torch(tmp_path, module, args, env, says):
     proc, heavy = run_module(module, args, tmp_path, **env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -92,7 +93,7 @@ def test_the_job_list_without_resolving_each_subdir_is_the_one_omegaconf_resolve
     """spfde.results.status names the jobs of a sweep whose subdir is conf/config.yaml's with spfde.config.run_name
     directly (resolving the interpolation for each of 75 jobs took a second): the same names as OmegaConf gives."""
     import spfde.results.status as status
-    from tests.test_status import MULTIRUN, make_sweep
+    from tests.results.test_status import MULTIRUN, make_sweep
 
     sweep = make_sweep(tmp_path / "sweep")
     (sweep / "multirun.yaml").write_text(MULTIRUN.replace("task: [epochs=10, 'freeze=0,0.2', launcher=slurm]",

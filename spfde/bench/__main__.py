@@ -10,6 +10,7 @@
     python -m spfde.bench plan [overrides ...]
     python -m spfde.bench gpu [--batch-sizes 64 512] [--train-size 12800] [--json PATH] [overrides ...]
     python -m spfde.bench data [--generate 3840] [--batch-size 256] [--steps 30] [--json PATH] [overrides ...]
+    python -m spfde.bench startup [--runs 75] [--repeats 5]
 
 methods: every sparse-training method on the quickstart setup (ResNet-32, digits) at one sparsity —
 test accuracy and training time per epoch relative to dense training.
@@ -42,6 +43,9 @@ device has (pil; gpu and dali on CUDA) as ratios to it, and the epoch time with 
 frozen for the fastest loader. Default ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64
 --batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8 dataset.image_size=32 dataset.workers=2
 device=cpu`.
+startup: how fast the commands that do not train (status on a sweep of --runs runs, report, dashboard, every
+--help) answer, each in a fresh process, with `python -X importtime`'s biggest packages and whether torch was
+loaded (one tiny run is trained, ~20 s, and copied into the sweep).
 gpu and data: `--json PATH` also writes the values and ratios, rewritten after each measurement (the GPU
 session's summary reads them); a measurement that fails is reported as not measured, the others still run,
 and the exit status is 1.
@@ -53,6 +57,7 @@ import argparse
 import logging
 import sys
 
+from spfde.bench.startup import startup
 from spfde.config import CONF_DIR
 
 
@@ -105,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=30, help="timed steps of the bare model")
     p.add_argument("--json", help="also write the measured values and ratios to this JSON file, as they come")
     p.add_argument("overrides", nargs="*", help="e.g. dataset.root=/path dataset.workers=15 precision=bf16")
+    p = sub.add_parser("startup", help="start-up time and imports of the commands that do not train")
+    p.add_argument("--runs", type=int, default=75, help="run directories of the sweep spfde.status reads")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per command (the median is shown)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # imported after parsing: --help needs no torch
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         from spfde.bench.plan_estimates import plan_estimates
 
         print(plan_estimates(args.overrides))
+    elif args.bench == "startup":
+        print(startup(args.runs, args.repeats))
     elif args.bench in ("gpu", "data"):
         if args.bench == "gpu":
             from spfde.bench.gpu import gpu

@@ -126,6 +126,7 @@ def commands(sweep: Path, out: Path) -> list[tuple[str, list[str], dict]]:
         ("analyze --help", ["-m", "spfde.analyze", "--help"], {}),
         ("plan --help", ["-m", "spfde.plan", "--help"], {}),
         ("run --help", ["-m", "spfde.run", "--help"], {}),
+        ("bench --help", ["-m", "spfde.bench", "--help"], {}),
         ("run -sc query=bash (Tab)", ["-m", "spfde.run", "-sc", "query=bash"], completion),
     ]
 

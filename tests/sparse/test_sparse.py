@@ -161,7 +161,7 @@ def test_grown_weights_start_at_zero_with_zero_momentum_but_for_mest(name):
         assert torch.all(layer.weight[grown] == 0)
         momentum = optimizer.state[layer.weight]["momentum_buffer"]
         pruned = before[n] & ~method.masks.masks[n]
-        if name == "mest":  # MEST's code leaves the momentum buffers alone (tests/test_reference.py)
+        if name == "mest":  # MEST's code leaves the momentum buffers alone (tests/sparse/test_reference.py)
             assert momentum[pruned].abs().sum() > 0
             continue
         assert torch.all(momentum[grown] == 0)

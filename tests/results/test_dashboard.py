@@ -18,7 +18,7 @@ from spfde.run import adhoc_sweep_dir
 from spfde.training.build import Runtime
 from spfde.training.log import RunLogger, run_tags, wandb_config, wandb_group, wandb_record
 from tests.helpers import make_cfg, quick_overrides
-from tests.test_sweeps import SWEEPS
+from tests.sweeps.test_sweeps import SWEEPS
 
 
 def dashboard(name: str, cwd, monkeypatch) -> dict:

@@ -22,7 +22,7 @@ from spfde.training.cost import CostModel
 from spfde.training.freeze import frozen_prefix_forward
 from spfde.training.schedule import lr_at
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
-from tests.test_sparse import make_method, tiny_net, two_layer_snfs
+from tests.sparse.test_sparse import make_method, tiny_net, two_layer_snfs
 
 # ------------------------------------------------------------------------------------ which layers are masked
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from spfde.data.dali import DaliLoader
 from spfde.data.loaders import IndexBatches, pass_draws
-from tests.test_folders import write_folder
+from tests.data.test_folders import write_folder
 
 SIZE = 16
 

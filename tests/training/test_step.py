@@ -14,7 +14,7 @@ import spfde.training.loop
 import spfde.training.step
 from spfde.models import build_model
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
-from tests.test_sparse import ALL, SMALL_INTERVALS, make_method, random_batches
+from tests.sparse.test_sparse import ALL, SMALL_INTERVALS, make_method, random_batches
 
 PLAIN_METHODS = [m for m in ALL if m != "lth"]  # LTH is the base class's hooks: covered by `static`
 

@@ -19,9 +19,9 @@ from spfde.planning.plan import build_plan, fmt_change, plan_sweep, render, swee
 from spfde.results.pareto import pareto_front
 from spfde.results.runs import find_runs, group, load_run
 from spfde.training.sieve import SieveError
+from tests.data.test_folders import write_folder
 from tests.helpers import make_cfg, quick_overrides
-from tests.test_folders import write_folder
-from tests.test_report import fake_run
+from tests.results.test_report import fake_run
 
 # ------------------------------------------------------------------ image folders are counted
 

@@ -1,4 +1,4 @@
-"""`python -m spfde.run` with one injected fault, for tests/test_distributed.py (run under torchrun):
+"""`python -m spfde.run` with one injected fault, for tests/training/test_distributed.py (run under torchrun):
 rank 1 flips one mask position after MEST's structure update of epoch 2, as a rank-dependent bug would."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`spfde.results.status`: one row per job of a sweep in every state, from run directories written by hand (no
-training), plus one real basic-launcher sweep. The SLURM test (a job cancelled mid-run) is in test_sweeps.py,
-next to the cluster fixture."""
+training), plus one real basic-launcher sweep. The SLURM test (a job cancelled mid-run) is in
+tests/sweeps/test_sweeps.py, next to the cluster fixture."""
 
 from __future__ import annotations
 

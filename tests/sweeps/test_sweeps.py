@@ -55,7 +55,7 @@ def test_table_rows_set_the_paper_configurations():
     cfg = compose_job(["+sweep=table2", "+sweep/row=spfde_20_20", "sparsity.ratio=0.95"])
     assert (cfg.sparsity.name, cfg.sparsity.ratio, cfg.freeze, cfg.sieve, cfg.dataset.name, cfg.model.width) == \
         ("mest", 0.95, 0.2, 0.2, "cifar100", 2)
-    cfg = compose_job(["+sweep=table3", "+sweep/row=itop"])  # as ITOP ran it (tests/test_reference.py)
+    cfg = compose_job(["+sweep=table3", "+sweep/row=itop"])  # as ITOP ran it (tests/sparse/test_reference.py)
     assert (cfg.sparsity.name, cfg.sparsity.ratio, cfg.dataset.name, cfg.batch_size) == ("itop", 0.8, "imagenet", 128)
     assert cfg.optim.lr == 0.1  # ITOP's lr for its global batch of 128, not scaled
     assert compose_job(["model=resnet50", "sparsity=itop"]).batch_size == 256  # the method alone keeps the recipe's

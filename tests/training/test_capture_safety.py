@@ -13,7 +13,7 @@ from spfde.training.build import build_run
 from spfde.training.freeze import candidate_blocks
 from spfde.training.step import EvalBatches, TrainStep, ensure_momentum_buffers
 from tests.helpers import make_cfg, quick_overrides
-from tests.test_sparse import ALL, SMALL_INTERVALS
+from tests.sparse.test_sparse import ALL, SMALL_INTERVALS
 
 # ops that read a device value on the host (or need its size there) and so wait for the GPU
 SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "nonzero_numpy",

@@ -269,7 +269,7 @@ def test_a_relaunch_with_another_box_is_refused_naming_the_bounds(search):
 def test_a_study_of_an_older_optuna_or_a_damaged_one_is_one_line(tmp_path, content):
     sweep_dir = tmp_path / "old"
     sweep_dir.mkdir()
-    old = (REPO / "tests" / "data" / "optuna2-study.db").read_bytes()  # written by Optuna 2.10 (the former stack)
+    old = (REPO / "tests" / "fixtures" / "optuna2-study.db").read_bytes()  # written by Optuna 2.10 (the former stack)
     (sweep_dir / "study.db").write_bytes({"older": old, "garbage": b"not a database " * 100,
                                           "truncated": old[:3000]}[content])
     proc = run_cli(["-m", *quick_overrides(), *BOX, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)

@@ -10,8 +10,8 @@ from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
 from spfde.planning.plan import build_plan
 from spfde.training.sieve import Sieve
+from tests.data.test_data import make_image_folder
 from tests.helpers import crash_then_resume, make_cfg, quick_overrides, read_metrics, run_training, summary_core
-from tests.test_data import make_image_folder
 
 
 class Loader:
