@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,13 @@ def _to_uint8_size(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_digits(cfg) -> Arrays:
-    from sklearn.datasets import load_digits as sk_digits
+    # sklearn (through rich) draws from Python's global RNG when it is first imported: keep the run's seeded
+    # stream the same whether this process imported it before or not
+    state = random.getstate()
+    from sklearn.datasets import load_digits as sk_digits  # local: a second or more of start-up, digits only
     from sklearn.model_selection import train_test_split
+
+    random.setstate(state)
 
     x, y = sk_digits(return_X_y=True)
     images = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8).mul(255 / 16).round().to(torch.uint8)

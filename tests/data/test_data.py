@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 
 from spfde.data import DataError, build_data
 from spfde.data.loaders import augmentation_draws, random_crop_flip
-from tests.helpers import make_cfg
+from tests.helpers import REPO, make_cfg
 
 
 def data_for(overrides, tmp_path=None):
@@ -28,6 +30,15 @@ def test_digits_stratified_split_matches_config():
     test_counts = torch.bincount(data.test.labels, minlength=10).float()
     ratio = test_counts / (train_counts + test_counts)
     assert torch.all((ratio - 0.2).abs() < 0.02)  # stratified: every class split ~80/20
+
+
+def test_loading_digits_in_a_fresh_process_leaves_the_seeded_python_rng_alone():
+    # a fresh process: sklearn is imported for the first time here, as in `python -m spfde.run`
+    code = ("import random; from spfde.data.sources import load_digits; from tests.helpers import make_cfg; "
+            "cfg = make_cfg(['experiment=quickstart']); random.seed(0); state = random.getstate(); "
+            "load_digits(cfg.dataset); print(random.getstate() == state)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
 
 
 def test_loader_covers_its_index_array_once_per_epoch():

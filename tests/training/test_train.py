@@ -134,7 +134,9 @@ OLD_RELEASE_OVERRIDES = quick_overrides("epochs=3", "freeze=0.02", "sieve=0.2", 
 def differences(old, new, path: str = "") -> list[str]:
     """Where two checkpoint states differ, beyond what another CPU's rounding explains: every key, every count, mask,
     RNG state and record must be equal; float tensors and floats within 1e-2 (one epoch apart in rounding)."""
-    if path.endswith(("/run_id", "elapsed_s", "_s")):
+    # release 0.1's Python RNG state held a draw that importing sklearn made in a fresh process (Python's RNG
+    # drives nothing in training; the state is restored as it was saved)
+    if path.endswith(("/run_id", "elapsed_s", "_s")) or path.startswith("/rng/python"):
         return []
     if isinstance(old, dict):
         if set(old) != set(new):
