@@ -7,9 +7,12 @@ PY := $(VENV)/bin/python
 #   make install TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
+# two pytest-xdist workers of one torch thread each (faster than one worker on 2 cores; see README, Development);
+# PYTEST_WORKERS= runs the suite in one process
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench bench-plan bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
+.PHONY: help install run test test-fast coverage lint bench bench-plan bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,10 +33,18 @@ run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via
 
 test: install lint  ## lint, then the whole test suite (slow tests included; starts a local SLURM cluster when it can)
 	@bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_WORKERS) --durations=15 $(ARGS)
 
-test-fast: install  ## the test suite without the slow tests
-	$(PY) -m pytest -m "not slow"
+test-fast: install  ## the test suite without the slow tests (every module still runs)
+	$(PY) -m pytest $(PYTEST_WORKERS) -m "not slow" --durations=5 $(ARGS)
+
+coverage: install  ## branch coverage of the package over the whole suite (subprocesses included); prints the total
+	@bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest $(PYTEST_WORKERS) -q $(ARGS)
+	@$(PY) -m coverage combine -q
+	@$(PY) -m coverage report > coverage.txt
+	@echo "branch coverage of spfde and hydra_plugins: $$($(PY) -m coverage report --format=total)% (per module: coverage.txt)"
 
 bench: install  ## benchmarks that print numbers and ratios (methods vs dense, frozen-prefix step time, Fig. 4 memory, Table 2 and 3 FLOPs)
 	$(PY) -m spfde.bench methods --epochs 10

@@ -214,6 +214,7 @@ def test_a_bad_input_is_one_line_before_any_work(entry, paths, tmp_path, monkeyp
     assert_one_line_before_work(code, stderr, expected, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", [e for e in entries("run", "plan", "rank0") if e.values[0][5] is not None])
 def test_the_way_out_an_error_names_works_as_written(entry, paths, tmp_path, monkeypatch, capsys):
     """The arguments the one line says to use pass the same checks (nothing is started)."""
@@ -285,6 +286,7 @@ def test_cifar_offline_fails_before_the_run_dir_saying_where_to_put_it(paths, tm
     assert "download failed" in stderr and "cifar-10-python.tar.gz" in stderr
 
 
+@pytest.mark.slow
 def test_relaunching_a_sweep_whose_job_still_trains_names_it_before_anything_starts(paths, tmp_path, monkeypatch,
                                                                                    capsys):
     """A killed launcher (-m launcher=local) leaves its jobs training; a relaunch says which, one line each."""
@@ -307,6 +309,7 @@ def test_relaunching_a_sweep_whose_job_still_trains_names_it_before_anything_sta
 # ----------------------------------------------------------------------------- item 11: other sweepers
 
 
+@pytest.mark.slow
 def test_sweeps_are_checked_per_value_and_other_sweepers_values_are_left_to_them(paths):
     jobs, drawn = sweep_jobs([*T, "seed=range(0,2)", "model=glob(res*)", "sieve=tag(log,interval(0.001,0.3))"])
     assert len(jobs) == 4 and {a for j in jobs for a in j if a.startswith("model=")} == {"model=resnet32",
@@ -320,6 +323,7 @@ def test_sweeps_are_checked_per_value_and_other_sweepers_values_are_left_to_them
 # ----------------------------------------------------------------------------- item 14: the advice works
 
 
+@pytest.mark.slow
 def test_the_bad_image_advice_on_bad_file_skip_resumes_the_run_in_progress(paths, tmp_path, monkeypatch):
     """An image that stops a run in its second epoch: the error's way out (dataset.on_bad_file=skip) resumes
     the run instead of being refused as other settings."""

@@ -15,6 +15,7 @@ def test_every_experiment_composes_and_validates(name):
     assert cfg.experiment_name == name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["model", "dataset", "optim", "logger", "sparsity"])
 def test_every_group_option_composes(group):
     for option in group_options(group):
@@ -132,6 +133,7 @@ def test_no_option_file_repeats_a_schema_default():
     assert not repeats, "option files repeat schema defaults: " + "; ".join(repeats)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["dataset", "model", "optim", "logger", "freeze_scheme", "sparsity"])
 def test_every_option_sets_its_groups_own_keys(group):
     """The keys the schema leaves to a group (`???`) are set by every option of the group (a method's

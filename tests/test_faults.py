@@ -67,6 +67,7 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint(tmp_
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_a_real_divergence_is_a_non_zero_exit_logged_in_run_log(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "spfde.run", *tiny("optim.lr=1e30", "progress=false"),
                            f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -85,6 +86,7 @@ def test_non_finite_values_are_rejected_by_validation():
 # ----------------------------------------------------------------------------- 2. config drift
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_the_keys(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     before = (tmp_path / "last.pt").read_bytes()
@@ -121,6 +123,8 @@ def test_different_data_roots_never_share_a_run_directory():
 # ----------------------------------------------------------------------------- 3. one process per run dir
 
 
+@pytest.mark.slow
+@pytest.mark.whole_machine
 def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
                                "from spfde.rundir.lifecycle import lock_run_dir; "
@@ -142,6 +146,7 @@ def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
 # ----------------------------------------------------------------------------- 4. damaged side files
 
 
+@pytest.mark.slow
 def test_damaged_metrics_are_rebuilt_from_the_checkpoint(tmp_path, monkeypatch):
     straight = run_training(tiny(), tmp_path / "straight")
     run_dir = tmp_path / "resumed"
@@ -154,6 +159,7 @@ def test_damaged_metrics_are_rebuilt_from_the_checkpoint(tmp_path, monkeypatch):
     assert len(list(run_dir.glob("metrics.jsonl.corrupt-*"))) == 1  # kept for inspection
 
 
+@pytest.mark.slow
 def test_deleted_metrics_are_rebuilt_and_a_damaged_summary_means_not_finished(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     first = read_metrics(tmp_path)
@@ -170,6 +176,7 @@ def test_deleted_metrics_are_rebuilt_and_a_damaged_summary_means_not_finished(tm
 # ----------------------------------------------------------------------------- 5. fresh=true once per launch
 
 
+@pytest.mark.slow
 def test_fresh_applies_once_per_launch_and_a_requeued_job_resumes(tmp_path, monkeypatch):
     run_training(tiny("epochs=1"), tmp_path)  # an earlier, finished run
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -228,6 +235,7 @@ def test_a_crafted_checkpoint_or_snapshot_is_refused_and_runs_nothing(tmp_path):
 # ----------------------------------------------------------------------------- 8, 9. damaged checkpoint, full disk
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_one_line_before_any_work(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     data = (tmp_path / "last.pt").read_bytes()
@@ -241,6 +249,7 @@ def test_a_damaged_checkpoint_is_one_line_before_any_work(tmp_path, monkeypatch)
         assert "fresh=true" in message and "delete" in message
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_temp_file(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     before = (tmp_path / "last.pt").read_bytes()
@@ -278,6 +287,7 @@ FOLDER = ["experiment=quickstart", "model.depth=8", "dataset=imagefolder", "data
           "dataset.workers=0", "epochs=1", "batch_size=2"]
 
 
+@pytest.mark.slow
 def test_bad_image_folders_are_rejected_before_the_run_dir_exists(tmp_path):
     root = image_folder(tmp_path / "data")
     (root / "train" / "empty").mkdir()
@@ -331,6 +341,7 @@ def test_typos_and_bad_seeds_are_one_line_errors():
         precheck_overrides(tiny("seed=-1"))
 
 
+@pytest.mark.slow
 def test_every_sweep_job_is_checked_before_any_starts():
     with pytest.raises(ConfigError) as err:
         precheck_overrides(["-m", *tiny("optim.lr=0.1,-1", "seed=0,1")])
@@ -345,6 +356,8 @@ def test_every_sweep_job_is_checked_before_any_starts():
 # ----------------------------------------------------------------------------- 14. SIGTERM
 
 
+@pytest.mark.slow
+@pytest.mark.whole_machine
 def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
     args = [sys.executable, "-m", "spfde.run", *tiny("epochs=200", "progress=false"), f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -368,6 +381,7 @@ def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
 # ----------------------------------------------------------------------------- issue 23: mixed or damaged results
 
 
+@pytest.mark.slow
 def test_fresh_archives_everything_a_run_wrote_and_an_interrupted_archive_is_finished(tmp_path, monkeypatch):
     run_training(tiny("analysis.every=1", "epochs=3"), tmp_path)
     (tmp_path / ".last.pt.tmp999999").write_bytes(b"a write a kill interrupted")
@@ -427,6 +441,7 @@ def test_a_checkpoint_changed_after_writing_is_refused_naming_it(tmp_path, monke
         load_checkpoint(tmp_path / "rewind.pt")
 
 
+@pytest.mark.slow
 def test_the_cpu_thread_count_is_part_of_the_fingerprint(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch, "threads=1")
     assert load_checkpoint(tmp_path / "last.pt")["fingerprint"]["threads"] == 1
@@ -435,6 +450,7 @@ def test_the_cpu_thread_count_is_part_of_the_fingerprint(tmp_path, monkeypatch):
     assert run_training(tiny("threads=1"), tmp_path)["epochs"] == 2  # the advice works as written
 
 
+@pytest.mark.slow
 def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tmp_path, capsys):
     from spfde.report import main as report
 
@@ -450,6 +466,7 @@ def test_a_finished_run_heals_its_metrics_on_relaunch_and_the_report_reads_it(tm
     assert "damaged" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_one_damaged_summary_does_not_break_the_report(tmp_path, capsys):
     from spfde.report import main as report
 
@@ -486,6 +503,8 @@ def test_kept_damaged_copies_are_never_overwritten(tmp_path, monkeypatch):
     assert len(kept) == 3 and sorted(p.read_text() for p in kept) == ["damaged 0", "damaged 1", "damaged 2"]
 
 
+@pytest.mark.slow
+@pytest.mark.whole_machine
 def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -510,6 +529,7 @@ def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_any_failed_write_of_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
     crashed_after_epoch_1(tmp_path, monkeypatch)
     before = (tmp_path / "last.pt").read_bytes()

@@ -37,6 +37,7 @@ def two_runs(root: Path) -> list[Path]:
     return [fake_run(root, "a", ["seed=0"], acc=0.9, epochs=2), fake_run(root, "b", ["seed=1"], acc=0.8, epochs=2)]
 
 
+@pytest.mark.slow
 def test_a_report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_one_keeps_nothing_stale(
         tmp_path, monkeypatch):
     import spfde.results.report
@@ -63,6 +64,7 @@ def test_a_report_stopped_while_writing_leaves_the_earlier_one_whole_and_a_new_o
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []  # no staging folders left
 
 
+@pytest.mark.slow
 def test_a_report_on_a_full_or_read_only_disk_or_into_a_file_is_one_line(tmp_path):
     two_runs(tmp_path / "sweep")
     (tmp_path / "file").write_text("x")
@@ -84,6 +86,7 @@ def test_a_report_on_a_full_or_read_only_disk_or_into_a_file_is_one_line(tmp_pat
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value, why", [("NaN", "final_acc is nan"), ("Infinity", "train_flops is inf"),
                                         ("-1", "train_flops is -1"), ("0", "train_flops is 0"),
                                         ("1.5", "final_acc is 1.5")])
@@ -97,6 +100,7 @@ def test_impossible_numbers_in_a_summary_are_damaged_and_left_out(tmp_path, valu
     assert "1 runs in 1 groups" in proc.stdout
 
 
+@pytest.mark.slow
 def test_runs_of_one_leaf_name_and_odd_names_get_their_own_timelines_and_working_links(tmp_path):
     import spfde.results.report
 
@@ -142,6 +146,7 @@ def test_a_calibration_that_cannot_be_saved_still_gives_its_plan(tmp_path, monke
     assert "measured but not saved" in caplog.text and not (tmp_path / "cal.json").exists()
 
 
+@pytest.mark.slow
 def test_plan_results_chooses_only_among_runs_of_the_plans_own_settings(tmp_path):
     from spfde.config import ConfigError
     from spfde.planning.budget import solve
@@ -191,6 +196,7 @@ def test_status_does_not_take_a_run_dated_in_the_future_for_one_starting(tmp_pat
     assert job["state"] == "stopped" and job["eta_s"] is None
 
 
+@pytest.mark.slow
 def test_a_refused_second_launch_leaves_the_holders_log_alone(tmp_path):
     from spfde.results.status import sweep_status
 
@@ -212,6 +218,8 @@ def test_a_refused_second_launch_leaves_the_holders_log_alone(tmp_path):
 # ----------------------------------------------------------------------------- a run's files and data
 
 
+@pytest.mark.slow
+@pytest.mark.whole_machine
 def test_fifos_in_place_of_a_runs_files_are_one_line_never_a_hang(tmp_path):
     from spfde.report import main as report_main
     from spfde.results.status import sweep_status
@@ -266,6 +274,7 @@ def test_a_failed_cifar_download_leaves_no_empty_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_fresh_archives_the_earlier_run_log_too(tmp_path):
     run = tmp_path / "run"
     args = [*tiny("epochs=1", "logger=none", "progress=false"), f"hydra.run.dir={run}"]
@@ -297,6 +306,7 @@ def test_analysis_snapshots_keep_half_a_float32_gram_and_give_the_same_cka(tmp_p
 # ----------------------------------------------------------------------------- sweeps, dashboards
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_every_job_fails_exits_2_with_the_count(tmp_path):
     proc = run_cli(["-m", *tiny("logger=none", "progress=false"), "optim.lr=1e30,1e31",
                     f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)

@@ -46,6 +46,7 @@ def test_plan_help_prints_help(capsys):
     assert out.startswith("usage:") and "-m" in out
 
 
+@pytest.mark.slow
 def test_plan_of_a_sweep_prints_job_count_and_total(capsys):
     plan_main(["-m", "+sweep=smoke", "seed=0,1"])
     out = capsys.readouterr().out

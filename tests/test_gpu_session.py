@@ -37,6 +37,7 @@ def test_the_stand_in_for_the_gpu_machine_hides_wandb_and_submitit(tmp_path):
         assert proc.returncode == 1 and "ModuleNotFoundError" in proc.stderr, module
 
 
+@pytest.mark.slow
 def test_logger_wandb_without_wandb_is_one_line_before_any_work(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "spfde.run", "experiment=quickstart", "logger=wandb",
                            f"hydra.run.dir={tmp_path / 'run'}"], env=gpu_machine_env(tmp_path), cwd=tmp_path,
@@ -47,6 +48,7 @@ def test_logger_wandb_without_wandb_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.whole_machine
 @pytest.mark.slow
 def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
     """Every step of the session at its CPU sizes: pytest tests/test_gpu.py (skips here), `python -m spfde.bench gpu`,

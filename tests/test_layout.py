@@ -90,6 +90,7 @@ def test_the_commands_that_do_not_train_load_no_torch():
         assert not heavy_imports(module) & {"torch", "wandb"}, module
 
 
+@pytest.mark.slow
 def test_imports_inside_functions_only_keep_heavy_packages_out_of_start_up():
     """An import inside a function is allowed where it keeps a heavy package (torch, Hydra, matplotlib, ...) that the
     module itself does not load out of its start-up; anywhere else it would only hide an import circle (or speed
@@ -150,3 +151,15 @@ def test_the_benchmarks_list_of_methods_without_torch_is_the_method_registry():
     from spfde.sparse import METHODS
 
     assert method_names() == ["dense", *sorted(m for m in METHODS if m != "dense")]
+
+
+
+def test_every_module_imports():
+    # in one fresh interpreter, each module in turn (the benchmarks and the sweep callback included, which no quick
+    # test runs); a failure names the module
+    code = ("import importlib, sys, traceback\n"
+            f"for name in {sorted(MODULES)!r}:\n"
+            "    try:\n        importlib.import_module(name)\n"
+            "    except Exception:\n        print(name, traceback.format_exc(limit=2)); sys.exit(1)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

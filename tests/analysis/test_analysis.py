@@ -43,6 +43,7 @@ def test_structural_similarity_extremes_and_packing():
     assert 0.4 < structural_similarity(mask, half.view_as(mask)) < 0.6
 
 
+@pytest.mark.slow
 def test_snapshots_survive_a_resume(tmp_path, monkeypatch):
     overrides = quick_overrides("epochs=4", "interval=1", "analysis.every=1", "analysis.probe_size=64")
     with monkeypatch.context() as m:
@@ -80,6 +81,7 @@ def test_analyze_writes_the_three_figures(tmp_path):
     assert missing.returncode == 2 and "analysis.every" in missing.stderr
 
 
+@pytest.mark.slow
 def test_fig3b_says_why_a_panel_is_empty_and_fig1a_names_the_layers_it_draws(tmp_path):
     import matplotlib
 

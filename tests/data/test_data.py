@@ -32,6 +32,7 @@ def test_digits_stratified_split_matches_config():
     assert torch.all((ratio - 0.2).abs() < 0.02)  # stratified: every class split ~80/20
 
 
+@pytest.mark.slow
 def test_loading_digits_in_a_fresh_process_leaves_the_seeded_python_rng_alone():
     # a fresh process: sklearn is imported for the first time here, as in `python -m spfde.run`
     code = ("import random; from spfde.data.sources import load_digits; from tests.helpers import make_cfg; "

@@ -323,6 +323,8 @@ class Blocking(torch.utils.data.Dataset):
         return self.dataset[i]
 
 
+@pytest.mark.slow
+@pytest.mark.whole_machine
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("dies", [False, True], ids=["stuck", "dead"])
 @pytest.mark.parametrize("kind", ["pil", "gpu"])
@@ -353,6 +355,7 @@ def folder_run(root, tmp_path, *extra):
                     f"hydra.run.dir={tmp_path / 'run'}", *extra], cwd=tmp_path, timeout=300)
 
 
+@pytest.mark.slow
 def test_small_rgb_folder_trains_in_memory_with_cifar_augmentation(tmp_path):
     root = write_folder(tmp_path / "f", size=(32, 32), suffix="png")
     data = build_data(make_cfg(["dataset=imagefolder", f"dataset.root={root}"]), torch.device("cpu"),
@@ -364,6 +367,7 @@ def test_small_rgb_folder_trains_in_memory_with_cifar_augmentation(tmp_path):
     assert "at 32x32x3, in memory, augment cifar, hflip True, loader in-memory" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_grayscale_folder_keeps_one_channel_and_no_flip(tmp_path):
     root = write_folder(tmp_path / "g", size=(28, 28), mode="L", suffix="png")
     cfg = make_cfg(["dataset=imagefolder", f"dataset.root={root}", "dataset.channels=1", "dataset.hflip=false"])
@@ -385,6 +389,7 @@ def test_large_folder_streams_with_pil_on_cpu_and_plan_sees_the_size(tmp_path):
     assert build_plan(cfg)["train_flops"] > 0
 
 
+@pytest.mark.slow
 def test_bad_loader_values_are_one_line_errors_before_training(tmp_path):
     root = write_folder(tmp_path / "f", per_class=2)
     base = ["experiment=quickstart", "dataset=imagefolder", f"dataset.root={root}", "device=cpu"]

@@ -21,6 +21,7 @@ def test_paper_resnet32_is_2x_wide_with_projection_shortcuts():
     assert model.block_names[0] == "stem" and model.block_names[-1] == "head" and len(model.blocks) == 17
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_takes_a_training_step_on_fake_data(name):
     size = 64 if name == "resnet50" else 32
@@ -46,6 +47,7 @@ def test_every_model_takes_a_training_step_on_fake_data(name):
     assert torch.allclose(h, model(x))
 
 
+@pytest.mark.slow
 def test_models_accept_small_grayscale_inputs():
     for name in sorted(MODELS):
         cfg = make_cfg([f"model={name}", "dataset=digits"])

@@ -26,6 +26,7 @@ from tests.results.test_report import fake_run
 # ------------------------------------------------------------------ image folders are counted
 
 
+@pytest.mark.slow
 def test_plan_of_an_image_folder_counts_its_images_and_classes(tmp_path):
     root = write_folder(tmp_path / "f", size=(28, 28), classes=2, per_class=30)  # 60 train, 20 val images
     base = ["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=28", "model=resnet32",
@@ -56,6 +57,7 @@ def test_changes_print_one_sign_and_never_minus_zero():
 # ------------------------------------------------------------------ the fast sweep plan
 
 
+@pytest.mark.slow
 def test_fast_sweep_plan_gives_each_job_the_plain_plan(monkeypatch):
     sweep = [*quick_overrides("epochs=4"), "freeze=0,0.1", "sieve=0,0.2", "seed=0,1"]
     fast = sweep_plans(sweep)
@@ -129,6 +131,7 @@ def test_json_plan_carries_the_estimate_and_its_parts(tmp_path, fake_measure, ca
     assert plan["estimate"]["unit"] == "CPU-hours"
 
 
+@pytest.mark.slow
 def test_sweep_estimates_warn_about_the_slurm_time_limit(tmp_path, fake_measure, capsys):
     text = plan_sweep([*quick_overrides("epochs=4"), "freeze=0,0.1", "seed=0,1", "plan.calibrate=true",
                        f"plan.calibration_file={tmp_path / 'c.json'}", "launcher=slurm"],
@@ -160,6 +163,7 @@ def solved():
     return cfg, budget.solve(cfg, quick_overrides("epochs=4", "plan.budget=0.75"))
 
 
+@pytest.mark.slow
 def test_the_chosen_pair_meets_the_budget(solved):
     cfg, answer = solved
     choice = answer["choice"]
@@ -177,6 +181,7 @@ def test_the_chosen_pair_meets_the_budget(solved):
     assert choice["command"].endswith(f"freeze={choice['freeze']:g} sieve={choice['sieve']:g}")
 
 
+@pytest.mark.slow
 def test_an_impossible_budget_names_the_smallest_reachable_fraction(solved):
     cfg = make_cfg(quick_overrides("epochs=4", "plan.budget=0.1"))
     with pytest.raises(ConfigError) as e:
@@ -187,6 +192,7 @@ def test_an_impossible_budget_names_the_smallest_reachable_fraction(solved):
     assert f"{min(r['fraction'] for r in rows):.3f} of the run without freezing and sieving" in str(e.value)
 
 
+@pytest.mark.slow
 def test_results_pick_the_best_measured_pair_within_the_budget(solved, tmp_path):
     cfg, answer = solved
     inside = sorted(answer["candidates"], key=lambda r: r["fraction"])
@@ -209,6 +215,7 @@ def test_results_pick_the_best_measured_pair_within_the_budget(solved, tmp_path)
     assert ("Pareto front" in budget.render({**answer, "choice": choice})) == on_front
 
 
+@pytest.mark.slow
 def test_bad_plan_values_are_one_line_errors():
     for overrides, message in [(["plan.budget=1.5"], "plan.budget is a fraction"),
                                (["plan.budget_hours=2"], "plan.budget_hours needs measured step times"),

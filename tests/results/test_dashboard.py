@@ -71,6 +71,7 @@ def test_sweep_dashboard_spec_names_the_panels_and_groupings(name, tmp_path, mon
     validated(spec)
 
 
+@pytest.mark.slow
 def test_per_layer_panels_draw_every_per_layer_series_of_a_run(tmp_path, monkeypatch):
     """One panel per per-layer series; each panel's pattern takes every layer's series as a run logs it to wandb
     (spfde.training.log.wandb_record) and no other series."""
@@ -133,6 +134,7 @@ def test_the_filter_keeps_any_group_name_exact():
         assert [(f.key.name, f.value) for f in tree.filters] == [("group", group), ("jobType", "train")]
 
 
+@pytest.mark.slow
 def test_groupings_follow_what_the_sweep_varies(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert sweep_info("freeze_schemes")["varies"].keys() >= {"freeze_scheme.name", "freeze"}
@@ -197,6 +199,7 @@ class FakeWandb:
         pass
 
 
+@pytest.mark.slow
 def test_runs_of_an_adhoc_sweep_log_to_its_own_group(tmp_path, monkeypatch):
     """A job of an ad-hoc -m sweep logs to the wandb group named after its sweep directory (not `quickstart`, which
     every single quickstart run shares), the group the sweep's dashboard filters on."""

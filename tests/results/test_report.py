@@ -63,6 +63,7 @@ def test_the_issue_example_is_three_configurations_not_two_seeds(tmp_path):
     assert "optim.lr=0.05" in changed["label"] and "interval=2" in changed["label"]
 
 
+@pytest.mark.slow
 def test_seeds_and_keys_that_do_not_change_results_share_a_row(tmp_path):
     fake_run(tmp_path, "s0", ["seed=0"], acc=0.9)
     fake_run(tmp_path, "s1", ["seed=1", "device=auto", "logger=wandb", "logger.project=other", "threads=1"], acc=0.8)
@@ -85,6 +86,7 @@ def test_a_repeated_seed_in_one_configuration_is_an_error_naming_both_runs(tmp_p
     assert exit_info.value.code == 2 and err.startswith("spfde: error:") and str(a) in err and str(b) in err
 
 
+@pytest.mark.slow
 def test_grid_figure_has_one_line_per_x_and_vector_copies(tmp_path):
     import matplotlib
 
@@ -131,6 +133,7 @@ def captured_figures(monkeypatch) -> list:
     return figures
 
 
+@pytest.mark.slow
 def test_one_seed_has_no_std_anywhere(tmp_path, monkeypatch):
     from spfde.results.figures import plot_heatmaps
     from spfde.results.runs import write_csv
@@ -183,6 +186,7 @@ def test_legends_are_in_numeric_order_and_name_every_varying_key(tmp_path, monke
     assert figures[0].axes[0].get_ylabel() == "test accuracy (%, mean ± std over seeds)"
 
 
+@pytest.mark.slow
 def test_log_flops_axis_labels_do_not_overlap(tmp_path, monkeypatch):
     from spfde.results.figures import plot_acc_vs_flops
 
@@ -201,6 +205,7 @@ def test_log_flops_axis_labels_do_not_overlap(tmp_path, monkeypatch):
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
 
 
+@pytest.mark.slow
 def test_timeline_has_accuracy_and_separate_axes_in_png_and_pdf(tmp_path):
     import matplotlib
 
@@ -246,6 +251,7 @@ def tables_tex(root: Path) -> str:
     return latex_tables(group(rows), sorted({str(r["experiment"]) for r in rows}))
 
 
+@pytest.mark.slow
 def test_tables_tex_in_the_paper_layout_for_table2_and_table3(tmp_path):
     for ratio in (0.9, 0.95):
         for seed in (0, 1, 2):

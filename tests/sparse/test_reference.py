@@ -38,6 +38,7 @@ def masked_of(model, method: str) -> list[str]:
     return list(Masks(model, cfg.sparsity.dense_layers, "uniform", cfg.sparsity.masked).layers)
 
 
+@pytest.mark.slow
 def test_mest_masks_what_its_resnet32_and_vgg19_profiles_list():
     """boone891214/MEST profiles/resnet32_cifar/irr/resnet32_0.9.yaml lists the 30 convs layer{1,2,3}.{0..4}.conv{1,2}
     (conv1 commented out; the 1x1 shortcuts and the linear classifier absent: prune_main.py prune_harden skips
@@ -54,6 +55,7 @@ def test_mest_masks_what_its_resnet32_and_vgg19_profiles_list():
     assert len(convs) == 16 and masked == convs[1:]  # every conv but the first; the classifier dense
 
 
+@pytest.mark.slow
 def test_rigl_masks_all_but_the_first_layer_and_itop_masks_every_layer():
     """google-research/rigl rigl/imagenet_resnet/imagenet_train_eval.py: first_layer_sparsity 0 (the first conv
     dense), last_layer_sparsity -1 (the classifier sparse), projection shortcuts sparse (resnet_model.py).
@@ -116,6 +118,7 @@ ONESHOT_RIGL = quick_overrides("sparsity=rigl", "sparsity.rigl.delta_t=5", "epoc
                                "sieve_method=oneshot")
 
 
+@pytest.mark.slow
 def test_rigl_with_a_one_shot_removal_stops_at_three_quarters_of_the_steps_taken(tmp_path, monkeypatch):
     """google-research/rigl rigl/sparse_optimizers_base.py: updates every delta_t steps of the global step until
     end_step, with the drop fraction's cosine over the same steps. The steps are the ones the run takes: a
@@ -297,6 +300,7 @@ def test_snfs_lowers_the_prune_rate_of_a_nearly_dense_growing_layer():
     assert stats["sparsity/pruned/blocks.1"] == math.ceil(method.rate(1) * 50)
 
 
+@pytest.mark.slow
 def test_step_schedule_is_validated_in_one_line():
     from spfde.checks.command_line import precheck_overrides
     from spfde.config import ConfigError
@@ -310,6 +314,7 @@ def test_step_schedule_is_validated_in_one_line():
     assert OmegaConf.select(make_cfg(["optim.schedule=step"]), "optim.step_at") == [0.3, 0.6, 0.9]
 
 
+@pytest.mark.slow
 def test_a_run_made_before_the_masking_rule_is_refused_with_the_way_to_resume_it(tmp_path, monkeypatch):
     """A checkpoint from before `sparsity.masked` (its fingerprint has no such key; every conv and linear but
     `sparsity.dense_layers`, default the first conv, was masked) is refused in one line naming the overrides that

@@ -297,6 +297,7 @@ def test_bad_sparsity_configs_fail_in_one_line(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_dense_ignores_the_ratio_so_method_sweeps_can_include_it(tmp_path):
     summary = run_training(quick_overrides("sparsity=dense", "sparsity.ratio=0.9", "epochs=1"), tmp_path)
     assert summary["final_sparsity"] == 0.0 and summary["sparsity_ratio"] == 0.0
@@ -309,6 +310,7 @@ def test_unreachable_ratio_fails_before_training(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mest", "rigl", "set", "deepr", "dsr", "snfs", "itop", "snip"])
 def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch):
     overrides = quick_overrides(f"sparsity={name}", "epochs=3", "interval=1", "sparsity.mest.mode=em",
@@ -482,6 +484,7 @@ def test_itop_rate_is_monotone_and_the_union_of_masks_seen():
     assert method.epoch_stats()["sparsity/itop_rate"] == rates[-1]
 
 
+@pytest.mark.slow
 def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
     from omegaconf import open_dict
 

@@ -242,6 +242,7 @@ def test_the_plan_of_a_search_under_a_budget_shows_its_feasible_part(capsys):
     assert "feasible part of the box under search.budget=0.8" in out and "#" in out and "." in out.split("feasible")[1]
 
 
+@pytest.mark.slow
 @needs_search
 def test_a_second_search_on_the_same_sweep_directory_is_refused_at_once(tmp_path):
     sweep_dir = tmp_path / "busy"
@@ -264,6 +265,7 @@ def test_a_relaunch_with_another_box_is_refused_naming_the_bounds(search):
     assert (sweep_dir / "study.db").read_bytes() == before
 
 
+@pytest.mark.slow
 @needs_search
 @pytest.mark.parametrize("content", ["older", "garbage", "truncated"])
 def test_a_study_of_an_older_optuna_or_a_damaged_one_is_one_line(tmp_path, content):

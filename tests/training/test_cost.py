@@ -38,6 +38,7 @@ def test_resnet32_dense_forward_is_551_mflops():
     assert cost.dense_forward == pytest.approx(551.2e6, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_resnet50_imagenet_inference_and_rigl_budget():
     plan = plan_for("model=resnet50", "dataset=imagenet", "sparsity=dense")
     assert float(f"{plan['inference_flops']:.3g}") == 8.18e9
@@ -59,6 +60,7 @@ def test_step_cost_rules():
     assert readers > 0 and frozen == pytest.approx(3 * cost.dense_forward - 2 * sum(blocks[:2]) - readers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, extra", [
     ("mest", ["interval=1"]),
     ("rigl", ["sparsity.rigl.delta_t=7"]),  # dense-gradient steps, some on partial batches
@@ -121,6 +123,7 @@ def test_paper_memory_keeps_every_layer_output_and_gradients_of_trainable_layers
         assert mem["activation_grads"] == 4 * batch * sum(widths[k + 1:])
 
 
+@pytest.mark.slow
 def test_fig4_memory_reductions_match_the_paper_with_its_convention():
     """`python -m spfde.bench memory`, paper convention: SpFDE (x = 0.2) against the plain-DST minimum at 90/95/98%
     is within 2 points of Fig. 4 (average 20-25.3%, minimum 42.2-43.9%)."""
@@ -146,6 +149,7 @@ def test_memory_counts_non_zeros_of_masked_layers():
     assert full["activations"] == half["activations"]
 
 
+@pytest.mark.slow
 def test_frozen_prefix_of_resnet_lowers_activation_memory():
     model = build_model(make_cfg([]).model, 100, 3)
     values = [measure_activations(model, (3, 32, 32), 64, k)[0] for k in (0, 5, 10, 16)]
@@ -177,6 +181,7 @@ def table2_row_flops(row: str, *extra: str) -> float:
     return build_plan(cfg)["train_flops"] / 1e15
 
 
+@pytest.mark.slow
 def test_table2_mest_rows_match_the_paper_under_its_stated_masking_and_mests_script_bounds():
     """90%: with the masking the paper's Sec. 5 states (every conv sparse but the first: sparsity.masked=
     all_but_first) and MEST's EM&S script bounds, the MEST row (with its one-shot removal) and SpFDE 15/20/25 plan

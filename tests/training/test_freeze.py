@@ -83,6 +83,7 @@ def test_start_is_solved_on_back_propagation_saved(x, synced, free):
     assert build_plan(make_cfg([f"freeze={x}"]))["freeze"]["parameter"] == synced
 
 
+@pytest.mark.slow
 def test_freeze_events_fall_on_structure_update_epochs():
     plan = build_plan(make_cfg(["sieve=0.2", "freeze=0.2"]))
     epochs = [e["epoch"] for e in plan["freeze"]["events"]]
@@ -95,6 +96,7 @@ def test_freeze_events_fall_on_structure_update_epochs():
         precheck_overrides(["freeze=0.2", "freeze_scheme=periodic", "freeze_scheme.period=3"])
 
 
+@pytest.mark.slow
 def test_unreachable_target_is_rejected_with_the_largest_reachable(tmp_path):
     with pytest.raises(FreezeError) as err:
         run_training(quick_overrides("freeze=0.9", "interval=1"), tmp_path)

@@ -100,6 +100,7 @@ def test_circular_removes_the_easiest_and_random_does_not_look():
     assert left <= set(easiest_order[:20])
 
 
+@pytest.mark.slow
 def test_runs_are_deterministic_and_resume_exactly():
     a, b = make_sieve(seed=3), make_sieve(seed=3)
     loader = Loader()
@@ -145,6 +146,7 @@ def test_bad_sieve_values_fail_before_training():
         precheck_overrides(["sieve=0.2", "sieve_method=fifo"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["circular", "oneshot", "random"])
 def test_sieved_runs_draw_from_the_partial_set_and_count_their_flops(method, tmp_path):
     overrides = quick_overrides("epochs=6", "interval=2", "sieve=0.3", f"sieve_method={method}", "freeze=0.05")
@@ -164,6 +166,7 @@ def test_sieved_runs_draw_from_the_partial_set_and_count_their_flops(method, tmp
     assert 0 < summary["sieve_seen_fraction"] <= 1
 
 
+@pytest.mark.slow
 def test_sieved_run_resumes_exactly(tmp_path, monkeypatch):
     overrides = quick_overrides("epochs=5", "interval=2", "sieve=0.2")
     straight = run_training(overrides, tmp_path / "straight")

@@ -19,6 +19,7 @@ from tests.sparse.test_sparse import ALL, SMALL_INTERVALS, make_method, random_b
 PLAIN_METHODS = [m for m in ALL if m != "lth"]  # LTH is the base class's hooks: covered by `static`
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PLAIN_METHODS)
 def test_a_plain_step_only_masks_gradients_and_weights(name):
     """Training where plain steps skip the method's hooks (as a replayed graph does) ends bit-identical to
@@ -124,6 +125,7 @@ def assert_same_run(a, b) -> None:
 GRAPH_RUN = ("epochs=4", "interval=1", "freeze=0.15", "sieve=0.2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mest", "rigl"])
 def test_the_graph_path_trains_exactly_like_the_eager_path(tmp_path, monkeypatch, method):
     """Static buffers, device-side per-block learning rates, eager non-plain and partial batches, cost
@@ -173,6 +175,7 @@ def test_cuda_graphs_on_fails_loudly_when_a_capture_fails():
     CpuGraphs.fail = {}
 
 
+@pytest.mark.slow
 def test_learning_rates_reach_sgd_one_way_on_cuda_and_bit_identically_on_the_cpu():
     """On CUDA the per-block learning rates always live in an fp32 device vector (eager or graphed: one code path
     for the fused kernel). On the CPU a tensor learning rate trains bit-identically to Python floats: the fp64

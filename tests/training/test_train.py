@@ -38,6 +38,7 @@ def test_two_epoch_digits_run_beats_chance_widely(tmp_path):
     assert (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
     overrides = quick_overrides()
     straight = run_training(overrides, tmp_path / "straight")
@@ -58,6 +59,7 @@ def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
     assert not list((tmp_path / "resumed").glob(".*tmp*"))  # atomic writes leave nothing behind
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_run_id_and_drops_metrics_past_the_checkpoint(tmp_path, monkeypatch):
     overrides = quick_overrides("epochs=3")
     with monkeypatch.context() as m:
@@ -73,6 +75,7 @@ def test_resume_keeps_the_run_id_and_drops_metrics_past_the_checkpoint(tmp_path,
     assert not any("bogus" in r for r in read_metrics(tmp_path))
 
 
+@pytest.mark.slow
 def test_finished_run_does_not_train_again_and_fresh_archives(tmp_path, monkeypatch):
     overrides = quick_overrides("epochs=1")
     first = run_training(overrides, tmp_path)
