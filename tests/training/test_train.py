@@ -176,11 +176,13 @@ def test_a_checkpoint_of_the_previous_release_holds_what_this_code_writes_and_re
     records = read_metrics(resumed_dir)
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[0] == read_metrics(OLD_RELEASE)[0]
     assert resumed["run_id"] == old["run_id"] and resumed["final_acc"] > 0.3  # chance is 0.1
-    straight = run_training(OLD_RELEASE_OVERRIDES, tmp_path / "straight")
+    # the run written here, resumed to its end (this code resumes exactly: test_resume_after_a_crash_is_exact)
+    here = run_training(OLD_RELEASE_OVERRIDES, tmp_path / "now")
+
     def counted(summary):  # all but what the weights' rounding moves: accuracy and loss
         return {k: v for k, v in summary_core(summary).items() if not k.endswith(("acc", "acc5", "loss"))}
 
-    assert set(resumed) == set(straight) and counted(resumed) == counted(straight)
+    assert set(resumed) == set(here) and counted(resumed) == counted(here)
 
 
 def test_a_checkpoint_without_a_part_of_the_run_is_refused_in_one_line(tmp_path):
