@@ -10,6 +10,8 @@ ARGS ?=
 # two pytest-xdist workers of one torch thread each (faster than one worker on 2 cores; see README, Development);
 # PYTEST_WORKERS= runs the suite in one process
 PYTEST_WORKERS ?= -n 2 --dist loadgroup
+# the sweep tests' single-node SLURM cluster, when this machine can run one
+SLURM_UP := bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast coverage lint bench bench-plan bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
@@ -32,14 +34,14 @@ run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via
 	$(PY) -m spfde.run experiment=quickstart $(ARGS)
 
 test: install lint  ## lint, then the whole test suite (slow tests included; starts a local SLURM cluster when it can)
-	@bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
+	@$(SLURM_UP)
 	$(PY) -m pytest $(PYTEST_WORKERS) --durations=15 $(ARGS)
 
 test-fast: install  ## the test suite without the slow tests (every module still runs)
 	$(PY) -m pytest $(PYTEST_WORKERS) -m "not slow" --durations=5 $(ARGS)
 
 coverage: install  ## branch coverage of the package over the whole suite (subprocesses included); prints the total
-	@bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
+	@$(SLURM_UP)
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest $(PYTEST_WORKERS) -q $(ARGS)
 	@$(PY) -m coverage combine -q
