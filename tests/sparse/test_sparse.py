@@ -310,19 +310,45 @@ def test_unreachable_ratio_fails_before_training(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def at_90(name: str) -> list[str]:
+    """Each method on the smallest ResNet of the family at 90% (CI time)."""
+    ratio = "0.0" if name == "dense" else "0.9"
+    # LTH: rounds to 0.5, 0.75, 0.875, then 0.9, of 2 epochs each (its 20% per round takes 12 rounds)
+    extra = ["model.depth=8", "epochs=2", "sparsity.lth.prune_rate=0.5"] if name == "lth" else ["model.depth=8",
+                                                                                                "epochs=3"]
+    # update intervals short enough that the structure changes within the 69 steps of this run
+    intervals = {m: [f"sparsity.{m}.delta_t=20"] for m in ("rigl", "itop", "dsr")}.get(name, [])
+    return ["experiment=quickstart", f"sparsity={name}", f"sparsity.ratio={ratio}", *extra, *intervals]
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    """Runs trained straight through, once per module for every test that asserts on them: overrides ->
+    (summary, run dir)."""
+    done = {}
+
+    def straight(overrides: list[str]):
+        if tuple(overrides) not in done:
+            run_dir = tmp_path_factory.mktemp("straight")
+            done[tuple(overrides)] = run_training(overrides, run_dir), run_dir
+        return done[tuple(overrides)]
+
+    return straight
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mest", "rigl", "set", "deepr", "dsr", "snfs", "itop", "snip"])
-def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch):
-    overrides = quick_overrides(f"sparsity={name}", "epochs=3", "interval=1", "sparsity.mest.mode=em",
-                                *SMALL_INTERVALS.get(name, []))
-    straight = run_training(overrides, tmp_path / "straight")
+def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch, straight_runs):
+    # the straight run is the one the test below trains; MEST in its EM mode (EM&S resumes in other tests)
+    overrides = at_90(name) + (["sparsity.mest.mode=em"] if name == "mest" else [])
+    straight, straight_dir = straight_runs(overrides)
     resumed = crash_then_resume(overrides, tmp_path / "resumed", 2, monkeypatch)
     assert summary_core(straight) == summary_core(resumed)
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["sparsity"]
+    a = torch.load(straight_dir / "last.pt", weights_only=False)["sparsity"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["sparsity"]
     masks_a, masks_b = a["masks"]["masks"], b["masks"]["masks"]
     assert masks_a.keys() == masks_b.keys() and all(torch.equal(masks_a[k], masks_b[k]) for k in masks_a)
-    ra, rb = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    ra, rb = read_metrics(straight_dir), read_metrics(tmp_path / "resumed")
     assert [r.get("sparsity/grown") for r in ra] == [r.get("sparsity/grown") for r in rb]
     assert [r["test/acc"] for r in ra] == [r["test/acc"] for r in rb]
     assert [r["train/loss"] for r in ra] == [r["train/loss"] for r in rb]
@@ -330,19 +356,13 @@ def test_method_state_resumes_bit_exactly(name, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
-def test_every_method_trains_resnet32_on_digits_at_90(name, tmp_path):
-    ratio = "0.0" if name == "dense" else "0.9"
-    # the smallest ResNet of the family (CI time); LTH: 12 rounds of 2 epochs
-    extra = ["model.depth=8", "epochs=2"] if name == "lth" else ["model.depth=8", "epochs=3"]
-    # update intervals short enough that the structure changes within the 69 steps of this run
-    intervals = {m: [f"sparsity.{m}.delta_t=20"] for m in ("rigl", "itop", "dsr")}.get(name, [])
-    summary = run_training(["experiment=quickstart", f"sparsity={name}", f"sparsity.ratio={ratio}", *extra,
-                            *intervals], tmp_path)
+def test_every_method_trains_resnet32_on_digits_at_90(name, straight_runs):
+    summary, run_dir = straight_runs(at_90(name))
     if name == "lth":
-        tmp_path = tmp_path / f"round-{summary['rounds'] - 1:02d}"
+        run_dir = run_dir / f"round-{summary['rounds'] - 1:02d}"
     assert summary["final_acc"] > 0.5  # chance: 0.1
-    assert summary["final_sparsity"] == pytest.approx(float(ratio), abs=1e-3)
-    record = read_metrics(tmp_path)[-1]
+    assert summary["final_sparsity"] == pytest.approx(0.0 if name == "dense" else 0.9, abs=1e-3)
+    record = read_metrics(run_dir)[-1]
     assert "sparsity/layer/blocks.1.conv1" in record or name == "dense"
 
 
@@ -484,33 +504,37 @@ def test_itop_rate_is_monotone_and_the_union_of_masks_seen():
     assert method.epoch_stats()["sparsity/itop_rate"] == rates[-1]
 
 
+# LTH to 36% (rounds at 0, 0.2, 0.36), rewound to the weights after epoch 1: trained once for the two tests
+LTH_TO_36 = quick_overrides("sparsity=lth", "sparsity.ratio=0.36", "sparsity.lth.rewind_epoch=1")
+
+
 @pytest.mark.slow
-def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
+def test_lth_rewinds_to_saved_weights_and_ends_at_target(straight_runs):
     from omegaconf import open_dict
 
     from spfde.sparse.lth import round_sparsities
     from spfde.training.rounds import REWIND, RoundFiles
 
     assert round_sparsities(0.9, 0.2)[-1] == 0.9 and len(round_sparsities(0.9, 0.2)) == 12
-    overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.5", "sparsity.lth.rewind_epoch=1")
-    summary = run_training(overrides, tmp_path)
-    sparsities = round_sparsities(0.5, 0.2)  # 0, 0.2, 0.36, 0.488, 0.5
-    assert summary["rounds"] == len(sparsities) == 5
-    assert summary["final_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert round_sparsities(0.5, 0.2) == pytest.approx([0, 0.2, 0.36, 0.488, 0.5])  # the last round: the target
+    summary, run_dir = straight_runs(LTH_TO_36)
+    sparsities = round_sparsities(0.36, 0.2)  # 0, 0.2, 0.36
+    assert summary["rounds"] == len(sparsities) == 3
+    assert summary["final_sparsity"] == pytest.approx(0.36, abs=1e-3)
     assert [r["final_sparsity"] for r in summary["round_summaries"]] == pytest.approx(sparsities, abs=1e-3)
     # round 2 starts from the rewind weights, masked by magnitude pruning of round 1's final weights
-    cfg = make_cfg(overrides)
+    cfg = make_cfg(LTH_TO_36)
     with open_dict(cfg):
         cfg.sparsity.ratio = sparsities[2]
         cfg.sparsity.lth.round = 2
-        cfg.sparsity.lth.workdir = str(tmp_path)
-    method, model, _ = make_method("lth", "sparsity.ratio=0.5")
+        cfg.sparsity.lth.workdir = str(run_dir)
+    method, model, _ = make_method("lth", "sparsity.ratio=0.36")
     method = METHODS["lth"](cfg.sparsity, model, build_optimizer(model, cfg.optim),
                             Schedule(2, [23, 23], 5), torch.Generator())
-    method.rounds = RoundFiles(tmp_path, 2)
+    method.rounds = RoundFiles(run_dir, 2)
     method.initialize(None)
-    rewind = torch.load(tmp_path / REWIND, weights_only=False)
-    previous = torch.load(tmp_path / "round-01" / "last.pt", weights_only=False)
+    rewind = torch.load(run_dir / REWIND, weights_only=False)
+    previous = torch.load(run_dir / "round-01" / "last.pt", weights_only=False)
     prev_masks = previous["sparsity"]["masks"]["masks"]
     for n, layer in method.masks.layers.items():
         mask = method.masks.masks[n]
@@ -523,12 +547,11 @@ def test_lth_rewinds_to_saved_weights_and_ends_at_target(tmp_path):
 
 
 @pytest.mark.slow
-def test_lth_resumes_mid_round_and_skips_finished_rounds(tmp_path, monkeypatch):
-    overrides = quick_overrides("sparsity=lth", "sparsity.ratio=0.36", "sparsity.lth.rewind_epoch=0")
-    straight = run_training(overrides, tmp_path / "straight")
-    resumed = crash_then_resume(overrides, tmp_path / "resumed", 4, monkeypatch)  # dies in round 1, epoch 2
+def test_lth_resumes_mid_round_and_skips_finished_rounds(tmp_path, monkeypatch, straight_runs):
+    straight, _ = straight_runs(LTH_TO_36)
+    resumed = crash_then_resume(LTH_TO_36, tmp_path / "resumed", 4, monkeypatch)  # dies in round 1, epoch 2
     for key in ("final_acc", "final_sparsity"):
         assert [r[key] for r in resumed["round_summaries"]] == [r[key] for r in straight["round_summaries"]]
-    run_training([*overrides, "fresh=true"], tmp_path / "resumed")
+    run_training([*LTH_TO_36, "fresh=true"], tmp_path / "resumed")
     archived = list((tmp_path / "resumed").glob("previous-*"))
     assert len(archived) == 1 and (archived[0] / "round-00").is_dir() and (archived[0] / "rewind.pt").exists()
