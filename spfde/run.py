@@ -34,6 +34,37 @@ def hydra_only(args: list[str]) -> bool:
     return any(a.split("=", 1)[0] in HYDRA_ONLY_FLAGS for a in args if a.startswith("-"))
 
 
+def without_missing(node: dict) -> dict:
+    """A config (as a dict) without its `???` keys, and without the sub-trees that this leaves empty: the schema
+    holds every sparse method's options as `???` until the method's file sets them, and --help should show what
+    the composed configuration uses, not the options of methods it does not select."""
+    kept = {}
+    for key, value in node.items():
+        if value == "???":  # OmegaConf's MISSING, as to_container writes it
+            continue
+        if isinstance(value, dict) and value:
+            value = without_missing(value)
+            if not value:  # emptied here (an empty mapping of the config itself stays)
+                continue
+        kept[key] = value
+    return kept
+
+
+def help_without_missing() -> None:
+    """Make Hydra's --help page print the config through `without_missing`; the page's template (conf/config.yaml,
+    hydra.help: the header, the config groups) stays as it is."""
+    from hydra._internal.hydra import Hydra
+    from omegaconf import OmegaConf
+
+    hydra_get_help = Hydra.get_help
+
+    def get_help(self, help_cfg, cfg, args_parser, resolve):
+        shown = OmegaConf.create(without_missing(OmegaConf.to_container(cfg, resolve=False)))
+        return hydra_get_help(self, help_cfg, shown, args_parser, resolve)
+
+    Hydra.get_help = get_help
+
+
 def to_log_files(message: str, exc_info=None) -> None:
     """Write to the run's log file (run.log) only: the console already shows the message."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, exc_info)
@@ -140,6 +171,8 @@ def cli() -> None:
     """The `spfde-run` command (= `python -m spfde.run`)."""
     args = sys.argv[1:]
     if hydra_only(args):
+        if {"-h", "--help"} & set(args):
+            help_without_missing()
         main()  # Hydra answers (completion, help, the config) from the config alone
         return
 

@@ -32,13 +32,21 @@ def test_tab_completion_imports_no_torch(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_help_says_that_dataset_recipe_is_not_a_choice(tmp_path):
+def test_help_says_that_dataset_recipe_is_not_a_choice_and_shows_only_keys_that_apply(tmp_path):
+    """The page lists every group and prints the composed config without the `???` options of the sparse
+    methods that are not selected (MEST by default): only its own sub-config is left under `sparsity`."""
     proc = run_cli(["--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert re.search(r"^dataset_recipe: imagenet$", groups, re.M)
+    assert re.search(r"^sparsity: deepr, dense, .*rigl, .*$", groups, re.M)
     assert "(dataset_recipe is not a choice: the data set picks it" in groups
     assert proc.stdout.startswith("spfde-run (= python -m spfde.run)")
+    config = proc.stdout.split("== Config ==")[1]
+    assert "???" not in config
+    assert "sparsity:\n  name: mest\n" in config and "  mest:\n    mode: ems\n" in config
+    assert not re.search(r"^  (rigl|set|snip|grasp|itop|deepr|dsr|snfs):$", config, re.M)
+    assert "\nrun_dir: ${hydra:runtime.output_dir}\n" in config  # interpolations print as written
 
 
 @pytest.mark.slow  # the checks build the model on the meta device: ~1 s in the suite, ~9 s alone (imports)
