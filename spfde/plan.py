@@ -19,13 +19,34 @@ from __future__ import annotations
 
 # the planner's modules (Hydra, torch) load inside main, after --help: keeps start-up fast
 import json
+import re
 import sys
 
 from spfde.errors import exit_on_error
 
 
+def hydra_quoted(value: str) -> str:
+    """`value` as a single-quoted Hydra override string that reads back as `value`. In a quoted string Hydra
+    un-escapes only backslashes that precede a quote (or the closing quote): those are doubled, and a quote
+    inside gets one more backslash."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value) + "'"
+
+
+def quote_results(args: list[str]) -> list[str]:
+    """`plan.results=<dir>` with its value quoted for Hydra, unless it is quoted already: a sweep's run directory
+    (`outputs/sweeps/smoke/freeze=0.1,sieve=0.2`) or ad-hoc sweep directory holds `=` and `,`, which Hydra's
+    override grammar would read as syntax (`,` as a sweep list), so the path works as the shell gives it."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        out.append(f"{key}={hydra_quoted(value)}" if sep and key.lstrip("+") == "plan.results" and value
+                   and not quoted else arg)
+    return out
+
+
 def plan_command(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = quote_results(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
         print(f"usage: python -m spfde.plan [overrides]   (or -m [sweep overrides], e.g. -m +sweep=grid_xy)\n"
               f"{__doc__}")

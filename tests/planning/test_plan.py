@@ -4,6 +4,7 @@ measurements, and once for real), the budget solver."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
@@ -20,7 +21,7 @@ from spfde.results.pareto import pareto_front
 from spfde.results.runs import find_runs, group, load_run
 from spfde.training.sieve import SieveError
 from tests.data.test_folders import write_folder
-from tests.helpers import make_cfg, quick_overrides
+from tests.helpers import REPO, make_cfg, quick_overrides
 from tests.results.test_report import fake_run
 
 # ------------------------------------------------------------------ image folders are counted
@@ -213,6 +214,25 @@ def test_results_pick_the_best_measured_pair_within_the_budget(solved, tmp_path)
     on_front = any(g["freeze"] == b["freeze"] and g["sieve"] == b["sieve"] for g in pareto_front(this_run))
     assert choice["on_front"] == on_front
     assert ("Pareto front" in budget.render({**answer, "choice": choice})) == on_front
+
+
+@pytest.mark.slow
+def test_results_takes_a_directory_named_with_equals_and_commas_as_the_shell_gives_it(tmp_path, capsys):
+    """A sweep's directories are named after overrides (`epochs=2,freeze=0.1`): Hydra's grammar would read the `,`
+    as a sweep list and the `=` as syntax; the plan quotes plan.results' value itself. A committed smoke run
+    (config and summary, nothing trained) is the sweep's one finished run."""
+    results = tmp_path / "sweeps" / "x" / "epochs=2,freeze=0.1"
+    shutil.copytree(REPO / "docs" / "smoke" / "runs" / "freeze=0.1,sieve=0.2", results / "freeze=0.1,sieve=0.2")
+    spfde.plan.plan_command(["+sweep=smoke", "plan.budget=0.9", f"plan.results={results}"])
+    out = capsys.readouterr().out
+    assert "Choice: freeze=0.1 sieve=0.2:" in out and f"finished configurations of {results} within" in out
+    # quoting is idempotent, and escapes the quotes a path may hold
+    assert spfde.plan.quote_results(["plan.results='a,b'", "freeze=0,0.1"]) == ["plan.results='a,b'", "freeze=0,0.1"]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for path in ("it's/a=b,c", "a\\'b", "ends\\"):
+        quoted = spfde.plan.quote_results([f"plan.results={path}"])[0]
+        assert OverridesParser.create().parse_override(quoted).value() == path
 
 
 @pytest.mark.slow
