@@ -21,7 +21,8 @@ an error), and writes into --out (default: the first path's `report/`):
   index.html     one page with the notes, every table and every figure above (spfde.results.html), offline
 Figures say n (seeds), draw no error bar for one seed and use Okabe & Ito's colour-blind-safe palette.
 With --wandb the grouped table (and the figures) are logged as one wandb run of job type `report` in the
-runs' logger.project/entity, under <out>/wandb (offline unless WANDB_MODE says otherwise).
+runs' logger.project/entity, under <out>/wandb (offline unless WANDB_MODE says otherwise); offline, the
+command prints the `wandb sync` line that uploads it and the runs' own offline logs (<run>/wandb/offline-run-*).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -50,9 +52,10 @@ from spfde.results.tex import latex_tables
 from spfde.rundir.checkpoint import not_regular, read_summary
 
 
-def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, run: Path) -> str:
+def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, run: Path) -> tuple[Path, str | None]:
     """One wandb run (job type `report`) in the runs' project and entity (their logger config), written
-    under the report folder."""
+    under the report folder. Returns the run's directory (`<out>/wandb/offline-run-*` offline: what
+    `wandb sync` takes) and, online, its URL."""
     import os
 
     from omegaconf import OmegaConf
@@ -69,9 +72,18 @@ def log_to_wandb(groups: list[dict], images: list[Path], name: str, out: Path, r
     columns = list(groups[0])
     run.log({"ablation": wandb.Table(columns=columns, data=[[g[c] for c in columns] for g in groups]),
              **{p.stem: wandb.Image(str(p)) for p in images}})
-    run_dir = run.dir
+    # the run's own directory, not run.dir (its files/ sub-folder, which `wandb sync` does not take)
+    run_dir, url = Path(run.settings.sync_dir), None if run.settings.mode in ("offline", "dryrun") else run.url
     run.finish()
-    return run_dir
+    return run_dir, url
+
+
+def wandb_sync_command(report_run: Path, runs: list[Path]) -> str:
+    """One `wandb sync` command that uploads the report's offline run and the runs' own offline logs
+    (`<run>/wandb/offline-run-*`, those a run with logger.mode=offline wrote), each directory named as it is."""
+    offline = [report_run, *sorted(p.absolute() for run in runs for p in (run / "wandb").glob("offline-run-*")
+                                   if p.is_dir())]  # absolute: the command works from any directory
+    return shlex.join(["wandb", "sync", *map(str, offline)])
 
 
 def write_whole(out: Path, write) -> list:
@@ -192,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"every table and figure on one page: {page}")
     if args.wandb:
         summary_figures = [p for p in images if p.parent == out]  # not one timeline per run
-        where = log_to_wandb(groups, summary_figures, args.paths[0].name, out, runs[0])
-        print(f"wandb (offline unless WANDB_MODE=online): {where}")
+        report_run, url = log_to_wandb(groups, summary_figures, args.paths[0].name, out, runs[0])
+        if url:
+            print(f"wandb: {url}")
+        else:  # offline (unless WANDB_MODE=online): nothing is uploaded until this command runs
+            print(f"wandb (offline): to upload: {wandb_sync_command(report_run, runs)}")
 

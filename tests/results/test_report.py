@@ -4,6 +4,10 @@ they were seeds of one, and a repeated seed is an error. Run directories are wri
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ from omegaconf import OmegaConf
 
 from spfde.report import main
 from spfde.results.runs import ReportError, find_runs, group, load_run
-from tests.helpers import make_cfg, quick_overrides
+from tests.helpers import REPO, make_cfg, quick_overrides
 
 
 def fake_run(root: Path, name: str, overrides: list[str], acc: float = 0.9, flops: float = 1e12,
@@ -333,3 +337,30 @@ def test_index_html_shows_every_table_and_figure_and_the_notes(tmp_path):
     assert page.tags.count("table") == markdown_tables + 3  # every table of table.md, and the three CSVs
     text = " ".join(page.text)
     assert "unfinished: " in text and "damaged: " in text and "All groups" in text and "MEST (EM&amp;S)" not in text
+
+
+@pytest.mark.slow
+def test_wandb_prints_a_sync_command_of_the_offline_run_directories(tmp_path, monkeypatch, capsys):
+    """--wandb (offline): the printed `wandb sync` command names the report's run directory and the runs' own
+    offline logs (`<run>/wandb/offline-run-*`), absolute and quoted as a shell needs them; not the run's files/
+    sub-folder, in which `wandb sync` finds nothing to upload. The committed smoke runs serve as the sweep."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "my sweep"  # a space: the command quotes it
+    shutil.copytree(REPO / "docs" / "smoke" / "runs", sweep)
+    own = sweep / "freeze=0,sieve=0.2" / "wandb" / "offline-run-20250101_000000-abcd1234"  # a run's offline log
+    own.mkdir(parents=True)
+    (own.parent / "latest-run").symlink_to(own.name)  # wandb's link to the same run: not named twice
+    main(["my sweep", "--wandb", "--no-timelines"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    prefix, command = line.split(": to upload: ")
+    assert prefix == "wandb (offline)"
+    words = shlex.split(command)
+    assert words[:2] == ["wandb", "sync"]
+    report_run, *runs = map(Path, words[2:])
+    assert report_run.parent == sweep / "report" / "wandb" and report_run.name.startswith("offline-run-")
+    assert list(report_run.glob("run-*.wandb")) and runs == [own]
+    dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(report_run)], capture_output=True,
+                         text=True, timeout=120)
+    assert "Would sync 1 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
