@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= -n 2 --dist loadgroup
 SLURM_UP := bash tests/cluster/slurm-up.sh || echo "(no SLURM cluster here: its tests will be skipped)"
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast coverage lint bench bench-plan bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs slurm-up slurm-down clean
+.PHONY: help install run test test-fast coverage lint bench bench-plan bench-gpu bench-data gpu-session ablation-freeze ablation-sieve sweep-smoke docs docs-smoke slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ install: $(VENV)/.installed  ## create .venv with torch and the package (editabl
 run: install  ## train the offline quickstart (digits, CPU); Hydra overrides via ARGS="..."
 	$(PY) -m spfde.run experiment=quickstart $(ARGS)
 
-test: install lint  ## lint, then the whole test suite (slow tests included; starts a local SLURM cluster when it can)
+test: install lint docs  ## lint, build the docs site, then the whole test suite (slow tests included; starts a local SLURM cluster when it can)
 	@$(SLURM_UP)
 	$(PY) -m pytest $(PYTEST_WORKERS) --durations=15 $(ARGS)
 
@@ -76,7 +76,10 @@ ablation-sieve: install  ## paper check: sieve 0/0.1/0.2/0.3 x circular/oneshot/
 sweep-smoke: install  ## the tiny digits sweep (2 x 2 runs, logged to wandb offline) with the local launcher; its report follows
 	$(PY) -m spfde.run -m +sweep=smoke launcher=local
 
-docs: install  ## regenerate docs/ (smoke sweep runs, report, dashboard spec; screenshot if chromium is here); ARGS=--report-only: no training
+docs: install  ## build the documentation site (mkdocs, --strict: a broken link or a missing page fails) into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-smoke: install  ## regenerate docs/smoke (smoke sweep runs, report, dashboard spec; screenshot if chromium is here); ARGS=--report-only: no training
 	$(PY) docs/make_docs.py $(ARGS)
 
 slurm-up: ## start a single-node SLURM test cluster on this machine (root, Debian; idempotent)

@@ -1,4 +1,4 @@
-"""`make docs`: regenerate everything under docs/ that the code generates (docs/config/ is written by hand).
+"""`make docs-smoke`: regenerate everything under docs/ that the code generates (docs/config/ is written by hand).
 
   docs/smoke/runs/<run>/    the smoke sweep's finished runs (config.yaml, summary.json, metrics.jsonl and Hydra's
                             overrides.yaml; no checkpoint or wandb files), trained afresh: `python -m spfde.run -m

@@ -29,17 +29,17 @@ class ConfigError(SpfdeError, ValueError):
 
 @dataclass
 class DatasetConfig:  # the data set's own keys come from conf/dataset/<name>.yaml
-    name: str = MISSING
-    root: str = MISSING
+    name: str = MISSING  # conf/dataset/<name>.yaml: cifar10 | cifar100 | imagenet | imagefolder | digits | fake
+    root: str = MISSING  # where the data is (CIFAR: downloaded there; folders: train/ and val/ class folders)
     num_classes: int = MISSING
-    channels: int = MISSING
-    image_size: int = MISSING
+    channels: int = MISSING  # 3 (RGB) or 1 (grayscale)
+    image_size: int = MISSING  # side of the (square) training images in pixels
     # sizes are known before any download so that planning needs no data
     train_size: int = MISSING
-    test_size: int = MISSING
+    test_size: int = MISSING  # images of the test (validation) split
     crop_padding: int = MISSING  # pad-and-random-crop augmentation; 0 turns it off
-    hflip: bool = MISSING
-    download: bool = True
+    hflip: bool = MISSING  # random horizontal flips in training augmentation
+    download: bool = True  # CIFAR: torchvision downloads it into root when it is missing (false: fail instead)
     workers: int = 8  # folder data: DataLoader worker processes
     # folder data: seconds a loader waits for a batch from its workers before it stops the run naming itself
     # (a stuck or dead worker is an error, never a hang). Our choice: a worker reads or decodes a batch of 256
@@ -65,7 +65,7 @@ class DatasetConfig:  # the data set's own keys come from conf/dataset/<name>.ya
 
 @dataclass
 class ModelConfig:  # from conf/model/<name>.yaml
-    name: str = MISSING
+    name: str = MISSING  # conf/model/<name>.yaml: resnet32 | resnet50 | vgg19
     depth: int = MISSING  # CIFAR ResNet: 6n+2; VGG: 11/13/16/19
     width: int = MISSING  # channel multiplier; the paper's "2x wide" ResNet-32 is width 2
 
@@ -73,16 +73,16 @@ class ModelConfig:  # from conf/model/<name>.yaml
 @dataclass
 class OptimConfig:  # SGD with momentum and cosine annealing as in MEST's CIFAR code (lr 0.1, 0.9, 1e-4, cosine)
     name: str = MISSING  # conf/optim/<name>.yaml
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
+    lr: float = 0.1  # peak learning rate (after any warm-up)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
+    weight_decay: float = 1e-4  # L2 penalty (SGD's weight_decay)
     schedule: str = "cosine"  # cosine | constant | step (lr x step_gamma at each of step_at)
     step_at: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # step: fractions of training
     step_gamma: float = 0.1  # step: the factor at each step
-    min_lr: float = 0.0
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    min_lr: float = 0.0  # the learning rate the schedule ends at
+    warmup_epochs: int = 0  # linear warm-up from 0 to lr over these epochs (ImageNet's recipe: 5)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (ImageNet's recipe: 0.1)
 
 
 # Method options are typed here but their defaults live in conf/sparsity/<method>.yaml, next to the
@@ -98,15 +98,15 @@ class DropGrowConfig:  # rigl, set
 
 @dataclass
 class SaliencyConfig:  # snip
-    batches: int = MISSING
+    batches: int = MISSING  # mini-batches whose saliency scores decide the mask
     scope: str = MISSING  # global | layer
 
 
 @dataclass
 class GraspConfig:
-    samples_per_class: int = MISSING
+    samples_per_class: int = MISSING  # images per class in each fetch of the GraSP score
     iterations: int = MISSING  # fetches of samples_per_class per class
-    temperature: float = MISSING
+    temperature: float = MISSING  # softmax temperature of the GraSP score
     scope: str = MISSING  # global | layer
 
 
@@ -183,11 +183,11 @@ class SparsityConfig:
 @dataclass
 class LoggerConfig:
     name: str = MISSING  # conf/logger/<name>.yaml: wandb | none
-    project: str = "spfde"
-    entity: str | None = None
+    project: str = "spfde"  # wandb project
+    entity: str | None = None  # wandb entity (team or user); null = wandb's default
     mode: str = "offline"  # offline (runs never wait on a network; `wandb sync` later) | online | disabled
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    group: str | None = None  # wandb group (a sweep sets its name)
+    tags: list[str] = field(default_factory=list)  # wandb tags
     log_checkpoints: bool = False  # also upload last.pt with summary.json as the run's wandb artifact
 
 
@@ -256,8 +256,8 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    experiment_name: str = "default"
-    epochs: int = 160
+    experiment_name: str = "default"  # a name for the setup (experiment files set it); logged with the run
+    epochs: int = 160  # training epochs (paper, CIFAR: 160)
     interval: int = 5  # Δτ (epochs): MEST structure updates, freeze steps and sieve updates (MEST: 5)
     freeze: float = 0.0  # x: share of the run's training FLOPs that layer freezing must save (0 = off)
     freeze_fraction: float = 0.6667  # candidate blocks hold about this share of the layers (paper: 2/3)
@@ -269,9 +269,9 @@ class Config:
     sieve_update: float = 0.1  # p: share of the partial set swapped every Δτ (our choice, see README)
     sieve_method: str = "circular"  # circular (paper) | oneshot (MEST) | random (control)
     sieve_oneshot_at: float = 0.4375  # oneshot: removal point, share of training (MEST's script: epoch 70 of 160)
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    seed: int = 0
+    batch_size: int = 64  # training mini-batch (MEST's CIFAR code: 64), over all ranks together
+    eval_batch_size: int = 512  # evaluation mini-batch
+    seed: int = 0  # weights, masks, data order and sieve draws
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     channels_last: bool = True  # CUDA only

@@ -1,6 +1,6 @@
 """Bad inputs (issue 23, items 10-14 and 16): each one is refused with one line `spfde: error: ...` and
 exit 2, before a run directory exists and before any data is loaded or a model is built, and the way out
-the line names works as written. BAD_INPUTS is the table of what was tried; the README's tally ("What
+the line names works as written. BAD_INPUTS is the table of what was tried; the tally in docs/running.md ("What
 survives what") is computed from it."""
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def tally() -> dict[str, int]:
 
 
 def tally_line() -> str:
-    """The README's statement of the table's counts."""
+    """The statement of the table's counts in docs/running.md."""
     t = tally()
     return (f"bad inputs tried: {t['tried']}; one line before any work: {t[BEFORE_WORK]}; late: {t['late']}; "
             f"traceback: {t['traceback']}; silently accepted: {t['accepted']}")
@@ -398,7 +398,7 @@ def test_fixed_class_counts_match_the_dataset_files():
 def test_readme_states_the_tally_of_this_table():
     counts = tally()
     assert counts["tried"] == counts[BEFORE_WORK] and counts["late"] == counts["traceback"] == counts["accepted"] == 0
-    assert tally_line() in (REPO / "README.md").read_text().replace("\n", " ")
+    assert tally_line() in (REPO / "docs" / "running.md").read_text().replace("\n", " ")
 
 
 @pytest.mark.slow

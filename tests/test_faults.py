@@ -627,7 +627,7 @@ def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     check_output_dir(["-sc", "query=bash"])  # Hydra's own commands are left alone
 
 
-# ----------------------------------------------------------------------------- the tally (README, What survives what)
+# ------------------------------------------------------------------ the tally (docs/running.md, What survives what)
 
 # Every fault tried, the test that injects it, and what happens: "exact" (nothing lost or mixed: the run resumes or
 # finishes with an undisturbed run's numbers, or stops with one line and its data intact), "traceback" (data intact,
@@ -775,4 +775,4 @@ def test_every_fault_of_the_table_has_its_test_and_the_readme_states_the_tally(c
     line = fault_tally_line()
     with capsys.disabled():
         print(f"\n{line}")
-    assert line in (REPO / "README.md").read_text().replace("\n", " ")
+    assert line in (REPO / "docs" / "running.md").read_text().replace("\n", " ")

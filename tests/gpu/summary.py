@@ -1,4 +1,4 @@
-"""The GPU session's summary block: every ratio that README.md's "Speed on a GPU" section asks for, read from
+"""The GPU session's summary block: every ratio that docs/gpu.md ("Speed on a GPU") asks for, read from
 the files that the steps of tests/gpu/session.sh wrote under OUT. Whatever a step did not write (it did not
 run, failed or ran out of time) shows as "not measured": this script never fails on a missing file or key,
 and imports neither torch nor the project, so it takes well under a second.
