@@ -5,7 +5,7 @@ in `spfde.checks.validation`.
 Each default is written once. Keys that say which option of a config group was chosen (a data set's
 name, sizes and augmentation, a model's depth and width, a method's options) are `???` here and set by
 the option's file in `conf/<group>/`; every other key has its default here and no YAML file repeats it
-(tests/test_config.py checks both, and that the README's configuration table agrees).
+(tests/test_config.py checks both, and that the table of docs/configuration.md agrees).
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class PlanConfig:  # python -m spfde.plan
     # measured times per (device, model, input size, batch, precision, depth, ...), so each shape is timed once
     calibration_file: str = "outputs/plan-calibration.json"
     # budget solver: list the (freeze, sieve) pairs on a 0.05 grid (each <= 0.5) whose planned training FLOPs are
-    # at most this fraction of the same run without freezing and sieving, and choose one (README: Cost); 0 = off
+    # at most this fraction of the same run without freezing and sieving, and choose one (docs/cost.md); 0 = off
     budget: float = 0.0
     budget_hours: float = 0.0  # the same with a wall-clock budget in hours (needs plan.calibrate=true); 0 = off
     results: str = ""  # a sweep directory: choose the best measured mean accuracy among its finished pairs instead
@@ -266,7 +266,7 @@ class Config:
     freeze_sync: bool = True
     per_block_lr: bool = True  # each block's cosine LR runs over its own active epochs (paper Sec. 4.2.1)
     sieve: float = 0.0  # y: share of the training set kept out at any time (0 = off)
-    sieve_update: float = 0.1  # p: share of the partial set swapped every Δτ (our choice, see README)
+    sieve_update: float = 0.1  # p: share of the partial set swapped every Δτ (our choice, see docs/sieving.md)
     sieve_method: str = "circular"  # circular (paper) | oneshot (MEST) | random (control)
     sieve_oneshot_at: float = 0.4375  # oneshot: removal point, share of training (MEST's script: epoch 70 of 160)
     batch_size: int = 64  # training mini-batch (MEST's CIFAR code: 64), over all ranks together

@@ -7,7 +7,7 @@ consumer, so that decoding overlaps training. The random crop boxes and flips ar
 seeded, once per pass, by one draw from the run generator: the same draws the PIL `FolderLoader` makes
 from it without workers (its sample order, then its DataLoader's worker seed). So the loaders consume the run
 generator alike, walk the same `IndexBatches` order, and a run resumes exactly from the generator's state. (With
-workers, PyTorch's DataLoader iterates its sampler twice a pass, so the PIL loader shuffles twice: see README.)
+workers, PyTorch's DataLoader iterates its sampler twice a pass, so the PIL loader shuffles twice: see docs/data.md.)
 """
 
 from __future__ import annotations

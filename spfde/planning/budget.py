@@ -4,7 +4,7 @@
 or `plan.budget_hours=H` (calibrated wall-clock): every pair (x, y) on a 0.05 grid with x, y <= 0.5 is planned
 (pairs the freezing solver or the sieve's check refuse are left out) and those within the budget are listed.
 
-The choice (README, Training cost): in the paper's Table 2 SpFDE's accuracy falls as its saving grows
+The choice (docs/cost.md): in the paper's Table 2 SpFDE's accuracy falls as its saving grows
 (15%+15% > 20%+20% > 25%+25% at every sparsity), and every SpFDE configuration it reports, in Tables 2 and 3,
 splits the saving evenly between freezing and sieving (x = y). So among the pairs within the budget we take the
 ones as even as the grid allows (|x - y| <= 0.05, else the least uneven), and of those the one that saves the
@@ -82,7 +82,7 @@ def out_of_reach(rows: list[dict], cfg) -> ConfigError:
 
 
 def choose(rows: list[dict], cfg) -> dict:
-    """The README's rule: as even a split as the grid allows, then the least saving within the budget."""
+    """The rule of docs/cost.md: as even a split as the grid allows, then the least saving within the budget."""
     cost = "estimated_s" if cfg.plan.budget_hours else "train_flops"
     best = min(rows, key=lambda r: (unevenness(r["freeze"], r["sieve"]), -r[cost], r["freeze"]))
     return {**best, "rule": "the most even split of x and y (|x - y| <= 0.05 where the grid allows), then the least "
