@@ -173,10 +173,10 @@ def assert_frozen_blocks_unchanged(states, frozen_per_epoch):
 
 @pytest.mark.slow
 def test_frozen_blocks_stay_bit_identical_also_across_a_resume(tmp_path, monkeypatch):
-    overrides = quick_overrides("model.depth=14", "epochs=8", "interval=1", "freeze=0.25")
+    overrides = quick_overrides("epochs=6", "interval=1", "freeze=0.25")  # depth 8: all 3 candidates freeze
     plan = build_plan(make_cfg(overrides))
     frozen = [e["frozen_blocks"] for e in plan["schedule"]]
-    assert max(frozen) >= 3
+    assert frozen == [0, 1, 2, 3, 3, 3]
     states = snapshots_per_epoch(monkeypatch)
     summary = run_training(overrides, tmp_path / "straight")
     assert_frozen_blocks_unchanged(states, frozen)
@@ -187,7 +187,7 @@ def test_frozen_blocks_stay_bit_identical_also_across_a_resume(tmp_path, monkeyp
     assert realised == pytest.approx(plan["freeze"]["planned_flops_saving"], rel=1e-3)
 
     states.clear()
-    resumed = crash_then_resume(overrides, tmp_path / "resumed", 6, monkeypatch)
+    resumed = crash_then_resume(overrides, tmp_path / "resumed", 5, monkeypatch)  # resumes with 3 blocks frozen
     assert_frozen_blocks_unchanged(states, frozen)
     assert summary_core(resumed) == summary_core(summary)  # memory baseline included
 
