@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import REPO
 
+SESSION = REPO / "tests" / "gpu" / "session.sh"
 SUMMARY = runpy.run_path(str(REPO / "tests" / "gpu" / "summary.py"))
 # what the GPU machine does not have; a sitecustomize.py makes each unimportable, and Hydra's plugin scan
 # skips a plugin whose module is None in sys.modules, as if it were not installed
@@ -73,6 +74,15 @@ def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
     values = json.loads((out / "bench-gpu.json").read_text())
     assert values["batch_sizes"] == [16, 32] and 0 < values["spfde_flops_saving"] < 1
     assert json.loads((out / "bench-data.json").read_text())["fastest_loader"] == "pil"
+
+
+def test_the_session_expands_its_arrays_as_bash_before_4_4_allows_under_set_u():
+    """`"${A[@]}"` of an empty array is an unbound-variable error under `set -u` in bash < 4.4 (GPU_ARGS is empty on
+    the GPU machine): every array expansion is written `${A[@]+"${A[@]}"}`, nothing else."""
+    text = SESSION.read_text()
+    assert "set -uo pipefail" in text and 'GPU_ARGS[@]+"${GPU_ARGS[@]}"' in text
+    rest = re.sub(r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}', "", text)
+    assert re.findall(r"\$\{\w+\[[@*]\][^}]*\}", rest) == []
 
 
 def test_the_summary_of_a_session_that_delivered_nothing_says_not_measured(tmp_path):

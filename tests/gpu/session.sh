@@ -68,7 +68,7 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     DATA_ARGS=(--generate 40 --batch-size 8 --steps 2 model=resnet32 model.width=1 model.depth=8
                dataset.image_size=32 dataset.workers=2 device=cpu)
 else
-    GPU_ARGS=()
+    GPU_ARGS=()  # empty: every array is expanded as ${A[@]+"${A[@]}"}, which bash < 4.4 needs under set -u
     DATA_ARGS=(dataset.workers=15)
 fi
 for step in $steps; do
@@ -77,16 +77,16 @@ for step in $steps; do
             run tests 105 $PY -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_gpu.py \
                 tests/data/test_folders.py::test_gpu_decode_on_cuda_matches_the_cpu_indices ;;
         gpu)    # issue 12: harness vs bare model at batch 64 and 512, frozen speed-up, memory vs plan, SpFDE wall-clock
-            run gpu 165 $PY -m spfde.bench gpu --json "$OUT/bench-gpu.json" "${GPU_ARGS[@]}" ;;
+            run gpu 165 $PY -m spfde.bench gpu --json "$OUT/bench-gpu.json" ${GPU_ARGS[@]+"${GPU_ARGS[@]}"} ;;
         data)   # issue 13: ResNet-50 on a generated JPEG folder, bare model vs each loader, frozen epoch time
-            run data 95 $PY -m spfde.bench data --json "$OUT/bench-data.json" "${DATA_ARGS[@]}" ;;
+            run data 95 $PY -m spfde.bench data --json "$OUT/bench-data.json" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ;;
         torchrun1)  # issue 14: torchrun with one process (no process group) gives a plain run's results
             args=(experiment=quickstart model.depth=8 epochs=4 interval=1 freeze=0.1 sieve=0.2 deterministic=true
                   logger=none progress=false)
             rm -rf "$OUT/torchrun1"  # two new runs, not a resume of an earlier session's
-            run torchrun 30 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m spfde.run "${args[@]}" \
-                hydra.run.dir="$OUT/torchrun1/torchrun"
-            run plain 30 $PY -m spfde.run "${args[@]}" hydra.run.dir="$OUT/torchrun1/plain" ;;
+            run torchrun 30 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m spfde.run \
+                ${args[@]+"${args[@]}"} hydra.run.dir="$OUT/torchrun1/torchrun"
+            run plain 30 $PY -m spfde.run ${args[@]+"${args[@]}"} hydra.run.dir="$OUT/torchrun1/plain" ;;
         *) note "unknown step $step (tests gpu data torchrun1)"; failed=1 ;;
     esac
 done
