@@ -8,8 +8,11 @@ import json
 import os
 import re
 import runpy
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +77,47 @@ def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
     values = json.loads((out / "bench-gpu.json").read_text())
     assert values["batch_sizes"] == [16, 32] and 0 < values["spfde_flops_saving"] < 1
     assert json.loads((out / "bench-data.json").read_text())["fastest_loader"] == "pil"
+
+
+# a step like torchrun's launcher: its worker runs in a session of its own, wedged (and deaf to SIGTERM)
+WEDGED_WORKER = """import signal, subprocess
+worker = subprocess.Popen(["sleep", "1000"], start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+print("worker", worker.pid, flush=True)
+worker.wait()"""
+
+
+def gone(pid: int) -> bool:
+    try:  # a zombie is gone too: it holds no memory, no GPU and no pipe
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_a_step_past_its_limit_is_stopped_with_every_process_it_started(tmp_path):
+    """A plain `timeout` stops only the launcher: the worker, in its own session, lives on and holds the step's
+    output open, and the call waits until the device machine's own limit. The step's limit stops the worker
+    too (SIGKILL after the grace), and the summary still runs."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PY": sys.executable,
+           "TEST_STEP": f"{shlex.quote(sys.executable)} -c {shlex.quote(WEDGED_WORKER)}"}
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(["bash", str(SESSION), "_test"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=60)
+        took = time.monotonic() - start
+    finally:
+        log = (out / "gpu-session.txt").read_text() if (out / "gpu-session.txt").exists() else ""
+        workers = [int(pid) for pid in re.findall(r"^worker (\d+)$", log, re.M)]
+        for pid in workers:  # whatever happens here, no sleeping worker outlives the test
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 1 and gone(workers[0])
+    assert took < 15  # 2 s limit + 3 s grace + the summary
+    steps = [line.split()[:2] for line in (out / "steps.tsv").read_text().splitlines()]
+    assert steps == [["_test", "124"], ["summary", "0"]]
+    assert proc.returncode == 1 and "===== GPU session summary" in proc.stdout
 
 
 def test_the_session_expands_its_arrays_as_bash_before_4_4_allows_under_set_u():

@@ -12,6 +12,13 @@
 #   REHEARSAL=1 OUT=/tmp/out bash tests/gpu/session.sh
 # Exit status 0 when every step that ran exited 0, else 1.
 #
+# A step's limit stops every process the step started, not only its first one: torchrun starts its workers in
+# sessions of their own, which a plain `timeout` misses, and a wedged worker would then hold the GPU (and, behind
+# a pipe, the whole call) until the device call's own limit. Each step's processes carry a token in their
+# environment (inherited through setsid, torchrun and DataLoader workers, and still there after a parent dies),
+# so on the limit, and after every step, `stop_step` finds them all in /proc: SIGTERM, 3 s grace, SIGKILL.
+# The step writes straight to the log (no pipe a leftover process could hold open).
+#
 # Time budget. A GPU window is one call of at most 600 s, out of 15 min of device time that include a 1-2 min
 # start, so the limits below, each plus 3 s before SIGKILL, add up to 480 s:
 #   5 + 10 + 105 + 165 + 95 + 30 + 30 + 10 = 450, + 8 x 3 = 474.
@@ -45,12 +52,51 @@ scale=1
 failed=0
 
 note() { echo "$*" | tee -a "$LOG"; }
+now_ms() { date +%s%3N; }
+step_processes() {  # step_processes TOKEN: the PIDs of the live processes whose environment carries TOKEN
+    local file
+    for file in $(grep -lsxzF "SPFDE_SESSION_STEP=$1" /proc/[0-9]*/environ); do
+        file=${file#/proc/}
+        echo "${file%/environ}"
+    done
+}
+stop_step() {  # stop_step TOKEN: SIGTERM every process of the step, 3 s grace, then SIGKILL what is left
+    local pids
+    pids=$(step_processes "$1")
+    [ -n "$pids" ] || return 0
+    kill -TERM $pids 2>/dev/null
+    for _ in $(seq 30); do
+        sleep 0.1
+        pids=$(step_processes "$1")  # again: what it started meanwhile too
+        [ -n "$pids" ] || return 0
+    done
+    kill -KILL $pids 2>/dev/null
+}
+current=""  # the running step's token, for an interrupted session
+trap '[ -n "$current" ] && stop_step "$current"; note "# interrupted"; exit 1' INT TERM
 run() {  # run NAME SECONDS COMMAND...: one step, its output appended to the log, its exit and time to steps.tsv
     local name=$1 limit=$(($2 * scale)); shift 2
-    local start=$SECONDS
+    local start=$SECONDS rc pid deadline offset
     note "## $(date -u +%H:%M:%S) $name: $* (limit ${limit}s)"
-    timeout -k 3 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -n 40
-    local rc=${PIPESTATUS[0]}
+    current="$$-$name-$RANDOM"
+    offset=$(wc -c < "$LOG")
+    env SPFDE_SESSION_STEP="$current" "$@" >> "$LOG" 2>&1 &
+    pid=$!
+    deadline=$(($(now_ms) + limit * 1000))
+    while kill -0 "$pid" 2>/dev/null && [ "$(now_ms)" -lt "$deadline" ]; do
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        stop_step "$current"
+        wait "$pid"
+        rc=124  # as timeout(1) says it
+    else
+        wait "$pid"
+        rc=$?
+        stop_step "$current"  # whatever the step left running
+    fi
+    current=""
+    tail -c +$((offset + 1)) "$LOG" | tail -n 40
     note "## exit $rc after $((SECONDS - start)) s"
     echo "$name $rc $((SECONDS - start))" >> "$OUT/steps.tsv"
     [ "$rc" = 0 ] || failed=1
@@ -87,6 +133,8 @@ for step in $steps; do
             run torchrun 30 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m spfde.run \
                 ${args[@]+"${args[@]}"} hydra.run.dir="$OUT/torchrun1/torchrun"
             run plain 30 $PY -m spfde.run ${args[@]+"${args[@]}"} hydra.run.dir="$OUT/torchrun1/plain" ;;
+        _test)  # tests/test_gpu_session.py only: the command in $TEST_STEP as a step with a 2 s limit
+            run _test 2 bash -c "$TEST_STEP" ;;
         *) note "unknown step $step (tests gpu data torchrun1)"; failed=1 ;;
     esac
 done
