@@ -171,8 +171,10 @@ def setup_world(device_setting: str) -> World:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
+        # NCCL: bind the group to this rank's GPU, so its barriers need not guess the device (and warn)
+        bound = {"device_id": torch.device("cuda", local_rank)} if cuda else {}
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=size,
-                                timeout=datetime.timedelta(minutes=30))
+                                timeout=datetime.timedelta(minutes=30), **bound)
     return World(rank, size, local_rank)
 
 

@@ -91,6 +91,27 @@ def test_settings_a_world_cannot_serve_are_one_line_errors(monkeypatch):
         spfde.training.loop.train(make_cfg(quick_overrides(), Path("/nonexistent/never-created")))
 
 
+def test_an_nccl_group_is_bound_to_the_ranks_gpu_and_gloo_is_unchanged(monkeypatch):
+    """NCCL gets device_id=cuda:<local rank> (its barriers then know the device, no warning); gloo no device_id."""
+    import torch.distributed as dist
+
+    import spfde.training.distributed as distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "environment", lambda: (3, 4, 1))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: calls.append((backend, kwargs)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    world = distributed.setup_world("auto")
+    assert (world.rank, world.size, world.local_rank) == (3, 4, 1)
+    distributed.setup_world("cpu")
+    (nccl, nccl_kwargs), (gloo, gloo_kwargs) = calls
+    assert nccl == "nccl" and nccl_kwargs["device_id"] == torch.device("cuda", 1)
+    assert gloo == "gloo" and "device_id" not in gloo_kwargs
+    assert {k: v for k, v in nccl_kwargs.items() if k != "device_id"} == gloo_kwargs  # rank, size, timeout
+
+
 # ------------------------------------------------------------------------------------ torchrun, 2 ranks
 
 
