@@ -22,7 +22,11 @@ Nothing inside a step may make the host wait for the GPU (no `.item()`, no `nonz
 indexing, no host tensor such as `flags[i] = True` turns into): inside a capture that is an error, and
 eagerly a stall per step. `tests/training/test_capture_safety.py` runs every plain step under a dispatch mode
 that fails on any such op. With `cuda_graphs=auto` a capture that fails anyway costs nothing but speed:
-the step's state is restored and the run goes on eagerly (`Graphs`); `summary.json` says so.
+the step's state is restored and the run goes on eagerly (`Graphs`); `summary.json` says so. A sticky CUDA
+error (a device-side assert, an illegal memory access) leaves nothing to go on with: the run stops with one
+line that names it and `cuda_graphs=off`.
+
+A benchmark that builds one step after another frees each one's graphs and memory pool with `close()`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from spfde.errors import SpfdeError
 from spfde.training.distributed import World
 from spfde.training.freeze import frozen_prefix_forward
 
@@ -60,6 +65,11 @@ class GraphCaptureError(RuntimeError):
     """cuda_graphs=on and a capture (or its first replay) failed: the run stops (auto falls back instead)."""
 
 
+class StickyCudaError(SpfdeError, RuntimeError):
+    """A capture failed with an error that leaves this process's GPU context unusable (the synchronize before the
+    fallback raises again): no eager step can follow it. One line; the way out is cuda_graphs=off."""
+
+
 def ensure_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
     """Give every parameter a momentum buffer (zeros) before capture, so none is allocated inside a graph.
     A zero buffer gives the same first step as SGD's lazily created one (0·m + g = g)."""
@@ -84,24 +94,29 @@ class Graphs:
     """CUDA graphs by key, sharing one memory pool; each captured after `warmup` eager calls of its key.
 
     A capture, or the first replay of a new graph, that raises costs the run nothing when `fallback` is on
-    (cuda_graphs=auto): the tensors `state()` names (everything a step writes) are restored from a copy taken
-    just before the capture, one warning says why, and from then on every call runs eagerly (`failed` holds
-    the reason). With `fallback` off (cuda_graphs=on) it raises GraphCaptureError.
+    (cuda_graphs=auto): the tensors that `run`'s `state()` names (everything a step writes) are restored from a
+    copy taken just before the capture, one warning says why, and from then on every call runs eagerly
+    (`failed` holds the reason). With `fallback` off (cuda_graphs=on) it raises GraphCaptureError. If the
+    restore itself fails (a sticky CUDA error), it raises StickyCudaError.
 
     Memory: a replay allocates nothing, so the allocator's peak does not see it. Each graph's peak during
-    its capture (the same buffers a replay reuses) is kept, and `peak()` reports the larger of the
-    allocator's peak since `begin()` and the capture peaks of the graphs run since then.
+    its capture (the same buffers a replay reuses) is kept, without the fallback's copy, and `peak()` reports
+    the larger of the allocator's peak since `begin()` and the capture peaks of the graphs run since then.
 
-    The CUDA calls live in `setup`, `warm`, `capture`, `synchronize`, `begin` and `peak`, so a test can stand
-    in for them on the CPU."""
+    `state` is passed to each `run` rather than kept: a getter kept here would tie the step that owns these
+    graphs to them in a reference cycle, and only the garbage collector would free them.
 
-    def __init__(self, warmup: int = WARMUP_STEPS, fallback: bool = True, state=None):
-        self.warmup, self.fallback, self.state = warmup, fallback, state or (lambda: [])
+    The CUDA calls live in `setup`, `warm`, `capture`, `synchronize`, `allocated`, `max_allocated` and
+    `reset_peak`, so a test can stand in for them on the CPU."""
+
+    def __init__(self, warmup: int = WARMUP_STEPS, fallback: bool = True):
+        self.warmup, self.fallback = warmup, fallback
         self.graphs: dict = {}
         self.calls: dict = {}
         self.failed: str | None = None
         self.capture_s = 0.0
         self.capture_peak: dict = {}
+        self.closed = False
         self.setup()
         self.begin()
 
@@ -110,18 +125,17 @@ class Graphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.side = torch.cuda.Stream()
 
-    def begin(self) -> None:
-        """Start a new memory window (an epoch's training, or one evaluation)."""
-        torch.cuda.reset_peak_memory_stats()
-        self.used: set = set()
-        self.peak_before_capture = 0
-
-    def peak(self) -> int:
-        return max([torch.cuda.max_memory_allocated(), self.peak_before_capture,
-                    *(self.capture_peak[k] for k in self.used if k in self.capture_peak)])
-
     def synchronize(self) -> None:
         torch.cuda.synchronize()
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated()
+
+    def max_allocated(self) -> int:
+        return torch.cuda.max_memory_allocated()
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats()
 
     def warm(self, fn) -> None:
         """An eager warm-up call on a side stream (PyTorch's recipe before a capture)."""
@@ -131,9 +145,7 @@ class Graphs:
         torch.cuda.current_stream().wait_stream(self.side)
 
     def capture(self, key, fn):
-        """Record `fn` into a new graph (nothing runs); returns the graph and records its capture peak."""
-        self.peak_before_capture = max(self.peak_before_capture, torch.cuda.max_memory_allocated())
-        torch.cuda.reset_peak_memory_stats()
+        """Record `fn` into a new graph (nothing runs) and return it."""
         graph = torch.cuda.CUDAGraph()
         # the outer stream context puts the current stream back even when a failed capture's end raises
         # (torch.cuda.graph's exit then skips its own); thread_local: DataLoader's pin-memory thread may call
@@ -142,13 +154,31 @@ class Graphs:
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 fn()
         torch.cuda.synchronize()
-        self.capture_peak[key] = torch.cuda.max_memory_allocated()
         return graph
 
     # ----------------------------------------------------------------- the logic
-    def run(self, key, fn, before_capture=None) -> None:
+    def begin(self) -> None:
+        """Start a new memory window (an epoch's training, or one evaluation)."""
+        self.reset_peak()
+        self.used: set = set()
+        self.peak_before_capture = 0
+
+    def peak(self) -> int:
+        return max([self.max_allocated(), self.peak_before_capture,
+                    *(self.capture_peak[k] for k in self.used if k in self.capture_peak)])
+
+    def close(self) -> None:
+        """Drop every graph (a graph's destructor frees its share of the memory pool) and refuse further runs."""
+        self.graphs.clear()
+        self.pool = self.side = None
+        self.closed = True
+
+    def run(self, key, fn, state=lambda: [], before_capture=None) -> None:
         """Replay the graph of `key`, or run `fn` eagerly (on a side stream while warming up, on the current
-        one after a failed capture), or capture it and replay it (capturing does not execute)."""
+        one after a failed capture), or capture it and replay it (capturing does not execute). `state()`:
+        every tensor `fn` writes, what a failed capture must leave as it was."""
+        if self.closed:
+            raise RuntimeError("these CUDA graphs were closed (close() freed them); build a new step")
         if self.failed is not None:
             fn()
             return
@@ -162,32 +192,50 @@ class Graphs:
             self.warm(fn)
             return
         self.synchronize()
-        saved = [t.clone() for t in self.state()]  # what a failed capture or replay must leave as it was
+        self.peak_before_capture = max(self.peak_before_capture, self.max_allocated())  # this window's so far
+        before = self.allocated()
+        saved = [t.clone() for t in state()]  # what a failed capture or replay must leave as it was
+        # the copy is the fallback's, not the step's: its bytes (as the allocator counts them) come off the
+        # capture peak, and the allocator's peak starts afresh once it is freed
+        snapshot = self.allocated() - before
+        self.reset_peak()
         start = time.perf_counter()
         try:
             if before_capture is not None:
                 before_capture()
             graph = self.capture(key, fn)
             took = time.perf_counter() - start
+            self.capture_peak[key] = self.max_allocated() - snapshot
             graph.replay()  # the step itself: a capture only records it
             self.synchronize()  # a replay that fails says so here, not at some later step
         except Exception as e:  # noqa: BLE001 - any failure of capture or first replay: fall back or stop
-            self.give_up(key, e, saved)
+            self.give_up(key, e, state(), saved)
+            del saved
+            self.reset_peak()
             fn()  # this step, eagerly, from the restored state
             return
+        del saved
+        self.reset_peak()
         self.capture_s += took
         self.graphs[key] = graph
         log.info(f"CUDA graph captured: {key} in {took:.2f} s")
 
-    def give_up(self, key, error: Exception, saved: list[torch.Tensor]) -> None:
+    def give_up(self, key, error: Exception, state: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
         reason = first_line(error)
         if not self.fallback:
             raise GraphCaptureError(f"CUDA graph capture of {key} failed ({reason}); with cuda_graphs=auto the run "
                                     "would continue eagerly") from error
-        self.synchronize()
-        with torch.no_grad():
-            for tensor, copy in zip(self.state(), saved):
-                tensor.copy_(copy)
+        try:
+            self.synchronize()
+            with torch.no_grad():
+                for tensor, copy in zip(state, saved):
+                    tensor.copy_(copy)
+        except Exception as again:  # noqa: BLE001 - a sticky error: every CUDA call of this process fails now
+            # from None: one line from the commands, one traceback (not two) where a caller prints it
+            raise StickyCudaError(f"CUDA graph capture of {key} failed ({reason}) and left the GPU unusable in this "
+                                  f"process ({first_line(again)}), so the run cannot go on eagerly; run it again "
+                                  "with cuda_graphs=off (eager steps), which resumes from the last checkpoint"
+                                  ) from None
         self.failed = reason
         self.graphs.clear()  # one eager path from here on: the same numbers as a run without graphs
         log.warning(f"CUDA graph capture of {key} failed ({reason}); the run continues with eager steps "
@@ -205,7 +253,8 @@ class TrainStep:
         self.label_smoothing, self.batch_size = label_smoothing, batch_size
         self.loss_sum = torch.zeros((), device=rt.device)
         self.correct = torch.zeros((), device=rt.device, dtype=torch.long)
-        self.graphs = Graphs(fallback=fallback, state=self.written_tensors) if graphs else None
+        self.graphs = Graphs(fallback=fallback) if graphs else None
+        self.closed = False
         if rt.device.type == "cuda":
             ensure_momentum_buffers(optimizer)  # the fused SGD wants all buffers or none
         self.lrs = None
@@ -235,6 +284,16 @@ class TrainStep:
         return [*self.model.parameters(), *self.model.buffers(), *optimizer_state,
                 *self.method.masks.masks.values(), *self.sieve.step_tensors(), self.loss_sum, self.correct]
 
+    def close(self) -> None:
+        """Free this step's GPU memory now rather than at the next garbage collection: its CUDA graphs and their
+        memory pool (with the gradients a capture allocated there), its static batch buffers. For a caller that
+        builds one step after another (a benchmark's cases); a closed step refuses to run."""
+        if self.graphs is not None:
+            self.graphs.close()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.static = None
+        self.closed = True
+
     def begin_epoch(self) -> None:
         self.loss_sum.zero_()
         self.correct.zero_()
@@ -262,6 +321,8 @@ class TrainStep:
         """Train on one batch (x, y, idx all on the training device) at fractional epoch `t`, as the run's step
         `self.steps`; returns the head's LR. `samples`: the global batch size (all ranks), which the cost meter
         counts; default len(y)."""
+        if self.closed:
+            raise RuntimeError("this TrainStep was closed (close() freed its CUDA graphs); build a new one")
         step = self.steps
         self.steps += 1
         self.samples = len(y) if samples is None else samples
@@ -277,7 +338,7 @@ class TrainStep:
         for buffer, value in zip(self.static, (x, y, idx)):
             buffer.copy_(value, non_blocking=True)
         self.graphs.run(("train step", f"{self.freezer.frozen} frozen blocks"),
-                        lambda: self.run_step(*self.static, step, plain=True),
+                        lambda: self.run_step(*self.static, step, plain=True), state=self.written_tensors,
                         before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
         self.meter.step(self.samples, dense_grad=False)  # a plain step changes no mask: its cost can follow it
         return lr
@@ -312,9 +373,18 @@ class EvalBatches:
 
     def __init__(self, model, rt, batch_size: int, top5: bool, graphs: bool, fallback: bool = True):
         self.model, self.rt, self.batch_size, self.top5 = model, rt, batch_size, top5
-        self.graphs = Graphs(warmup=1, fallback=fallback, state=lambda: list(self.sums)) if graphs else None
+        self.graphs = Graphs(warmup=1, fallback=fallback) if graphs else None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        """Free the evaluation graph, its memory pool and the static batch now (see TrainStep.close); a closed
+        one refuses to run."""
+        if self.graphs is not None:
+            self.graphs.close()
+        self.static = None
+        self.closed = True
 
     def begin(self) -> None:
         device = self.rt.device
@@ -338,6 +408,8 @@ class EvalBatches:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.closed:
+            raise RuntimeError("these EvalBatches were closed (close() freed their CUDA graph); build new ones")
         if self.graphs is None or self.graphs.failed is not None or len(y) != self.batch_size:
             self.run_batch(x, y)
             return
@@ -345,7 +417,7 @@ class EvalBatches:
             self.static = (torch.empty_like(x), torch.empty_like(y))
         self.static[0].copy_(x, non_blocking=True)
         self.static[1].copy_(y, non_blocking=True)
-        self.graphs.run("evaluation batch", lambda: self.run_batch(*self.static))
+        self.graphs.run("evaluation batch", lambda: self.run_batch(*self.static), state=lambda: list(self.sums))
 
     def run_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         loss_sum, correct1, correct5 = self.sums

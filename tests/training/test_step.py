@@ -4,7 +4,10 @@ with capture replaced by direct calls. Real capture is tested in test_gpu.py."""
 
 from __future__ import annotations
 
+import gc
 import math
+import traceback
+import weakref
 
 import pytest
 import torch
@@ -12,7 +15,11 @@ import torch.nn.functional as F
 
 import spfde.training.loop
 import spfde.training.step
+from spfde.errors import SpfdeError
 from spfde.models import build_model
+from spfde.training.build import build_run
+from spfde.training.loop import evaluate
+from spfde.training.step import EvalBatches, TrainStep
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
 from tests.sparse.test_sparse import ALL, SMALL_INTERVALS, make_method, random_batches
 
@@ -61,24 +68,30 @@ def test_a_plain_step_only_masks_gradients_and_weights(name):
 
 class CpuGraphs(spfde.training.step.Graphs):
     """step.Graphs with its CUDA calls replaced, so its logic runs on the CPU: a warm-up call runs the step,
-    a "capture" records it without running it, a replay runs it; every call's key is kept in `keys`.
-    `fail` = {key: "capture" | "replay"} makes that key's capture or first replay raise *after* running the
-    step, the worst case: state changed that the fallback must restore."""
+    a "capture" records it without running it, a replay runs it; every replay's key is kept in `keys`.
+    `fail` = {key: "capture" | "replay" | "sticky"} makes that key's capture or first replay raise *after*
+    running the step, the worst case: state changed that the fallback must restore; "sticky": a capture error
+    after which every CUDA call fails too (a device-side assert)."""
 
     keys: list = []
     fail: dict = {}
+    broken = False  # after a sticky error
 
     def setup(self) -> None:
         pass
 
-    def begin(self) -> None:
-        self.used, self.peak_before_capture = set(), 0
-
-    def peak(self) -> int:
+    def allocated(self) -> int:
         return 0
 
-    def synchronize(self) -> None:
+    def max_allocated(self) -> int:
+        return 0
+
+    def reset_peak(self) -> None:
         pass
+
+    def synchronize(self) -> None:
+        if CpuGraphs.broken:
+            raise RuntimeError("CUDA error: device-side assert triggered")
 
     def warm(self, fn) -> None:
         fn()
@@ -87,6 +100,10 @@ class CpuGraphs(spfde.training.step.Graphs):
         if CpuGraphs.fail.get(key) == "capture":
             fn()
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        if CpuGraphs.fail.get(key) == "sticky":
+            fn()
+            CpuGraphs.broken = True
+            raise RuntimeError("CUDA error: device-side assert triggered")
         return Replay(key, fn)
 
 
@@ -104,7 +121,7 @@ class Replay:
 
 def graphed_run(monkeypatch, overrides, run_dir, fail=None):
     """A run whose graph path runs on the CPU through CpuGraphs."""
-    CpuGraphs.keys, CpuGraphs.fail = [], fail or {}
+    CpuGraphs.keys, CpuGraphs.fail, CpuGraphs.broken = [], fail or {}, False
     with monkeypatch.context() as m:
         m.setattr(spfde.training.loop, "use_cuda_graphs", lambda setting, device: True)
         m.setattr(spfde.training.step, "Graphs", CpuGraphs)
@@ -173,6 +190,108 @@ def test_cuda_graphs_on_fails_loudly_when_a_capture_fails():
     with pytest.raises(spfde.training.step.GraphCaptureError, match="capture of k failed .*RuntimeError: CUDA error"):
         graphs.run("k", lambda: calls.append(1))
     CpuGraphs.fail = {}
+
+
+def test_a_sticky_cuda_error_in_a_capture_stops_with_one_line(monkeypatch):
+    """A device-side assert during capture breaks every later CUDA call, the fallback's own synchronize included:
+    instead of a second traceback, one SpfdeError (`spfde: error: ...`) that names the error and cuda_graphs=off."""
+    monkeypatch.setattr(CpuGraphs, "fail", {"k": "sticky"})
+    monkeypatch.setattr(CpuGraphs, "broken", False)
+    weights, calls = torch.zeros(3), []
+    graphs = CpuGraphs(warmup=0)
+    with pytest.raises(spfde.training.step.StickyCudaError) as caught:
+        graphs.run("k", lambda: (calls.append(1), weights.add_(1)), state=lambda: [weights])
+    error = caught.value
+    assert isinstance(error, SpfdeError) and calls == [1]  # the stand-in's capture ran it; no eager step after
+    assert str(error).startswith("CUDA graph capture of k failed (RuntimeError: CUDA error: device-side assert "
+                                 "triggered) and left the GPU unusable")
+    assert str(error).endswith("run it again with cuda_graphs=off (eager steps), which resumes from the last "
+                               "checkpoint")
+    assert "".join(traceback.format_exception(error)).count("Traceback") == 1  # no "during handling of..."
+
+
+def small_step(tmp_path, *overrides: str, graphs: bool = False):
+    """A digits run's parts and its TrainStep, masks initialised."""
+    cfg = make_cfg(quick_overrides(*overrides), tmp_path)
+    run = build_run(cfg, tmp_path)
+    run.method.initialize(iter(run.data.train))
+    step = TrainStep(run.model, run.optimizer, run.method, run.freezer, run.sieve, run.analysis, run.meter, run.rt,
+                     cfg.optim.label_smoothing, cfg.batch_size, graphs=graphs)
+    return cfg, run, step
+
+
+@pytest.mark.slow
+def test_a_closed_step_is_freed_without_the_garbage_collector_and_refuses_to_run(tmp_path, monkeypatch):
+    """close() drops the graphs (and their pool), and nothing ties a step or its evaluation to its graphs in a
+    reference cycle: a benchmark frees each case's GPU memory when it lets go of it, not at some later gc."""
+    monkeypatch.setattr(spfde.training.step, "Graphs", CpuGraphs)
+    monkeypatch.setattr(CpuGraphs, "keys", [])
+    monkeypatch.setattr(CpuGraphs, "fail", {})
+    cfg, run, step = small_step(tmp_path, "eval_batch_size=128", graphs=True)
+    batches = EvalBatches(run.model, run.rt, cfg.eval_batch_size, top5=True, graphs=True)
+    x, y, idx = next(iter(run.data.train))
+    for _ in range(spfde.training.step.WARMUP_STEPS + 2):  # warm-up, capture, replay
+        step(x, y, idx, t=0.0)
+    evaluate(run.model, run.data.test, run.rt, True, batches)  # 2 full batches: warm-up, capture and replay
+    assert step.graphs.graphs and batches.graphs.graphs
+    step.close()
+    batches.close()
+    assert not step.graphs.graphs and not batches.graphs.graphs and step.static is None
+    assert all(p.grad is None for p in run.model.parameters())  # a capture allocates the gradients in its pool
+    with pytest.raises(RuntimeError, match="this TrainStep was closed"):
+        step(x, y, idx, t=0.0)
+    with pytest.raises(RuntimeError, match="these EvalBatches were closed"):
+        batches.add(x, y)
+    gc.collect()
+    gc.disable()
+    try:
+        refs = [weakref.ref(o) for o in (step, step.graphs, batches, batches.graphs, run.model)]
+        del step, batches, run, x, y, idx
+        assert [r() for r in refs] == [None] * 5  # the model too, once the caller lets go of the run
+    finally:
+        gc.enable()
+
+
+def test_the_capture_peak_leaves_out_the_fallbacks_copy_of_the_state(monkeypatch):
+    """The copy of weights, momentum, masks... that a failed capture would restore is alive during the capture; the
+    peak memory reported for the step is the step's own. A stand-in allocator counts each clone while it lives."""
+    live = {"bytes": 0, "peak": 0}
+    real_clone = torch.Tensor.clone
+
+    def free(n: int) -> None:
+        live["bytes"] -= n
+
+    def clone(t, *args, **kwargs):
+        out = real_clone(t, *args, **kwargs)
+        live["bytes"] += out.nbytes
+        live["peak"] = max(live["peak"], live["bytes"])
+        weakref.finalize(out, free, out.nbytes)
+        return out
+
+    step_bytes = 1000  # what the step itself allocates while it is captured
+
+    class Allocated(CpuGraphs):
+        def allocated(self) -> int:
+            return live["bytes"]
+
+        def max_allocated(self) -> int:
+            return live["peak"]
+
+        def reset_peak(self) -> None:
+            live["peak"] = live["bytes"]
+
+        def capture(self, key, fn):
+            live["peak"] = max(live["peak"], live["bytes"] + step_bytes)
+            return super().capture(key, fn)
+
+    monkeypatch.setattr(torch.Tensor, "clone", clone)
+    monkeypatch.setattr(CpuGraphs, "fail", {})
+    weights = torch.zeros(1000)  # 4,000 bytes of state, so 4,000 bytes of copy
+    graphs = Allocated(warmup=0)
+    graphs.run("k", lambda: weights.add_(1), state=lambda: [weights])
+    assert "k" in graphs.graphs and live["bytes"] == 0  # captured; the copy is gone
+    assert graphs.capture_peak["k"] == step_bytes  # not 5,000
+    assert graphs.peak() == step_bytes
 
 
 @pytest.mark.slow
