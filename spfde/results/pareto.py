@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from spfde.results.figures import save_figure
+from spfde.results.figures import flops_axis, save_figure
 from spfde.results.runs import write_csv
 
 ACC, FLOPS, N = "acc_mean", "train_flops", "seeds"  # the keys of spfde.results.report.group()'s groups
@@ -64,7 +64,8 @@ def front_rows(groups: list[dict]) -> list[dict]:
 
 def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
     """Accuracy against absolute training FLOPs: every configuration (± std where n > 1), the front as a step
-    line (the best accuracy reached with at most that many FLOPs), its points labelled x%+y%. PNG and PDF."""
+    line (the best accuracy reached with at most that many FLOPs), its points labelled x%+y% (labels lifted clear of
+    each other); the FLOPs axis as in the other figures of the report. PNG and PDF."""
     import matplotlib.pyplot as plt
 
     points = [g for g in groups if _number(g.get(ACC)) and _number(g.get(FLOPS))]
@@ -87,18 +88,37 @@ def plot_front(groups: list[dict], path: Path, title: str = "") -> None:
         labels: dict[tuple, list[str]] = {}  # identical points share one label ("a / b")
         for g in front:
             labels.setdefault((g[FLOPS], g[ACC]), []).append(point_label(g, shown))
-        for (f, a), names in labels.items():
-            ax.annotate(" / ".join(names), (f, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    flops = [g[FLOPS] for g in points]
-    if flops and min(flops) > 0 and max(flops) / min(flops) > 10:
-        ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
+        texts = [ax.annotate(" / ".join(names), (f, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                 for (f, a), names in labels.items()]
+    # the report's FLOPs axis (a log axis, or "training FLOPs (×eN)"): no offset text in the corner
+    flops_axis(ax, [g[FLOPS] for g in points])
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy vs training FLOPs, Pareto front{' — ' + title if title else ''}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    if front:
+        separate(texts, fig)  # last: the axes' limits and scale are final
     save_figure(fig, path)
     plt.close(fig)
+
+
+def separate(texts: list, fig, pad: float = 2.0) -> None:
+    """Lift each point label (an annotation placed in offset points) just above the labels placed before it that
+    its box overlaps: front points close in FLOPs and accuracy would otherwise print over each other. Boxes come
+    from the figure's renderer, each with a margin of `pad` points."""
+    fig.canvas.draw()  # before a draw an annotation has no position yet (its extent is a unit box)
+    renderer = fig.canvas.get_renderer()
+    points = fig.dpi / 72  # pixels per point at the renderer's dpi
+    placed = []
+    for text in texts:
+        for _ in placed:  # each lift clears every box it hit and never comes down: len(placed) lifts at most
+            box = text.get_window_extent(renderer).padded(pad * points)
+            hit = [other for other in placed if box.overlaps(other)]
+            if not hit:
+                break
+            dx, dy = text.xyann
+            text.xyann = (dx, dy + (max(other.y1 for other in hit) - box.y0) / points)
+        placed.append(text.get_window_extent(renderer).padded(pad * points))
 
 
 def write_pareto(groups: list[dict], out: Path, title: str = "") -> list[Path]:

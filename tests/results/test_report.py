@@ -210,6 +210,27 @@ def test_log_flops_axis_labels_do_not_overlap(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_pareto_figure_has_the_reports_flops_axis_and_labels_that_do_not_overlap(tmp_path, monkeypatch):
+    from spfde.results.pareto import plot_front
+
+    # a crowded front: eight configurations a hair apart in FLOPs and accuracy, each one more accurate and dearer
+    groups = [{"acc_mean": 0.9 + 0.001 * i, "train_flops": 1.2e11 + 1e9 * i, "seeds": 1, "acc_std": None,
+               "freeze": 0.05 * i, "sieve": 0.05 * i, "method": "RigL" if i % 2 else "MEST", "ratio": 0.9}
+              for i in range(8)]
+    figures = captured_figures(monkeypatch)
+    plot_front(groups, tmp_path / "pareto.png")
+    fig = figures[0]
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert ax.get_xlabel() == "training FLOPs (×e11)"  # the other figures' label (spfde.results.figures.flops_axis)
+    assert ax.xaxis.get_offset_text().get_text() == ""  # no "1e11" in the corner
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 8
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+@pytest.mark.slow
 def test_timeline_has_accuracy_and_separate_axes_in_png_and_pdf(tmp_path):
     import matplotlib
 
