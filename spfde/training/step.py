@@ -70,6 +70,10 @@ class StickyCudaError(SpfdeError, RuntimeError):
     fallback raises again): no eager step can follow it. One line; the way out is cuda_graphs=off."""
 
 
+class DeterministicKernelError(SpfdeError, RuntimeError):
+    """deterministic=true and the GPU has no deterministic kernel for a layer of the step. One line."""
+
+
 def ensure_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
     """Give every parameter a momentum buffer (zeros) before capture, so none is allocated inside a graph.
     A zero buffer gives the same first step as SGD's lazily created one (0·m + g = g)."""
@@ -88,6 +92,14 @@ def first_line(error: BaseException) -> str:
         error = error.__context__
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def refused_as_nondeterministic(error: RuntimeError) -> bool:
+    """Did deterministic mode refuse a kernel (cuDNN finds no deterministic engine, or PyTorch's check refuses an
+    op)? Only while it is on: the same words from another run are another error."""
+    on = torch.backends.cudnn.deterministic or torch.are_deterministic_algorithms_enabled()
+    text = str(error).lower()
+    return on and ("deterministic" in text or "unable to find an engine" in text)
 
 
 class Graphs:
@@ -344,6 +356,19 @@ class TrainStep:
         return lr
 
     def run_step(self, x, y, idx, step: int, plain: bool) -> None:
+        try:
+            self.step_ops(x, y, idx, step, plain)
+        except RuntimeError as e:
+            if isinstance(e, SpfdeError) or not refused_as_nondeterministic(e):
+                raise
+            settings = ", ".join(["deterministic=true", *(["precision=bf16"] if self.rt.bf16 else []),
+                                  *(["channels_last=true"] if self.rt.channels_last else [])])
+            raise DeterministicKernelError(
+                f"{settings}: the GPU has no deterministic kernel for a layer of this model ({first_line(e)}); run "
+                "with deterministic=false, or keep it with precision=fp32 or channels_last=false") from None
+
+    def step_ops(self, x, y, idx, step: int, plain: bool) -> None:
+        """The step itself, op by op (what a graph records)."""
         with self.rt.autocast(cache=self.graphs is None):  # a graph must not keep autocast's weight cache
             logits = frozen_prefix_forward(self.model, x, self.freezer.frozen)  # frozen prefix under no_grad
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)

@@ -17,7 +17,7 @@ import spfde.training.loop
 import spfde.training.step
 from spfde.errors import SpfdeError
 from spfde.models import build_model
-from spfde.training.build import build_run
+from spfde.training.build import Runtime, build_run
 from spfde.training.loop import evaluate
 from spfde.training.step import EvalBatches, TrainStep
 from tests.helpers import make_cfg, quick_overrides, read_metrics, run_training
@@ -292,6 +292,33 @@ def test_the_capture_peak_leaves_out_the_fallbacks_copy_of_the_state(monkeypatch
     assert "k" in graphs.graphs and live["bytes"] == 0  # captured; the copy is gone
     assert graphs.capture_peak["k"] == step_bytes  # not 5,000
     assert graphs.peak() == step_bytes
+
+
+def test_deterministic_true_without_a_deterministic_kernel_is_one_line(tmp_path, monkeypatch):
+    """deterministic=true on a GPU with bf16 and channels_last can meet a layer with no deterministic kernel: one
+    SpfdeError naming the settings and the ways out. The same error with determinism off stays what it is."""
+    _, run, step = small_step(tmp_path, "precision=bf16")
+    step.rt = Runtime(run.device, "bf16", channels_last=True)  # the settings of a CUDA run
+
+    def no_kernel(*args):
+        raise RuntimeError("cudnn_convolution_backward does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'")
+
+    monkeypatch.setattr(spfde.training.step, "frozen_prefix_forward", no_kernel)
+    x, y, idx = next(iter(run.data.train))
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    with pytest.raises(spfde.training.step.DeterministicKernelError) as caught:
+        step(x, y, idx, t=0.0)
+    assert isinstance(caught.value, SpfdeError)
+    assert str(caught.value) == (
+        "deterministic=true, precision=bf16, channels_last=true: the GPU has no deterministic kernel for a layer of "
+        "this model (RuntimeError: cudnn_convolution_backward does not have a deterministic implementation, but you "
+        "set 'torch.use_deterministic_algorithms(True)'); run with deterministic=false, or keep it with "
+        "precision=fp32 or channels_last=false")
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    with pytest.raises(RuntimeError, match="does not have a deterministic") as caught:
+        step(x, y, idx, t=0.0)
+    assert not isinstance(caught.value, SpfdeError)
 
 
 @pytest.mark.slow
