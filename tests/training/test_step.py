@@ -322,6 +322,23 @@ def test_deterministic_true_without_a_deterministic_kernel_is_one_line(tmp_path,
 
 
 @pytest.mark.slow
+def test_the_evaluation_graph_is_captured_replayed_and_equals_the_eager_evaluation(tmp_path, monkeypatch):
+    """Digits' 360 test images at eval_batch_size=128: 2 full batches (a warm-up, then a capture and its replay;
+    the next evaluation replays both) and a partial one (eager); every evaluation equals the eager one."""
+    monkeypatch.setattr(spfde.training.step, "Graphs", CpuGraphs)
+    monkeypatch.setattr(CpuGraphs, "keys", [])
+    monkeypatch.setattr(CpuGraphs, "fail", {})
+    cfg, run, _ = small_step(tmp_path, "eval_batch_size=128")
+    assert [len(y) for _, y, _ in run.data.test] == [128, 128, 104]
+    eager = evaluate(run.model, run.data.test, run.rt, True)
+    batches = EvalBatches(run.model, run.rt, cfg.eval_batch_size, top5=True, graphs=True)
+    assert evaluate(run.model, run.data.test, run.rt, True, batches) == eager
+    assert CpuGraphs.keys == ["evaluation batch"] and list(batches.graphs.graphs) == ["evaluation batch"]
+    assert evaluate(run.model, run.data.test, run.rt, True, batches) == eager
+    assert CpuGraphs.keys == ["evaluation batch"] * 3 and batches.graphs.failed is None
+
+
+@pytest.mark.slow
 def test_learning_rates_reach_sgd_one_way_on_cuda_and_bit_identically_on_the_cpu():
     """On CUDA the per-block learning rates always live in an fp32 device vector (eager or graphed: one code path
     for the fused kernel). On the CPU a tensor learning rate trains bit-identically to Python floats: the fp64
