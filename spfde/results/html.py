@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import html
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -57,10 +58,23 @@ def markdown_html(text: str) -> str:
     return "\n".join(out)
 
 
+# a float as Python writes it into a CSV (str(float)): digits with a point, a signed exponent or both; integers and
+# a run's hex id (which can read like 12e45678, but has neither point nor sign) do not match
+FLOAT = re.compile(r"-?\d+(\.\d+)?(e[+-]\d+)?")
+
+
+def readable(cell: str) -> str:
+    """A CSV cell as the page shows it: a float to 4 significant digits (0.9667; from 10^4 on in e-notation, so
+    FLOPs read 1.573e+11), anything else as written. The CSV files themselves keep every digit."""
+    if FLOAT.fullmatch(cell) and ("." in cell or "e" in cell):
+        return f"{float(cell):.4g}"
+    return cell
+
+
 def csv_html(path: Path) -> str:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    return html_table(rows[0], rows[1:]) if rows else "<p>(empty)</p>"
+    return html_table(rows[0], [[readable(c) for c in row] for row in rows[1:]]) if rows else "<p>(empty)</p>"
 
 
 def url(rel: str) -> str:

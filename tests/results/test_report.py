@@ -360,6 +360,25 @@ def test_index_html_shows_every_table_and_figure_and_the_notes(tmp_path):
     assert "unfinished: " in text and "damaged: " in text and "All groups" in text and "MEST (EM&amp;S)" not in text
 
 
+def test_index_html_shows_csv_floats_readably_in_scrollable_tables(tmp_path):
+    """The page rounds a CSV's floats to 4 significant digits (FLOPs in e-notation), leaves integers and ids as
+    written and the CSV itself untouched, and puts each table in a box that scrolls sideways (wide tables)."""
+    import re
+
+    from spfde.results.html import STYLE, write_index
+
+    csv_text = ("run_id,label,acc_mean,train_flops,memory_min_bytes,train_time_s\n"
+                "12e45678,SpFDE 10%+20%,0.123456789012,157258658304.0,11106352,2.8507925590004106\n")
+    (tmp_path / "runs.csv").write_text(csv_text)
+    page = write_index(tmp_path, "t", "s", []).read_text()
+    row = re.search(r"<tbody><tr>(.*?)</tr>", page)[1]
+    assert re.findall(r"<td>(.*?)</td>", row) == ["12e45678", "SpFDE 10%+20%", "0.1235", "1.573e+11", "11106352",
+                                                   "2.851"]
+    assert "0.123456789012" not in page and (tmp_path / "runs.csv").read_text() == csv_text
+    assert page.count("<table>") == page.count('<div class="scroll"><table>') == 1
+    assert ".scroll{overflow-x:auto}" in STYLE and f"<style>{STYLE}</style>" in page
+
+
 @pytest.mark.slow
 def test_wandb_prints_a_sync_command_of_the_offline_run_directories(tmp_path, monkeypatch, capsys):
     """--wandb (offline): the printed `wandb sync` command names the report's run directory and the runs' own
