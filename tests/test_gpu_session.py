@@ -142,3 +142,30 @@ def test_the_summary_names_the_results_where_torchrun_and_the_plain_run_differ(t
     assert SUMMARY["same_results"](a, {**a, "train_time_s": 9.0}) == "yes (2 result keys equal)"
     assert SUMMARY["same_results"](a, b) == "no: final_acc 0.5 != 0.25"
     assert SUMMARY["same_results"](a, {}) == "not measured"
+
+
+def test_the_summary_shows_what_ran_beside_each_ratio(tmp_path):
+    gpu = {"device": "NVIDIA H100", "torch": "2.11", "batch_sizes": [64], "bs64_bare_ran": "graphed",
+           "bs64_dense_vs_bare": 0.5, "bs64_dense_ran": "eager", "bs64_mest_vs_bare": 0.95, "bs64_mest_ran": "graphed",
+           "bs64_mest_sieve_vs_bare": 0.9, "bs64_mest_sieve_ran": "fallback: RuntimeError: CUDA error: x",
+           "bs64_frozen_speedup": 1.5, "bs64_mest_frozen_ran": "graphed", "bs64_bare_graphed_vs_eager": 4.0,
+           "spfde_wall_saving": 0.1, "spfde_flops_saving": 0.2, "spfde_wall_vs_flops": 0.5, "spfde_ran": "graphed",
+           "mest_ran": "graphed", "spfde_capture_s": 30.0, "mest_capture_s": 3.0}
+    data = {"model": "resnet50", "loader_pil_vs_bare": 0.4, "loader_pil_ran": "graphed", "fastest_loader": "pil",
+            "frozen_epoch_speedup": 1.1, "frozen_ran": "graphed"}
+    (tmp_path / "bench-gpu.json").write_text(json.dumps(gpu))
+    (tmp_path / "bench-data.json").write_text(json.dumps(data))
+    lines = SUMMARY["summary_lines"](tmp_path)
+    rows = {label.strip(): value.strip() for label, value in (line.split("  ", 1) for line in lines[1:-1])}
+    assert rows["batch 64: harness MEST / bare model (graphed)"] == "0.95x (graphed)"
+    assert rows["batch 64: harness dense / bare model (graphed)"] == "0.50x (eager)"
+    assert rows["batch 64: harness MEST, sieve=0.2 loader / bare model (graphed)"] == (
+        "0.90x (fallback: RuntimeError: CUDA error: x)")
+    assert rows["batch 64: bare model, CUDA graph / eager"] == "4.00x (graphed / eager)"
+    assert rows["batch 64: all candidates frozen / unfrozen, img/s"] == "1.50x (graphed / graphed)"
+    assert rows["batch 64: memory reduction 0 -> all frozen, measured / planned"] == "not measured"
+    assert rows["SpFDE 0.2+0.2 vs MEST: wall-clock saving / FLOPs saving"] == (
+        "0.50x (10.0% / 20.0%) (graphed / graphed)")
+    assert rows["folder loader pil / bare resnet50"] == "0.40x (graphed)"
+    assert rows["folder loader gpu / bare resnet50"] == "not measured"
+    assert rows["epoch time, 0 / all candidates frozen (loader pil)"] == "1.10x (graphed / graphed)"

@@ -32,10 +32,11 @@ overrides apply to all three (e.g. model.depth=8 epochs=6 to shorten it on a bus
 gpu: in one process, on the configured model (default ResNet-32 2x, CIFAR-100-shaped FakeData): the bare
 model's training step (eager and CUDA-graphed) as the anchor, then the harness's own epoch loop for dense,
 MEST, MEST with all candidate blocks frozen and MEST with a sieved loader, as img/s and ratios to the
-anchor; measured training memory next to the plan's; evaluation time against a training epoch; and a short
-MEST vs SpFDE 0.2+0.2 run: wall-clock saving against FLOPs saving (after the first batch size, before the
-others). Made for a GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes
-16 --train-size 64 device=cpu model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
+anchor with what each ran (graphed, eager or fallback) and the backend settings all ran with; measured
+training memory next to the plan's; evaluation time against a training epoch; and a short MEST vs SpFDE 0.2+0.2
+run: wall-clock saving against FLOPs saving (after the first batch size, before the others). Made for a
+GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes 16 --train-size 64
+device=cpu model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
 data: the input pipeline of image folders. Writes an ImageNet-like JPEG folder (N train + N/10 val images of
 ~400x350 px in 10 classes, cached in outputs/bench-data/) unless dataset.root is given, then in one process:
 the bare model's img/s on a random device batch, the harness's training img/s with each folder loader this

@@ -1,8 +1,9 @@
 """What several benchmarks share: one training run from overrides (`run_once`) and a mean ± std cell; for the gpu
 and data benchmarks, the `Report` (lines printed as they come, named values rewritten to `--json` after each one,
-a failed measurement reported and skipped) and their two measurements: the bare model's training img/s on a random
-batch (`bare_model_img_s`, the anchor of their ratios) and the harness's own epoch loop at a fixed frozen prefix
-(`harness_epochs`: img/s, evaluation time and training memory against the plan's)."""
+a failed measurement reported and skipped), the backend settings every case runs with (`apply_backend_settings`)
+and their two measurements: the bare model's training img/s on a random batch (`bare_model_img_s`, the anchor of
+their ratios) and the harness's own epoch loop at a fixed frozen prefix (`harness_epochs`: img/s, what ran,
+evaluation time and training memory against the plan's)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from spfde.checks.validation import validate
 from spfde.config import compose_config
 from spfde.models import build_model
 from spfde.rundir.checkpoint import METRICS, write_json
-from spfde.training.build import Runtime, build_optimizer, build_run, resolve_device
+from spfde.training.build import Runtime, build_optimizer, build_run, resolve_device, resolve_threads
 from spfde.training.cost import MemoryModel
 from spfde.training.freeze import candidate_blocks
 from spfde.training.loop import evaluate, train, train_one_epoch
@@ -95,12 +96,71 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
+# torch's own TF32 switches, which a run (spfde.training.build) leaves as they are: read before any case sets them
+TF32_DEFAULTS = {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                 "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+
+
+def apply_backend_settings(cfg) -> dict:
+    """Set, and return, the backend settings of one case: every case (bare anchor or harness) calls this before it
+    computes anything, so that none inherits another's (the anchors run before any `build_run` has set cuDNN's
+    autotuning). The values are a run's own: cuDNN autotuning unless deterministic (build_run), torch's TF32
+    defaults, the config's precision and channels_last, the run's CPU threads and flushed denormals."""
+    device = resolve_device(cfg.device)
+    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
+    settings = {"cudnn.benchmark": not cfg.deterministic, "cudnn.deterministic": bool(cfg.deterministic),
+                **TF32_DEFAULTS, "precision": "bf16" if rt.bf16 else "fp32", "channels_last": rt.channels_last,
+                "threads": resolve_threads(cfg)}
+    torch.backends.cudnn.benchmark = settings["cudnn.benchmark"]
+    torch.backends.cudnn.deterministic = settings["cudnn.deterministic"]
+    torch.backends.cuda.matmul.allow_tf32 = settings["cuda.matmul.allow_tf32"]
+    torch.backends.cudnn.allow_tf32 = settings["cudnn.allow_tf32"]
+    torch.set_num_threads(settings["threads"])
+    torch.set_flush_denormal(True)  # as build_run does (CPU only; it cannot be read back)
+    return settings
+
+
+def settings_in_effect(rt: Runtime) -> dict:
+    """The settings a case is measured with, read back from torch and from the runtime it computes with."""
+    return {"cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "cudnn.deterministic": torch.backends.cudnn.deterministic,
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32, "precision": "bf16" if rt.bf16 else "fp32",
+            "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
+
+
+def settings_text(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def settings_line(settings: dict, cases: dict) -> str:
+    """One line per table: the settings of its cases (`cases`: name -> the settings it was measured with), and any
+    case measured with others (which apply_backend_settings should make impossible)."""
+    differ = [f"{name} ({settings_text(s)})" for name, s in cases.items() if s != settings]
+    return (f"backend settings of every case: {settings_text(settings)}"
+            + (f"; DIFFERENT in: {'; '.join(differ)}" if differ else ""))
+
+
+def what_ran(step: TrainStep) -> str:
+    """How the plain steps of the epoch just run were executed, from the step's own state: "graphed" (replayed
+    from a CUDA graph), "eager" (graphs off, or none replayed), or "fallback: <error>" (a capture failed and the
+    step went eager, see spfde.training.step.Graphs)."""
+    graphs = step.graphs
+    if graphs is None:
+        return "eager"
+    if graphs.failed is not None:
+        return f"fallback: {graphs.failed}"
+    return "graphed" if any(key in graphs.graphs for key in graphs.used) else "eager"
+
+
+def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> dict:
     """The anchor: the project's model trained by a minimal loop on one random batch already on the device
-    (fused SGD, bf16 autocast and channels_last on CUDA), eager or as one captured CUDA graph."""
+    (fused SGD, bf16 autocast and channels_last on CUDA), eager or as one captured CUDA graph. Returns img/s, what
+    ran ("graphed" or "eager") and the settings it ran with."""
+    settings = apply_backend_settings(cfg)
     device = resolve_device(cfg.device)
     d = cfg.dataset
-    rt = Runtime(device, cfg.precision, channels_last=cfg.channels_last and device.type == "cuda")
+    rt = Runtime(device, settings["precision"], channels_last=settings["channels_last"])
     model = build_model(cfg.model, d.num_classes, d.channels).to(device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -135,7 +195,8 @@ def bare_model_img_s(cfg, batch_size: int, steps: int, graphed: bool) -> float:
     for _ in range(steps):
         run()
     sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    img_s = steps * batch_size / (time.perf_counter() - start)
+    return {"img_s": img_s, "ran": "graphed" if graphed else "eager", "settings": settings_in_effect(rt)}
 
 
 def sync(device) -> None:
@@ -145,13 +206,15 @@ def sync(device) -> None:
 
 def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool = False) -> dict:
     """The harness's own loop (spfde.training.loop.train_one_epoch with spfde.training.step.TrainStep) for two
-    epochs at a fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed.
-    Measures training memory against the plan's and, with timed_eval, times an evaluation of the test set."""
+    epochs at a fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed, and
+    what ran in it is read from the step (`what_ran`). Measures training memory against the plan's and, with
+    timed_eval, times an evaluation of the test set."""
     cfg = compose_config(["logger=none", "progress=false", *overrides])
     with open_dict(cfg):
         cfg.run_dir = tempfile.mkdtemp(prefix="spfde-bench-")
     validate(cfg)
     run = build_run(cfg, Path(cfg.run_dir))
+    apply_backend_settings(cfg)  # after build_run, which sets some of them itself: the same values, from one place
     device, model, optimizer = run.device, run.model, run.optimizer
     run.method.initialize(iter(run.data.train))
     candidates = candidate_blocks(model, cfg.freeze_fraction)
@@ -167,10 +230,12 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool
     optimizer.zero_grad(set_to_none=True)
     sync(device)
     baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    settings = settings_in_effect(run.rt)
     start = time.perf_counter()
     stats = train_one_epoch(step, run.data.train, run.freezer, 1, run.rt, NoBar())
     sync(device)
     train_s = time.perf_counter() - start
+    ran = what_ran(step)
     peak = step.peak_memory()
     eval_s, capture_s = None, step.capture_s
     if timed_eval:
@@ -190,4 +255,5 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool
             "test_size": run.data.test.num_samples, "frozen": k, "candidates": candidates,
             "measured_above_baseline": None if peak is None else peak - baseline, "measured_peak": peak,
             "plan_total": plan["total"], "plan_non_weights": plan["total"] - plan["weights"],
-            "capture_s": capture_s, "graphs": graphs}
+            "capture_s": capture_s, "graphs": graphs, "ran": ran, "settings": settings}
+

@@ -2,11 +2,12 @@
 N/10 val images of ~400x350 px in 10 classes, cached in outputs/bench-data/) unless dataset.root is given, then, in
 one process, prints a table of the bare model's img/s on a random batch already on the device and the harness's
 training img/s with each folder loader this device has (pil; gpu and dali on CUDA) as ratios to it, then the epoch
-time with 0 and with all candidate blocks frozen for the fastest loader. Default ResNet-50 at 224, batch 256; CPU
-rehearsal: `data --generate 64 --batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8
-dataset.image_size=32 dataset.workers=2 device=cpu`. `--json PATH` also writes the values and ratios, rewritten
-after each measurement (the GPU session's summary reads them); a measurement that fails is reported as not measured
-and the others still run (`python -m spfde.bench` then exits with status 1)."""
+time with 0 and with all candidate blocks frozen for the fastest loader. Each case says what ran (graphed, eager or
+a capture's fallback), and every case runs with the same backend settings (printed under the table). Default
+ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64 --batch-size 16 --steps 3 model=resnet32
+model.width=1 model.depth=8 dataset.image_size=32 dataset.workers=2 device=cpu`. `--json PATH` also writes the
+values and ratios, rewritten after each measurement (the GPU session's summary reads them); a measurement that fails
+is reported as not measured and the others still run (`python -m spfde.bench` then exits with status 1)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,15 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from spfde.bench.common import Report, bare_model_img_s, harness_epochs, ratio, times
+from spfde.bench.common import (
+    Report,
+    apply_backend_settings,
+    bare_model_img_s,
+    harness_epochs,
+    ratio,
+    settings_line,
+    times,
+)
 from spfde.checks.validation import validate
 from spfde.config import compose_config
 from spfde.data.folders import dali_installed, planned_image_size
@@ -82,11 +91,15 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], jso
                 f"{cfg.dataset.image_size}px, {cfg.dataset.workers} workers, folder {root}, overrides {extra}")
     report.record(device=card, torch=torch.__version__, model=cfg.model.name, batch_size=batch_size,
                   workers=cfg.dataset.workers)
-    report.emit("| what | img/s | vs bare model |\n|---|---|---|")
+    settings = apply_backend_settings(cfg)  # what every case below sets for itself; printed once, under the table
+    report.record(settings=settings)
+    report.emit("| what | img/s | vs bare model | ran |\n|---|---|---|---|")
     bare = report.attempt("bare model, random batch on the device", bare_model_img_s, cfg, batch_size, steps, False)
+    bare_img_s = bare and bare["img_s"]
+    case_settings = {"bare": bare["settings"]} if bare else {}
     if bare:
-        report.emit(f"| bare model, random batch on the device | {bare:,.0f} | 1.00x |")
-        report.record(bare_img_s=bare)
+        report.emit(f"| bare model, random batch on the device | {bare_img_s:,.0f} | 1.00x | {bare['ran']} |")
+        report.record(bare_img_s=bare_img_s, bare_ran=bare["ran"])
     loaders = ["pil"] + (["gpu"] + (["dali"] if dali_installed() else []) if device.type == "cuda" else [])
     runs = {}
     for loader in loaders:
@@ -94,18 +107,34 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], jso
         if r is None:
             continue
         runs[loader] = r
-        report.emit(f"| harness, dataset.loader={loader} ({r['samples']} images, epoch 2) | {r['img_s']:,.0f} | "
-                    f"{times(r['img_s'], bare)} |")
-        report.record(**{f"loader_{loader}_img_s": r["img_s"], f"loader_{loader}_vs_bare": ratio(r["img_s"], bare)})
-    if not runs:
-        return report
-    best = max(runs, key=lambda k: runs[k]["img_s"])
-    frozen = report.attempt(f"dataset.loader={best} with all candidate blocks frozen", harness_epochs,
-                            [*base, f"dataset.loader={best}"], "all")
+        case_settings[f"loader_{loader}"] = r["settings"]
+        report.emit(harness_row(f"harness, dataset.loader={loader} ({r['samples']} images, epoch 2)", r, bare_img_s))
+        vs_bare = ratio(r["img_s"], bare_img_s)
+        report.record(**{f"loader_{loader}_img_s": r["img_s"], f"loader_{loader}_vs_bare": vs_bare,
+                         f"loader_{loader}_ran": r["ran"]})
+    best = max(runs, key=lambda k: runs[k]["img_s"]) if runs else None
+    frozen = None
+    if best:
+        frozen = report.attempt(f"dataset.loader={best} with all candidate blocks frozen", harness_epochs,
+                                [*base, f"dataset.loader={best}"], "all")
+    if frozen:
+        case_settings["frozen"] = frozen["settings"]
+        report.emit(harness_row(f"harness, dataset.loader={best}, all {frozen['candidates']} candidate blocks frozen",
+                                frozen, bare_img_s))
+        report.record(frozen_ran=frozen["ran"])
+    report.emit(settings_line(settings, case_settings))
+    report.record(settings_by_case=case_settings)
     if frozen:
         unfrozen_s, frozen_s = runs[best]["train_s"], frozen["train_s"]
         speedup = unfrozen_s / frozen_s
         report.emit(f"\nfastest loader: {best}; epoch time with 0 frozen blocks {unfrozen_s:.2f} s, with all "
-                    f"{frozen['candidates']} candidate blocks frozen {frozen_s:.2f} s (speed-up {speedup:.2f}x)")
+                    f"{frozen['candidates']} candidate blocks frozen {frozen_s:.2f} s (speed-up {speedup:.2f}x; "
+                    f"{frozen['ran']} / {runs[best]['ran']})")
         report.record(fastest_loader=best, frozen_epoch_speedup=speedup)
     return report
+
+
+def harness_row(label: str, r: dict, bare_img_s: float | None) -> str:
+    """A harness case's row: img/s, its ratio to the bare model and what ran."""
+    return f"| {label} | {r['img_s']:,.0f} | {times(r['img_s'], bare_img_s)} | {r['ran']} |"
+

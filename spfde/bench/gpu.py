@@ -1,10 +1,11 @@
 """`python -m spfde.bench gpu`: where the harness's time goes on a GPU, in one process, on the configured model
 (default ResNet-32 2x on CIFAR-100-shaped FakeData). For each batch size: the bare model's training step (eager, and
 CUDA-graphed on CUDA) as the anchor, then the harness's own epoch loop for dense, MEST, MEST with all candidate blocks
-frozen and MEST with a sieved loader, printed as img/s and ratios to the anchor, with the frozen speed-up, the
-evaluation time against a training epoch, the capture time, and the measured training memory next to the plan's.
-After the first batch size, before the others: whole MEST and SpFDE 0.2+0.2 runs, their wall-clock saving against
-their FLOPs saving. Made for a GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu
+frozen and MEST with a sieved loader, printed as img/s and ratios to the anchor with what each ran (graphed, eager or
+a capture's fallback) and the backend settings all of them ran with, then the frozen speed-up, the evaluation time
+against a training epoch, the capture time, and the measured training memory next to the plan's. After the first
+batch size, before the others: whole MEST and SpFDE 0.2+0.2 runs, their wall-clock saving against their FLOPs saving.
+Made for a GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu
 --batch-sizes 16 --train-size 64 device=cpu model.width=1 model.depth=8 dataset.test_size=64 --run-size 256
 --run-epochs 4`. `--json PATH` also writes the values and ratios, rewritten after each measurement (the GPU
 session's summary reads them); a measurement that fails is reported as not measured and the others still run
@@ -18,7 +19,16 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from spfde.bench.common import Report, bare_model_img_s, harness_epochs, ratio, run_once, times
+from spfde.bench.common import (
+    Report,
+    apply_backend_settings,
+    bare_model_img_s,
+    harness_epochs,
+    ratio,
+    run_once,
+    settings_line,
+    times,
+)
 from spfde.config import compose_config
 from spfde.training.build import resolve_device
 
@@ -47,23 +57,32 @@ def gpu(batch_sizes: list[int], train_size: int, steps: int, run_size: int, run_
 
 
 def gpu_batch(report: Report, cfg, overrides: list[str], bs: int, steps: int) -> None:
-    """One batch size: the bare model (eager, and CUDA-graphed on CUDA) against the harness's epoch loop."""
+    """One batch size: the bare model (eager, and CUDA-graphed on CUDA) against the harness's epoch loop, each
+    case with the same backend settings and with what it ran (graphed, eager or a capture's fallback)."""
     with open_dict(cfg):
         cfg.batch_size = bs
-    report.emit(f"\n## batch {bs}\n| what | img/s | vs bare graphed | vs bare eager |\n|---|---|---|---|")
+    settings = apply_backend_settings(cfg)  # what every case below sets for itself; printed once, under the table
+    key = f"bs{bs}"
+    report.record(**{f"{key}_settings": settings})
+    report.emit(f"\n## batch {bs}\n| what | img/s | vs bare graphed | vs bare eager | ran |\n|---|---|---|---|---|")
     eager = report.attempt("bare model, eager", bare_model_img_s, cfg, bs, steps, False)
     anchor = None
     if resolve_device(cfg.device).type == "cuda":
         anchor = report.attempt("bare model, CUDA graph", bare_model_img_s, cfg, bs, steps, True)
+    eager_img_s, anchor_img_s = eager and eager["img_s"], anchor and anchor["img_s"]
     ref = anchor or eager  # the ratios' anchor: the graphed bare model where there is one
-    key = f"bs{bs}"
-    report.record(**{f"{key}_bare_eager_img_s": eager, f"{key}_bare_graphed_img_s": anchor,
-                     f"{key}_bare_graphed_vs_eager": ratio(anchor, eager),
-                     f"{key}_bare_anchor": "CUDA graph" if anchor else "eager"})
+    ref_img_s = ref and ref["img_s"]
+    case_settings = {name: r["settings"] for name, r in (("bare_eager", eager), ("bare_graphed", anchor)) if r}
+    report.record(**{f"{key}_bare_eager_img_s": eager_img_s, f"{key}_bare_graphed_img_s": anchor_img_s,
+                     f"{key}_bare_graphed_vs_eager": ratio(anchor_img_s, eager_img_s),
+                     f"{key}_bare_anchor": "CUDA graph" if anchor else "eager",
+                     f"{key}_bare_ran": ref and ref["ran"]})
     if eager:
-        report.emit(f"| bare model, eager | {eager:,.0f} | {times(eager, ref)} | 1.00x |")
+        report.emit(f"| bare model, eager | {eager_img_s:,.0f} | {times(eager_img_s, ref_img_s)} | 1.00x | "
+                    f"{eager['ran']} |")
     if anchor:
-        report.emit(f"| bare model, CUDA graph | {anchor:,.0f} | 1.00x | {times(anchor, eager)} |")
+        report.emit(f"| bare model, CUDA graph | {anchor_img_s:,.0f} | 1.00x | {times(anchor_img_s, eager_img_s)} | "
+                    f"{anchor['ran']} |")
     full = "harness MEST, all candidates frozen"
     cases = [("dense", "harness dense", ["sparsity=dense"], 0), ("mest", "harness MEST", [], 0),
              ("mest_frozen", full, [], "all"), ("mest_sieve", "harness MEST, sieve=0.2 loader", ["sieve=0.2"], 0)]
@@ -73,13 +92,19 @@ def gpu_batch(report: Report, cfg, overrides: list[str], bs: int, steps: int) ->
         if r is None:
             continue
         runs[name] = r
+        case_settings[name] = r["settings"]
         note = f" ({r['frozen']} of {r['candidates']} blocks)" if frozen else ""
-        report.emit(f"| {label}{note} | {r['img_s']:,.0f} | {times(r['img_s'], ref)} | {times(r['img_s'], eager)} |")
-        report.record(**{f"{key}_{name}_img_s": r["img_s"], f"{key}_{name}_vs_bare": ratio(r["img_s"], ref)})
+        report.emit(f"| {label}{note} | {r['img_s']:,.0f} | {times(r['img_s'], ref_img_s)} | "
+                    f"{times(r['img_s'], eager_img_s)} | {r['ran']} |")
+        report.record(**{f"{key}_{name}_img_s": r["img_s"], f"{key}_{name}_vs_bare": ratio(r["img_s"], ref_img_s),
+                         f"{key}_{name}_ran": r["ran"]})
+    report.emit(settings_line(settings, case_settings))
+    report.record(**{f"{key}_settings_by_case": case_settings})
     unfrozen, all_frozen = runs.get("mest"), runs.get("mest_frozen")
     if unfrozen and all_frozen:
         speedup = all_frozen["img_s"] / unfrozen["img_s"]
-        report.emit(f"\nall candidates frozen vs unfrozen: {speedup:.2f}x faster per image")
+        report.emit(f"\nall candidates frozen vs unfrozen: {speedup:.2f}x faster per image ({all_frozen['ran']} / "
+                    f"{unfrozen['ran']})")
         report.record(**{f"{key}_frozen_speedup": speedup})
     if unfrozen:
         r = unfrozen
@@ -119,10 +144,11 @@ def spfde_wall_clock(report: Report, overrides: list[str], bs: int, run_size: in
                                    f"dataset.train_size={run_size}", f"epochs={run_epochs}", "interval=1",
                                    f"batch_size={bs}", *more], Path(tmp) / label.split()[0])
             runs[label] = summary
-    report.emit("| run | wall-clock s | of which capture s | training FLOPs | test acc |\n|---|---|---|---|---|")
+    report.emit("| run | wall-clock s | of which capture s | training FLOPs | test acc | ran |\n"
+                "|---|---|---|---|---|---|")
     for label, s in runs.items():
         report.emit(f"| {label} | {s['train_time_s']:.1f} | {s.get('cuda_graphs_capture_s', 0.0):.1f} | "
-                    f"{s['train_flops']:.4g} | {s['final_acc']:.4f} |")
+                    f"{s['train_flops']:.4g} | {s['final_acc']:.4f} | {run_ran(s)} |")
     mest, spfde = runs["MEST"], runs["SpFDE 0.2+0.2"]
     flops_saving = 1 - spfde["train_flops"] / mest["train_flops"]
 
@@ -136,4 +162,10 @@ def spfde_wall_clock(report: Report, overrides: list[str], bs: int, run_size: in
     report.record(spfde_flops_saving=flops_saving, spfde_wall_saving=wall_saving,
                   spfde_wall_vs_flops=wall_saving / flops_saving,
                   spfde_capture_s=spfde.get("cuda_graphs_capture_s"), mest_capture_s=mest.get("cuda_graphs_capture_s"),
-                  spfde_cuda_graphs=spfde.get("cuda_graphs"))
+                  spfde_cuda_graphs=spfde.get("cuda_graphs"), spfde_ran=run_ran(spfde), mest_ran=run_ran(mest))
+
+
+def run_ran(summary: dict) -> str:
+    """What a whole run's steps ran as, in the tables' words (summary.json says on, off or fallback: <error>)."""
+    status = summary.get("cuda_graphs", "off")
+    return {"on": "graphed", "off": "eager"}.get(status, status)

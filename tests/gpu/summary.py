@@ -1,5 +1,6 @@
-"""The GPU session's summary block: every ratio that docs/gpu.md ("Speed on a GPU") asks for, read from
-the files that the steps of tests/gpu/session.sh wrote under OUT. Whatever a step did not write (it did not
+"""The GPU session's summary block: every ratio that docs/gpu.md ("Speed on a GPU") asks for, each speed ratio
+with what ran for it (graphed, eager or fallback: <error>), read from the files that the steps of
+tests/gpu/session.sh wrote under OUT. Whatever a step did not write (it did not
 run, failed or ran out of time) shows as "not measured": this script never fails on a missing file or key,
 and imports neither torch nor the project, so it takes well under a second.
 
@@ -70,36 +71,50 @@ def step_times(path: Path) -> str:
     return ", ".join(f"{name} exit {rc} in {s} s" for name, rc, s in rows)
 
 
+def ran(value: str, *what) -> str:
+    """A measured ratio with what ran for it (graphed, eager or fallback: <error>), as the benchmarks recorded it."""
+    return value if value == NOT or not what else f"{value} ({' / '.join(str(w or '?') for w in what)})"
+
+
+def harness(g: dict, k: str, case: str) -> str:
+    """A harness case's ratio to the bare model at one batch size (k: bs64), with what it ran."""
+    return ran(times(g.get(f"{k}_{case}_vs_bare")), g.get(f"{k}_{case}_ran"))
+
+
 def summary_lines(out: Path) -> list[str]:
     g, d = load(out / "bench-gpu.json"), load(out / "bench-data.json")
     rows = [("steps", step_times(out / "steps.tsv")),
             ("pytest tests/test_gpu.py + GPU decode test", pytest_counts(out / "tests.xml"))]
     for bs in g.get("batch_sizes") or [64, 512]:
         k = f"bs{bs}"
-        bare = f"bare model ({g.get(f'{k}_bare_anchor', 'CUDA graph')})"
+        bare = f"bare model ({g.get(f'{k}_bare_ran') or g.get(f'{k}_bare_anchor', 'CUDA graph')})"
         measured, planned = g.get(f"{k}_memory_reduction_measured"), g.get(f"{k}_memory_reduction_planned")
-        rows += [(f"batch {bs}: harness dense / {bare}", times(g.get(f"{k}_dense_vs_bare"))),
-                 (f"batch {bs}: harness MEST / {bare}", times(g.get(f"{k}_mest_vs_bare"))),
-                 (f"batch {bs}: harness MEST, sieve=0.2 loader / {bare}", times(g.get(f"{k}_mest_sieve_vs_bare"))),
-                 (f"batch {bs}: bare model, CUDA graph / eager", times(g.get(f"{k}_bare_graphed_vs_eager"))),
-                 (f"batch {bs}: all candidates frozen / unfrozen, img/s", times(g.get(f"{k}_frozen_speedup"))),
+
+        rows += [(f"batch {bs}: harness dense / {bare}", harness(g, k, "dense")),
+                 (f"batch {bs}: harness MEST / {bare}", harness(g, k, "mest")),
+                 (f"batch {bs}: harness MEST, sieve=0.2 loader / {bare}", harness(g, k, "mest_sieve")),
+                 (f"batch {bs}: bare model, CUDA graph / eager",
+                  ran(times(g.get(f"{k}_bare_graphed_vs_eager")), "graphed", "eager")),
+                 (f"batch {bs}: all candidates frozen / unfrozen, img/s",
+                  ran(times(g.get(f"{k}_frozen_speedup")), g.get(f"{k}_mest_frozen_ran"), g.get(f"{k}_mest_ran"))),
                  (f"batch {bs}: memory reduction 0 -> all frozen, measured / planned",
                   NOT if measured is None else f"{percent(measured)} / {percent(planned)}"),
                  (f"batch {bs}: capture time, MEST (one depth + evaluation)", seconds(g.get(f"{k}_capture_s"))),
                  (f"batch {bs}: evaluation / a 50k-image training epoch", percent(g.get(f"{k}_eval_share")))]
     wall, flops = g.get("spfde_wall_saving"), g.get("spfde_flops_saving")
+    wall_vs_flops = NOT if wall is None else f"{times(g['spfde_wall_vs_flops'])} ({percent(wall)} / {percent(flops)})"
     rows += [("SpFDE 0.2+0.2 vs MEST: wall-clock saving / FLOPs saving",
-              NOT if wall is None else f"{times(g.get('spfde_wall_vs_flops'))} ({percent(wall)} / {percent(flops)})"),
+              ran(wall_vs_flops, *((g["spfde_ran"], g.get("mest_ran")) if "spfde_ran" in g else ()))),
              ("capture time, SpFDE 0.2+0.2 run / MEST run", NOT if g.get("spfde_capture_s") is None
               else f"{seconds(g['spfde_capture_s'])} / {seconds(g.get('mest_capture_s'))}")]
-    if g.get("spfde_cuda_graphs") is not None:
-        rows.append(("SpFDE 0.2+0.2 run: cuda_graphs", str(g["spfde_cuda_graphs"])))
     model = d.get("model", "model")
-    rows += [(f"folder loader {loader} / bare {model}", times(d.get(f"loader_{loader}_vs_bare")))
+    rows += [(f"folder loader {loader} / bare {model}",
+              ran(times(d.get(f"loader_{loader}_vs_bare")), d.get(f"loader_{loader}_ran")))
              for loader in ("pil", "gpu", "dali")]
     runs = out / "torchrun1"
-    rows += [(f"epoch time, 0 / all candidates frozen (loader {d.get('fastest_loader', '?')})",
-              times(d.get("frozen_epoch_speedup"))),
+    best = d.get("fastest_loader", "?")
+    rows += [(f"epoch time, 0 / all candidates frozen (loader {best})",
+              ran(times(d.get("frozen_epoch_speedup")), d.get(f"loader_{best}_ran"), d.get("frozen_ran"))),
              ("torchrun with one process == plain run",
               same_results(load(runs / "torchrun" / "summary.json"), load(runs / "plain" / "summary.json")))]
     device = g.get("device") or d.get("device") or "?"

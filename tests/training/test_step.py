@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import traceback
 import weakref
 
@@ -393,5 +394,32 @@ def test_the_gpu_benchmark_rehearses_on_the_cpu(capsys):
           "model.depth=8", "dataset.test_size=32", "--run-size", "256", "--run-epochs", "4"])
     out = capsys.readouterr().out
     for row in ("| bare model, eager |", "| harness dense |", "| harness MEST |", "all candidates frozen",
-                "| harness MEST, sieve=0.2 loader |", "| 0 frozen |", "| SpFDE 0.2+0.2 |", "FLOPs saving"):
+                "| harness MEST, sieve=0.2 loader |", "| 0 frozen |", "| SpFDE 0.2+0.2 |", "FLOPs saving",
+                "backend settings of every case: cudnn.benchmark=True"):
         assert row in out, row
+    assert re.search(r"\| harness MEST \| [\d,]+ \| \d+\.\d\dx \| \d+\.\d\dx \| eager \|", out)
+    assert re.search(r"\| SpFDE 0\.2\+0\.2 \| .* \| eager \|", out)
+    assert "DIFFERENT" not in out and "not measured" not in out
+
+
+@pytest.mark.slow
+def test_a_benchmark_case_says_what_ran_from_the_step_itself(monkeypatch):
+    """harness_epochs reports what its timed epoch ran, read from the step: eager without graphs, graphed when its
+    steps were replayed, and the fallback with its error when a capture failed, though graphs were asked for."""
+    import spfde.bench.common as common
+
+    overrides = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=10", "dataset.train_size=64",
+                 "dataset.test_size=16", "dataset.image_size=16", "device=cpu", "model.width=1", "model.depth=8",
+                 "batch_size=16"]
+    assert common.harness_epochs(overrides)["ran"] == "eager"
+    monkeypatch.setattr(common, "use_cuda_graphs", lambda setting, device: True)
+    monkeypatch.setattr(spfde.training.step, "Graphs", CpuGraphs)
+    monkeypatch.setattr(CpuGraphs, "keys", [])
+    monkeypatch.setattr(CpuGraphs, "fail", {})
+    monkeypatch.setattr(CpuGraphs, "broken", False)
+    graphed = common.harness_epochs(overrides, "all")
+    assert graphed["graphs"] and graphed["ran"] == "graphed"
+    assert ("train step", f"{graphed['frozen']} frozen blocks") in CpuGraphs.keys
+    monkeypatch.setattr(CpuGraphs, "fail", {("train step", "0 frozen blocks"): "capture"})
+    fallback = common.harness_epochs(overrides)
+    assert fallback["graphs"] and fallback["ran"].startswith("fallback: RuntimeError: CUDA error: operation not")
