@@ -1,6 +1,6 @@
 """What the gpu and data benchmarks' numbers mean (spfde/bench/common.py, gpu.py): every case runs with the same
-backend settings, whatever the case before it left. The benchmarks themselves are rehearsed on the CPU in
-tests/training/test_step.py and tests/data/test_folders.py."""
+backend settings, whatever the case before it left; data- or compute-bound. The benchmarks themselves are rehearsed
+on the CPU in tests/training/test_step.py and tests/data/test_folders.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ import torch
 import torch.nn.functional as F
 
 import spfde.bench.gpu as gpu
-from spfde.bench.common import Report, apply_backend_settings
+from spfde.bench.common import Report, apply_backend_settings, bound_by
 from spfde.config import compose_config
+
+
+def test_data_or_compute_bound():
+    assert bound_by(100.0, 200.0) == "data-bound"
+    assert bound_by(300.0, 200.0) == "compute-bound"
+    assert bound_by(None, 200.0) is None
+
 
 SETTINGS = ("cudnn.benchmark", "cudnn.deterministic", "cuda.matmul.allow_tf32", "cudnn.allow_tf32")
 

@@ -151,8 +151,11 @@ def test_the_summary_shows_what_ran_beside_each_ratio(tmp_path):
            "bs64_frozen_speedup": 1.5, "bs64_mest_frozen_ran": "graphed", "bs64_bare_graphed_vs_eager": 4.0,
            "spfde_wall_saving": 0.1, "spfde_flops_saving": 0.2, "spfde_wall_vs_flops": 0.5, "spfde_ran": "graphed",
            "mest_ran": "graphed", "spfde_capture_s": 30.0, "mest_capture_s": 3.0}
-    data = {"model": "resnet50", "loader_pil_vs_bare": 0.4, "loader_pil_ran": "graphed", "fastest_loader": "pil",
-            "frozen_epoch_speedup": 1.1, "frozen_ran": "graphed"}
+    data = {"model": "resnet50", "loader_pil_vs_bare": 0.4, "loader_pil_ran": "graphed",
+            "loader_pil_loader_only_img_s": 1700.0, "loader_pil_step_only_img_s": 4700.0,
+            "loader_pil_bound": "data-bound", "fastest_loader": "pil", "frozen_epoch_speedup": 1.1,
+            "frozen_ran": "graphed", "frozen_loader_only_img_s": 1750.0, "frozen_step_only_img_s": 6000.0,
+            "frozen_bound": "data-bound"}
     (tmp_path / "bench-gpu.json").write_text(json.dumps(gpu))
     (tmp_path / "bench-data.json").write_text(json.dumps(data))
     lines = SUMMARY["summary_lines"](tmp_path)
@@ -167,5 +170,8 @@ def test_the_summary_shows_what_ran_beside_each_ratio(tmp_path):
     assert rows["SpFDE 0.2+0.2 vs MEST: wall-clock saving / FLOPs saving"] == (
         "0.50x (10.0% / 20.0%) (graphed / graphed)")
     assert rows["folder loader pil / bare resnet50"] == "0.40x (graphed)"
-    assert rows["folder loader gpu / bare resnet50"] == "not measured"
+    assert rows["folder loader pil: loader alone / step alone, img/s"] == "1,700 / 4,700: data-bound"
+    assert rows["folder loader gpu / bare resnet50"] == rows["folder loader gpu: loader alone / step alone, img/s"] \
+        == "not measured"
     assert rows["epoch time, 0 / all candidates frozen (loader pil)"] == "1.10x (graphed / graphed)"
+    assert rows["all candidates frozen (loader pil): loader alone / step alone, img/s"] == "1,750 / 6,000: data-bound"

@@ -41,7 +41,8 @@ data: the input pipeline of image folders. Writes an ImageNet-like JPEG folder (
 ~400x350 px in 10 classes, cached in outputs/bench-data/) unless dataset.root is given, then in one process:
 the bare model's img/s on a random device batch, the harness's training img/s with each folder loader this
 device has (pil; gpu and dali on CUDA) as ratios to it, and the epoch time with 0 and all candidate blocks
-frozen for the fastest loader. Default ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64
+frozen for the fastest loader; for each, the loader alone and the step alone (img/s): data- or compute-bound.
+Default ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64
 --batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8 dataset.image_size=32 dataset.workers=2
 device=cpu`.
 startup: how fast the commands that do not train (status on a sweep of --runs runs, report, dashboard, every

@@ -3,7 +3,7 @@ and data benchmarks, the `Report` (lines printed as they come, named values rewr
 a failed measurement reported and skipped), the backend settings every case runs with (`apply_backend_settings`)
 and their two measurements: the bare model's training img/s on a random batch (`bare_model_img_s`, the anchor of
 their ratios) and the harness's own epoch loop at a fixed frozen prefix (`harness_epochs`: img/s, what ran,
-evaluation time and training memory against the plan's)."""
+evaluation time, training memory against the plan's, and optionally loader-only and step-only img/s)."""
 
 from __future__ import annotations
 
@@ -204,11 +204,13 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool = False) -> dict:
+def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool = False,
+                   bound_steps: int = 0) -> dict:
     """The harness's own loop (spfde.training.loop.train_one_epoch with spfde.training.step.TrainStep) for two
     epochs at a fixed frozen prefix (0, "half" or "all" of the candidate blocks); the second epoch is timed, and
     what ran in it is read from the step (`what_ran`). Measures training memory against the plan's and, with
-    timed_eval, times an evaluation of the test set."""
+    timed_eval, times an evaluation of the test set. With bound_steps, also the loader alone (an epoch of batches
+    moved to the device, no model) and the step alone (bound_steps steps on one batch already on the device)."""
     cfg = compose_config(["logger=none", "progress=false", *overrides])
     with open_dict(cfg):
         cfg.run_dir = tempfile.mkdtemp(prefix="spfde-bench-")
@@ -248,6 +250,10 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool
         sync(device)
         eval_s = time.perf_counter() - start
         capture_s += eval_batches.capture_s
+    loader_img_s = step_img_s = None
+    if bound_steps:
+        loader_img_s, batch = loader_only_img_s(run.data.train, run.rt)
+        step_img_s = step_only_img_s(step, batch, bound_steps)
     input_shape = (run.data.channels, run.data.image_size, run.data.image_size)
     plan = MemoryModel(model, input_shape, cfg.batch_size,
                        torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.method.masks.densities(), k)
@@ -255,5 +261,43 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool
             "test_size": run.data.test.num_samples, "frozen": k, "candidates": candidates,
             "measured_above_baseline": None if peak is None else peak - baseline, "measured_peak": peak,
             "plan_total": plan["total"], "plan_non_weights": plan["total"] - plan["weights"],
-            "capture_s": capture_s, "graphs": graphs, "ran": ran, "settings": settings}
+            "capture_s": capture_s, "graphs": graphs, "ran": ran, "settings": settings,
+            "loader_img_s": loader_img_s, "step_img_s": step_img_s}
 
+
+def loader_only_img_s(loader, rt: Runtime) -> tuple[float, tuple]:
+    """An epoch of the training loader, each batch moved to the device as the epoch loop moves it, no model: how
+    fast the data arrives (worker start included, as in a timed epoch). Also returns a copy of its first batch."""
+    sync(rt.device)
+    start = time.perf_counter()
+    seen, first = 0, None
+    for x, y, idx in loader:
+        x, y = rt.batch(x, y)
+        idx = rt.indices(idx)
+        if first is None:  # a copy: a loader may reuse its buffers for later batches
+            first = (x.clone(), y.clone(), idx.clone())
+        seen += len(y)
+    sync(rt.device)
+    return seen / (time.perf_counter() - start), first
+
+
+def step_only_img_s(step: TrainStep, batch: tuple, steps: int) -> float:
+    """The training step (as the timed epoch ran it: replayed when graphed) on one batch already on the device,
+    repeated: how fast the model trains when data costs nothing."""
+    x, y, idx = batch
+    for _ in range(3):
+        step(x, y, idx, t=1.0)
+    sync(x.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(x, y, idx, t=1.0)
+    sync(x.device)
+    return steps * len(y) / (time.perf_counter() - start)
+
+
+def bound_by(loader_img_s: float | None, step_img_s: float | None) -> str | None:
+    """"data-bound" when the loader alone delivers fewer images per second than the step alone trains, else
+    "compute-bound"; None when either was not measured."""
+    if not loader_img_s or not step_img_s:
+        return None
+    return "data-bound" if loader_img_s < step_img_s else "compute-bound"

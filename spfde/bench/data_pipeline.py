@@ -3,11 +3,13 @@ N/10 val images of ~400x350 px in 10 classes, cached in outputs/bench-data/) unl
 one process, prints a table of the bare model's img/s on a random batch already on the device and the harness's
 training img/s with each folder loader this device has (pil; gpu and dali on CUDA) as ratios to it, then the epoch
 time with 0 and with all candidate blocks frozen for the fastest loader. Each case says what ran (graphed, eager or
-a capture's fallback), and every case runs with the same backend settings (printed under the table). Default
-ResNet-50 at 224, batch 256; CPU rehearsal: `data --generate 64 --batch-size 16 --steps 3 model=resnet32
-model.width=1 model.depth=8 dataset.image_size=32 dataset.workers=2 device=cpu`. `--json PATH` also writes the
-values and ratios, rewritten after each measurement (the GPU session's summary reads them); a measurement that fails
-is reported as not measured and the others still run (`python -m spfde.bench` then exits with status 1)."""
+a capture's fallback), and each harness case also the loader alone (an epoch of batches moved to the device, no
+model) and the step alone (on one batch already on the device): data-bound when the loader alone is the slower.
+Every case runs with the same backend settings (printed under the table). Default ResNet-50 at 224, batch 256; CPU
+rehearsal: `data --generate 64 --batch-size 16 --steps 3 model=resnet32 model.width=1 model.depth=8
+dataset.image_size=32 dataset.workers=2 device=cpu`. `--json PATH` also writes the values and ratios, rewritten
+after each measurement (the GPU session's summary reads them); a measurement that fails is reported as not measured
+and the others still run (`python -m spfde.bench` then exits with status 1)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from spfde.bench.common import (
     Report,
     apply_backend_settings,
     bare_model_img_s,
+    bound_by,
     harness_epochs,
     ratio,
     settings_line,
@@ -93,35 +96,37 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], jso
                   workers=cfg.dataset.workers)
     settings = apply_backend_settings(cfg)  # what every case below sets for itself; printed once, under the table
     report.record(settings=settings)
-    report.emit("| what | img/s | vs bare model | ran |\n|---|---|---|---|")
+    report.emit("| what | img/s | vs bare model | ran | loader alone img/s | step alone img/s | bound |\n"
+                "|---|---|---|---|---|---|---|")
     bare = report.attempt("bare model, random batch on the device", bare_model_img_s, cfg, batch_size, steps, False)
     bare_img_s = bare and bare["img_s"]
     case_settings = {"bare": bare["settings"]} if bare else {}
     if bare:
-        report.emit(f"| bare model, random batch on the device | {bare_img_s:,.0f} | 1.00x | {bare['ran']} |")
+        report.emit(f"| bare model, random batch on the device | {bare_img_s:,.0f} | 1.00x | {bare['ran']} | | | |")
         report.record(bare_img_s=bare_img_s, bare_ran=bare["ran"])
     loaders = ["pil"] + (["gpu"] + (["dali"] if dali_installed() else []) if device.type == "cuda" else [])
     runs = {}
     for loader in loaders:
-        r = report.attempt(f"harness, dataset.loader={loader}", harness_epochs, [*base, f"dataset.loader={loader}"])
+        r = report.attempt(f"harness, dataset.loader={loader}", harness_epochs, [*base, f"dataset.loader={loader}"],
+                           0, False, steps)
         if r is None:
             continue
         runs[loader] = r
         case_settings[f"loader_{loader}"] = r["settings"]
         report.emit(harness_row(f"harness, dataset.loader={loader} ({r['samples']} images, epoch 2)", r, bare_img_s))
         vs_bare = ratio(r["img_s"], bare_img_s)
-        report.record(**{f"loader_{loader}_img_s": r["img_s"], f"loader_{loader}_vs_bare": vs_bare,
-                         f"loader_{loader}_ran": r["ran"]})
+        report.record(**{f"loader_{loader}_img_s": r["img_s"], f"loader_{loader}_vs_bare": vs_bare},
+                      **bound_values(f"loader_{loader}", r))
     best = max(runs, key=lambda k: runs[k]["img_s"]) if runs else None
     frozen = None
     if best:
         frozen = report.attempt(f"dataset.loader={best} with all candidate blocks frozen", harness_epochs,
-                                [*base, f"dataset.loader={best}"], "all")
+                                [*base, f"dataset.loader={best}"], "all", False, steps)
     if frozen:
         case_settings["frozen"] = frozen["settings"]
         report.emit(harness_row(f"harness, dataset.loader={best}, all {frozen['candidates']} candidate blocks frozen",
                                 frozen, bare_img_s))
-        report.record(frozen_ran=frozen["ran"])
+        report.record(**bound_values("frozen", frozen))
     report.emit(settings_line(settings, case_settings))
     report.record(settings_by_case=case_settings)
     if frozen:
@@ -135,6 +140,11 @@ def data_bench(generate: int, batch_size: int, steps: int, extra: list[str], jso
 
 
 def harness_row(label: str, r: dict, bare_img_s: float | None) -> str:
-    """A harness case's row: img/s, its ratio to the bare model and what ran."""
-    return f"| {label} | {r['img_s']:,.0f} | {times(r['img_s'], bare_img_s)} | {r['ran']} |"
+    """A harness case's row: img/s, its ratio to the bare model, what ran, the loader alone and the step alone."""
+    return (f"| {label} | {r['img_s']:,.0f} | {times(r['img_s'], bare_img_s)} | {r['ran']} | "
+            f"{r['loader_img_s']:,.0f} | {r['step_img_s']:,.0f} | {bound_by(r['loader_img_s'], r['step_img_s'])} |")
 
+
+def bound_values(key: str, r: dict) -> dict:
+    return {f"{key}_ran": r["ran"], f"{key}_loader_only_img_s": r["loader_img_s"],
+            f"{key}_step_only_img_s": r["step_img_s"], f"{key}_bound": bound_by(r["loader_img_s"], r["step_img_s"])}

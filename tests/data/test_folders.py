@@ -450,7 +450,8 @@ def test_bench_data_cpu_rehearsal(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "| bare model, random batch on the device |" in out and "1.00x | eager |" in out
-    case = r" \| [\d,]+ \| \d+\.\d\dx \| eager \|"  # each harness case: img/s, ratio, what ran
+    # each harness case: img/s, ratio, what ran, the loader alone, the step alone, which of them bounds it
+    case = r" \| [\d,]+ \| \d+\.\d\dx \| eager \| [\d,]+ \| [\d,]+ \| (data|compute)-bound \|"
     assert re.search(r"\| harness, dataset.loader=pil \(40 images, epoch 2\)" + case, out)
     assert re.search(r"\| harness, dataset.loader=pil, all \d+ candidate blocks frozen" + case, out)
     assert re.search(r"fastest loader: pil; epoch time with 0 frozen blocks .*speed-up \d+\.\d\dx; eager / eager", out)
@@ -459,4 +460,7 @@ def test_bench_data_cpu_rehearsal(tmp_path):
     assert set(values["settings_by_case"]) == {"bare", "loader_pil", "frozen"}  # the same settings in every case
     assert all(settings == values["settings"] for settings in values["settings_by_case"].values())
     assert "backend settings of every case: cudnn.benchmark=True" in out and "DIFFERENT" not in out
-    assert values["loader_pil_ran"] == values["frozen_ran"] == "eager"
+    for key in ("loader_pil", "frozen"):
+        data_bound = values[f"{key}_loader_only_img_s"] < values[f"{key}_step_only_img_s"]
+        assert values[f"{key}_bound"] == ("data-bound" if data_bound else "compute-bound")
+        assert values[f"{key}_ran"] == "eager"

@@ -81,6 +81,12 @@ def harness(g: dict, k: str, case: str) -> str:
     return ran(times(g.get(f"{k}_{case}_vs_bare")), g.get(f"{k}_{case}_ran"))
 
 
+def bound(d: dict, key: str) -> str:
+    """The loader alone and the step alone (img/s), and which of them bounds the case."""
+    loader, step = d.get(f"{key}_loader_only_img_s"), d.get(f"{key}_step_only_img_s")
+    return NOT if loader is None or step is None else f"{loader:,.0f} / {step:,.0f}: {d.get(f'{key}_bound')}"
+
+
 def summary_lines(out: Path) -> list[str]:
     g, d = load(out / "bench-gpu.json"), load(out / "bench-data.json")
     rows = [("steps", step_times(out / "steps.tsv")),
@@ -108,13 +114,15 @@ def summary_lines(out: Path) -> list[str]:
              ("capture time, SpFDE 0.2+0.2 run / MEST run", NOT if g.get("spfde_capture_s") is None
               else f"{seconds(g['spfde_capture_s'])} / {seconds(g.get('mest_capture_s'))}")]
     model = d.get("model", "model")
-    rows += [(f"folder loader {loader} / bare {model}",
-              ran(times(d.get(f"loader_{loader}_vs_bare")), d.get(f"loader_{loader}_ran")))
-             for loader in ("pil", "gpu", "dali")]
+    for loader in ("pil", "gpu", "dali"):
+        rows += [(f"folder loader {loader} / bare {model}",
+                  ran(times(d.get(f"loader_{loader}_vs_bare")), d.get(f"loader_{loader}_ran"))),
+                 (f"folder loader {loader}: loader alone / step alone, img/s", bound(d, f"loader_{loader}"))]
     runs = out / "torchrun1"
     best = d.get("fastest_loader", "?")
     rows += [(f"epoch time, 0 / all candidates frozen (loader {best})",
               ran(times(d.get("frozen_epoch_speedup")), d.get(f"loader_{best}_ran"), d.get("frozen_ran"))),
+             (f"all candidates frozen (loader {best}): loader alone / step alone, img/s", bound(d, "frozen")),
              ("torchrun with one process == plain run",
               same_results(load(runs / "torchrun" / "summary.json"), load(runs / "plain" / "summary.json")))]
     device = g.get("device") or d.get("device") or "?"
