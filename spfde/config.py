@@ -276,7 +276,9 @@ class Config:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     channels_last: bool = True  # CUDA only
     cuda_graphs: str = "auto"  # auto (on with CUDA) | on | off: replay plain training steps from CUDA graphs
-    deterministic: bool = False  # cuDNN determinism on CUDA (CPU runs are deterministic anyway)
+    # cuDNN determinism on CUDA (CPU runs are deterministic anyway); a layer without a deterministic kernel stops
+    # the run with one line naming the ways out (deterministic=false, precision=fp32, channels_last=false)
+    deterministic: bool = False
     progress: bool = True  # tqdm bar (only when stdout is a terminal)
     threads: int = 0  # CPU threads for torch; 0 = SLURM_CPUS_PER_TASK when set, else torch's default
     fresh: bool = False  # start over in a run directory that already holds results
