@@ -144,13 +144,16 @@ def test_the_summary_names_the_results_where_torchrun_and_the_plain_run_differ(t
     assert SUMMARY["same_results"](a, {}) == "not measured"
 
 
-def test_the_summary_shows_what_ran_beside_each_ratio(tmp_path):
+def test_the_summary_shows_what_ran_beside_each_ratio_and_the_steady_state_parts(tmp_path):
     gpu = {"device": "NVIDIA H100", "torch": "2.11", "batch_sizes": [64], "bs64_bare_ran": "graphed",
            "bs64_dense_vs_bare": 0.5, "bs64_dense_ran": "eager", "bs64_mest_vs_bare": 0.95, "bs64_mest_ran": "graphed",
            "bs64_mest_sieve_vs_bare": 0.9, "bs64_mest_sieve_ran": "fallback: RuntimeError: CUDA error: x",
            "bs64_frozen_speedup": 1.5, "bs64_mest_frozen_ran": "graphed", "bs64_bare_graphed_vs_eager": 4.0,
            "spfde_wall_saving": 0.1, "spfde_flops_saving": 0.2, "spfde_wall_vs_flops": 0.5, "spfde_ran": "graphed",
-           "mest_ran": "graphed", "spfde_capture_s": 30.0, "mest_capture_s": 3.0}
+           "mest_ran": "graphed", "spfde_capture_s": 30.0, "mest_capture_s": 3.0,
+           "spfde_steady_epoch_s_by_depth": {"0": 0.2, "10": 0.1, "2": 0.15}, "mest_steady_epoch_s": 0.25,
+           "spfde_one_off_s_by_depth": {"0": 3.0, "2": 2.5}, "spfde_projected_wall_saving": 0.19,
+           "spfde_projected_flops_saving": 0.2, "spfde_projected_wall_vs_flops": 0.95, "spfde_epochs_to_0.9x": 42}
     data = {"model": "resnet50", "loader_pil_vs_bare": 0.4, "loader_pil_ran": "graphed",
             "loader_pil_loader_only_img_s": 1700.0, "loader_pil_step_only_img_s": 4700.0,
             "loader_pil_bound": "data-bound", "fastest_loader": "pil", "frozen_epoch_speedup": 1.1,
@@ -169,9 +172,16 @@ def test_the_summary_shows_what_ran_beside_each_ratio(tmp_path):
     assert rows["batch 64: memory reduction 0 -> all frozen, measured / planned"] == "not measured"
     assert rows["SpFDE 0.2+0.2 vs MEST: wall-clock saving / FLOPs saving"] == (
         "0.50x (10.0% / 20.0%) (graphed / graphed)")
+    assert rows["SpFDE run: steady s per epoch by frozen depth (MEST's)"] == "0: 0.200, 2: 0.150, 10: 0.100 (0.250)"
+    assert rows["SpFDE run: one-off s of each depth's first epoch"] == "0: 3.000, 2: 2.500"
+    assert rows["SpFDE, 160 epochs projected: wall-clock saving / FLOPs saving"] == "0.95x (19.0% / 20.0%)"
+    assert rows["SpFDE, 160 epochs projected: epochs to 0.9x of the FLOPs saving"] == "42"
     assert rows["folder loader pil / bare resnet50"] == "0.40x (graphed)"
     assert rows["folder loader pil: loader alone / step alone, img/s"] == "1,700 / 4,700: data-bound"
     assert rows["folder loader gpu / bare resnet50"] == rows["folder loader gpu: loader alone / step alone, img/s"] \
         == "not measured"
     assert rows["epoch time, 0 / all candidates frozen (loader pil)"] == "1.10x (graphed / graphed)"
     assert rows["all candidates frozen (loader pil): loader alone / step alone, img/s"] == "1,750 / 6,000: data-bound"
+    (tmp_path / "bench-gpu.json").write_text(json.dumps({**gpu, "spfde_epochs_to_0.9x": "never"}))
+    assert any(line.startswith("SpFDE, 160 epochs projected: epochs to 0.9x") and line.endswith("  never")
+               for line in SUMMARY["summary_lines"](tmp_path))

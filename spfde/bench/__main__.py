@@ -33,8 +33,9 @@ gpu: in one process, on the configured model (default ResNet-32 2x, CIFAR-100-sh
 model's training step (eager and CUDA-graphed) as the anchor, then the harness's own epoch loop for dense,
 MEST, MEST with all candidate blocks frozen and MEST with a sieved loader, as img/s and ratios to the
 anchor with what each ran (graphed, eager or fallback) and the backend settings all ran with; measured
-training memory next to the plan's; evaluation time against a training epoch; and a short MEST vs SpFDE 0.2+0.2
-run: wall-clock saving against FLOPs saving (after the first batch size, before the others). Made for a
+training memory next to the plan's; evaluation time against a training epoch; and short MEST vs SpFDE 0.2+0.2
+runs: wall-clock saving against FLOPs saving, steady epoch time per frozen depth and one-off time per depth,
+and the paper's 160 epochs projected from them (after the first batch size, before the others). Made for a
 GPU; runs (slowly, without graphs) on the CPU with small sizes, e.g. `gpu --batch-sizes 16 --train-size 64
 device=cpu model.width=1 model.depth=8 dataset.test_size=64 --run-size 256 --run-epochs 4`.
 data: the input pipeline of image folders. Writes an ImageNet-like JPEG folder (N train + N/10 val images of
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-size", type=int, default=12800, help="FakeData images per timed epoch")
     p.add_argument("--steps", type=int, default=100, help="timed steps of the bare model")
     p.add_argument("--run-size", type=int, default=2560, help="FakeData images of the MEST vs SpFDE runs")
-    p.add_argument("--run-epochs", type=int, default=12, help="12: the fewest at which freeze=0.2 is reachable")
+    p.add_argument("--run-epochs", type=int, default=24,
+                   help="24: the 12 freeze steps that reach freeze=0.2 on ResNet-32, 2 epochs each")
+    p.add_argument("--run-interval", type=int, help="Δτ of the MEST and SpFDE runs (default: run epochs // 12, >= 1)")
     p.add_argument("--json", help="also write the measured values and ratios to this JSON file, as they come")
     p.add_argument("overrides", nargs="*", help="e.g. model.width=2 precision=bf16 cuda_graphs=off")
     p = sub.add_parser("data", help="folder input pipeline: bare model vs harness img/s per loader, and freezing")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             from spfde.bench.gpu import gpu
 
             report = gpu(args.batch_sizes, args.train_size, args.steps, args.run_size, args.run_epochs,
-                         args.overrides, args.json)
+                         args.overrides, args.json, args.run_interval)
         else:
             from spfde.bench.data_pipeline import data_bench
 

@@ -81,6 +81,10 @@ def harness(g: dict, k: str, case: str) -> str:
     return ran(times(g.get(f"{k}_{case}_vs_bare")), g.get(f"{k}_{case}_ran"))
 
 
+def by_depth(values) -> str:
+    return NOT if not values else ", ".join(f"{d}: {v:.3f}" for d, v in sorted(values.items(), key=lambda i: int(i[0])))
+
+
 def bound(d: dict, key: str) -> str:
     """The loader alone and the step alone (img/s), and which of them bounds the case."""
     loader, step = d.get(f"{key}_loader_only_img_s"), d.get(f"{key}_step_only_img_s")
@@ -109,10 +113,20 @@ def summary_lines(out: Path) -> list[str]:
                  (f"batch {bs}: evaluation / a 50k-image training epoch", percent(g.get(f"{k}_eval_share")))]
     wall, flops = g.get("spfde_wall_saving"), g.get("spfde_flops_saving")
     wall_vs_flops = NOT if wall is None else f"{times(g['spfde_wall_vs_flops'])} ({percent(wall)} / {percent(flops)})"
+    steady, mest_steady = g.get("spfde_steady_epoch_s_by_depth"), g.get("mest_steady_epoch_s")
+    projected = g.get("spfde_projected_wall_saving")
     rows += [("SpFDE 0.2+0.2 vs MEST: wall-clock saving / FLOPs saving",
               ran(wall_vs_flops, *((g["spfde_ran"], g.get("mest_ran")) if "spfde_ran" in g else ()))),
              ("capture time, SpFDE 0.2+0.2 run / MEST run", NOT if g.get("spfde_capture_s") is None
-              else f"{seconds(g['spfde_capture_s'])} / {seconds(g.get('mest_capture_s'))}")]
+              else f"{seconds(g['spfde_capture_s'])} / {seconds(g.get('mest_capture_s'))}"),
+             ("SpFDE run: steady s per epoch by frozen depth (MEST's)",
+              NOT if not steady or mest_steady is None else f"{by_depth(steady)} ({mest_steady:.3f})"),
+             ("SpFDE run: one-off s of each depth's first epoch", by_depth(g.get("spfde_one_off_s_by_depth"))),
+             ("SpFDE, 160 epochs projected: wall-clock saving / FLOPs saving", NOT if projected is None
+              else f"{times(g.get('spfde_projected_wall_vs_flops'))} ({percent(projected)} / "
+                   f"{percent(g.get('spfde_projected_flops_saving'))})"),
+             ("SpFDE, 160 epochs projected: epochs to 0.9x of the FLOPs saving",
+              str(g.get("spfde_epochs_to_0.9x", NOT)))]
     model = d.get("model", "model")
     for loader in ("pil", "gpu", "dali"):
         rows += [(f"folder loader {loader} / bare {model}",

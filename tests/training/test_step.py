@@ -388,18 +388,23 @@ def test_cuda_graphs_setting_is_validated():
 
 @pytest.mark.slow
 def test_the_gpu_benchmark_rehearses_on_the_cpu(capsys):
+    """At interval 2 every frozen depth of the SpFDE run has a steady epoch after its first, and the 160-epoch
+    projection is made from the SpFDE run's own steady times."""
     from spfde.bench.__main__ import main
 
     main(["gpu", "--batch-sizes", "16", "--train-size", "64", "--steps", "2", "device=cpu", "model.width=1",
-          "model.depth=8", "dataset.test_size=32", "--run-size", "256", "--run-epochs", "4"])
+          "model.depth=8", "dataset.test_size=32", "dataset.image_size=16", "--run-size", "64", "--run-epochs", "8",
+          "--run-interval", "2"])
     out = capsys.readouterr().out
     for row in ("| bare model, eager |", "| harness dense |", "| harness MEST |", "all candidates frozen",
                 "| harness MEST, sieve=0.2 loader |", "| 0 frozen |", "| SpFDE 0.2+0.2 |", "FLOPs saving",
-                "backend settings of every case: cudnn.benchmark=True"):
+                "backend settings of every case: cudnn.benchmark=True", "interval 2",
+                "steady-state training s per epoch by frozen depth", "projected onto the paper's 160 epochs"):
         assert row in out, row
     assert re.search(r"\| harness MEST \| [\d,]+ \| \d+\.\d\dx \| \d+\.\d\dx \| eager \|", out)
     assert re.search(r"\| SpFDE 0\.2\+0\.2 \| .* \| eager \|", out)
-    assert "DIFFERENT" not in out and "not measured" not in out
+    assert "DIFFERENT" not in out and "the MEST run's" not in out and "not measured" not in out
+    assert re.search(r"at least 0\.9x of it (from epoch \d+ on|never within 160 epochs)", out)
 
 
 @pytest.mark.slow
