@@ -133,3 +133,26 @@ def test_every_case_of_a_batch_size_runs_with_the_same_backend_settings(monkeypa
     assert "DIFFERENT" not in report.text()
     # had one run with other settings, the line would name it
     assert "DIFFERENT in: mest (" in gpu.settings_line(expected, {"mest": {**expected, "threads": threads + 5}})
+
+
+@pytest.mark.slow
+def test_each_harness_case_closes_its_step_and_evaluation_also_when_it_fails(monkeypatch):
+    """A case's CUDA graphs and memory pool must not outlive it: harness_epochs closes its training step and its
+    evaluation before it returns, and when the case raises."""
+    from spfde.bench import common
+    from spfde.training.step import EvalBatches, TrainStep
+
+    closed = []
+    for cls in (TrainStep, EvalBatches):
+        monkeypatch.setattr(cls, "close", lambda self, name=cls.__name__: closed.append(name))
+    overrides = ["experiment=cifar100_resnet32", "dataset=fake", "dataset.num_classes=10", "dataset.train_size=16",
+                 "dataset.test_size=16", "dataset.image_size=8", "device=cpu", "model.width=1", "model.depth=8",
+                 "batch_size=8"]
+    result = common.harness_epochs(overrides, 0, True)
+    assert result["img_s"] > 0 and closed == ["TrainStep", "EvalBatches"]
+
+    closed.clear()
+    monkeypatch.setattr(common, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected")))
+    with pytest.raises(RuntimeError, match="injected"):
+        common.harness_epochs(overrides, 0, True)
+    assert closed == ["TrainStep", "EvalBatches"]

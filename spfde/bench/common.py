@@ -228,32 +228,40 @@ def harness_epochs(overrides: list[str], frozen: str | int = 0, timed_eval: bool
     graphs = use_cuda_graphs(cfg.cuda_graphs, device)
     step = TrainStep(model, optimizer, run.method, run.freezer, run.sieve, run.analysis, run.meter, run.rt,
                      cfg.optim.label_smoothing, cfg.batch_size, graphs)
-    train_one_epoch(step, run.data.train, run.freezer, 0, run.rt, NoBar())  # warm-up and capture
-    optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    settings = settings_in_effect(run.rt)
-    start = time.perf_counter()
-    stats = train_one_epoch(step, run.data.train, run.freezer, 1, run.rt, NoBar())
-    sync(device)
-    train_s = time.perf_counter() - start
-    ran = what_ran(step)
-    peak = step.peak_memory()
-    eval_s, capture_s = None, step.capture_s
-    if timed_eval:
-        top5 = run.data.num_classes > 5
-        eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
-        evaluate(model, run.data.test, run.rt, top5, eval_batches)  # warm-up and capture
+    eval_batches = None
+    try:  # the case's graphs and their memory pool go before the next case starts, also when this one fails
+        train_one_epoch(step, run.data.train, run.freezer, 0, run.rt, NoBar())  # warm-up and capture
+        optimizer.zero_grad(set_to_none=True)
         sync(device)
+        baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        settings = settings_in_effect(run.rt)
         start = time.perf_counter()
-        evaluate(model, run.data.test, run.rt, top5, eval_batches)
+        stats = train_one_epoch(step, run.data.train, run.freezer, 1, run.rt, NoBar())
         sync(device)
-        eval_s = time.perf_counter() - start
-        capture_s += eval_batches.capture_s
-    loader_img_s = step_img_s = None
-    if bound_steps:
-        loader_img_s, batch = loader_only_img_s(run.data.train, run.rt)
-        step_img_s = step_only_img_s(step, batch, bound_steps)
+        train_s = time.perf_counter() - start
+        ran = what_ran(step)
+        peak = step.peak_memory()
+        eval_s, capture_s = None, step.capture_s
+        if timed_eval:
+            top5 = run.data.num_classes > 5
+            eval_batches = EvalBatches(model, run.rt, cfg.eval_batch_size, top5, graphs)
+            evaluate(model, run.data.test, run.rt, top5, eval_batches)  # warm-up and capture
+            sync(device)
+            start = time.perf_counter()
+            evaluate(model, run.data.test, run.rt, top5, eval_batches)
+            sync(device)
+            eval_s = time.perf_counter() - start
+            capture_s += eval_batches.capture_s
+        loader_img_s = step_img_s = None
+        if bound_steps:
+            loader_img_s, batch = loader_only_img_s(run.data.train, run.rt)
+            step_img_s = step_only_img_s(step, batch, bound_steps)
+    finally:
+        step.close()
+        if eval_batches is not None:
+            eval_batches.close()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next case starts from what it allocates itself
     input_shape = (run.data.channels, run.data.image_size, run.data.image_size)
     plan = MemoryModel(model, input_shape, cfg.batch_size,
                        torch.bfloat16 if run.rt.bf16 else torch.float32).breakdown(run.method.masks.densities(), k)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared call for a lent GPU machine (see ../shared/GPU-NOTES.md): the pending GPU checks of issues 12,
-# 13, 14 and 22, most important first, each step under its own timeout, in at most 480 s. Every step appends
+# 13, 14 and 22, most important first, each step under its own timeout, in at most about 510 s. Every step appends
 # its output to $OUT/gpu-session.txt as it comes and the benchmarks rewrite their JSON after each measurement,
 # so a cut-off run still returns what it measured; the last step prints one summary block from those files
 # ("not measured" for whatever a step did not deliver). Run from the repository root:
@@ -20,22 +20,23 @@
 # The step writes straight to the log (no pipe a leftover process could hold open).
 #
 # Time budget. A GPU window is one call of at most 600 s, out of 15 min of device time that include a 1-2 min
-# start, so the limits below, each plus 3 s before SIGKILL, add up to 480 s:
-#   5 + 10 + 105 + 165 + 95 + 30 + 30 + 10 = 450, + 8 x 3 = 474.
+# start, so the limits below, each plus 3 s before SIGKILL, add up to about 510 s:
+#   5 + 10 + 105 + 185 + 110 + 30 + 30 + 10 = 485, + 8 x 3 = 509.
 # Estimates for one H200, from the figures in GPU-NOTES.md (ResNet-32 2x bs 64: bare eager 3.3k img/s,
 # graphed 16k, harness eager 3.0k; bs 512 eager 27k; ResNet-50 bs 256 4.7k; PIL folder loader with 15
 # workers 1.7k) and a few seconds each for torch import + model build and for a CUDA-graph capture (3 s):
 #   setup       ~3 s  pip install of three pure-Python wheels (only with WHEELS)
 #   tests      ~75 s  pytest + CUDA start 6 s; 9 digits runs (ResNet-32 depth 8/20) of ~2 s plus one capture
 #                     per frozen depth (1-6) ~65 s; the GPU decode test 2 s
-#   gpu       ~135 s  start 5 s; batch 64: bare eager + graphed 100 steps 2 + 5 s, 4 harness cases of 2 epochs
+#   gpu       ~155 s  start 5 s; batch 64: bare eager + graphed 100 steps 2 + 5 s, 4 harness cases of 2 epochs
 #                     x 12,800 images (8.6 s at 3.0k img/s eager, or ~3 s + capture graphed) + 2 s build each
-#                     ~45 s; MEST and SpFDE 0.2+0.2 runs, 12 epochs x 2,560 images (~10 s each eager) + up to
-#                     12 captures (one per frozen depth) ~50 s; batch 512: bare 2 + 5 s, 4 cases of
-#                     ~1 s + capture + build ~33 s
-#   data       ~60 s  start 5 s; 4,224 JPEGs on 16 cores 4 s; bare ResNet-50, 30 steps of 256 + cuDNN
+#                     ~45 s; MEST and SpFDE 0.2+0.2 runs, 24 epochs (interval 2, so each frozen depth has a
+#                     steady epoch) x 2,560 images (~20 s each eager) + up to 12 captures ~70 s; batch 512:
+#                     bare 2 + 5 s, 4 cases of ~1 s + capture + build ~33 s
+#   data       ~75 s  start 5 s; 4,224 JPEGs on 16 cores 4 s; bare ResNet-50, 30 steps of 256 + cuDNN
 #                     autotuning 6 s; per loader (pil, gpu) 2 epochs of 3,840 images at ~1.7k img/s + 15 workers
-#                     starting + capture ~15 s; all candidates frozen with the fastest loader ~12 s
+#                     starting + capture ~15 s, then the loader alone (one epoch) and the step alone ~5 s; all
+#                     candidates frozen with the fastest loader, the same ~17 s
 #   torchrun1  ~40 s  two runs of ~20 s (start + CUDA 6 s; digits, ResNet-32 depth 8, 4 epochs, 4 captures)
 #   summary     <1 s  reads the files above; no torch import
 set -uo pipefail
@@ -123,9 +124,9 @@ for step in $steps; do
             run tests 105 $PY -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_gpu.py \
                 tests/data/test_folders.py::test_gpu_decode_on_cuda_matches_the_cpu_indices ;;
         gpu)    # issue 12: harness vs bare model at batch 64 and 512, frozen speed-up, memory vs plan, SpFDE wall-clock
-            run gpu 165 $PY -m spfde.bench gpu --json "$OUT/bench-gpu.json" ${GPU_ARGS[@]+"${GPU_ARGS[@]}"} ;;
+            run gpu 185 $PY -m spfde.bench gpu --json "$OUT/bench-gpu.json" ${GPU_ARGS[@]+"${GPU_ARGS[@]}"} ;;
         data)   # issue 13: ResNet-50 on a generated JPEG folder, bare model vs each loader, frozen epoch time
-            run data 95 $PY -m spfde.bench data --json "$OUT/bench-data.json" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ;;
+            run data 110 $PY -m spfde.bench data --json "$OUT/bench-data.json" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ;;
         torchrun1)  # issue 14: torchrun with one process (no process group) gives a plain run's results
             args=(experiment=quickstart model.depth=8 epochs=4 interval=1 freeze=0.1 sieve=0.2 deterministic=true
                   logger=none progress=false)
