@@ -133,7 +133,7 @@ def test_the_summary_of_a_session_that_delivered_nothing_says_not_measured(tmp_p
     lines = SUMMARY["summary_lines"](tmp_path)
     assert lines[0].startswith("===== GPU session summary") and lines[-1] == "====="
     assert all(line.endswith("not measured") for line in lines[1:-1])
-    assert sum("batch 64:" in line for line in lines) == sum("batch 512:" in line for line in lines) == 8
+    assert sum("batch 64:" in line for line in lines) == sum("batch 512:" in line for line in lines) == 9
 
 
 def test_the_summary_names_the_results_where_torchrun_and_the_plain_run_differ(tmp_path):
@@ -153,8 +153,13 @@ def test_the_summary_shows_what_ran_beside_each_ratio_and_the_steady_state_parts
            "mest_ran": "graphed", "spfde_capture_s": 30.0, "mest_capture_s": 3.0,
            "spfde_steady_epoch_s_by_depth": {"0": 0.2, "10": 0.1, "2": 0.15}, "mest_steady_epoch_s": 0.25,
            "spfde_one_off_s_by_depth": {"0": 3.0, "2": 2.5}, "spfde_projected_wall_saving": 0.19,
-           "spfde_projected_flops_saving": 0.2, "spfde_projected_wall_vs_flops": 0.95, "spfde_epochs_to_0.9x": 42}
-    data = {"model": "resnet50", "loader_pil_vs_bare": 0.4, "loader_pil_ran": "graphed",
+           "spfde_projected_flops_saving": 0.2, "spfde_projected_wall_vs_flops": 0.95, "spfde_epochs_to_0.9x": 42,
+           "bs64_settings": {"cudnn.benchmark": True, "precision": "bf16"},
+           "bs64_settings_by_case": {"bare_eager": {"cudnn.benchmark": True, "precision": "bf16"},
+                                     "mest": {"cudnn.benchmark": True, "precision": "bf16"}}}
+    data = {"settings": {"cudnn.benchmark": True}, "settings_by_case": {"bare": {"cudnn.benchmark": True},
+                                                                        "frozen": {"cudnn.benchmark": False}},
+            "model": "resnet50", "loader_pil_vs_bare": 0.4, "loader_pil_ran": "graphed",
             "loader_pil_loader_only_img_s": 1700.0, "loader_pil_step_only_img_s": 4700.0,
             "loader_pil_bound": "data-bound", "fastest_loader": "pil", "frozen_epoch_speedup": 1.1,
             "frozen_ran": "graphed", "frozen_loader_only_img_s": 1750.0, "frozen_step_only_img_s": 6000.0,
@@ -164,6 +169,8 @@ def test_the_summary_shows_what_ran_beside_each_ratio_and_the_steady_state_parts
     lines = SUMMARY["summary_lines"](tmp_path)
     rows = {label.strip(): value.strip() for label, value in (line.split("  ", 1) for line in lines[1:-1])}
     assert rows["batch 64: harness MEST / bare model (graphed)"] == "0.95x (graphed)"
+    assert rows["batch 64: backend settings"] == "cudnn.benchmark=True, precision=bf16 (every case)"
+    assert rows["folder loaders: backend settings"] == "cudnn.benchmark=True; DIFFERENT in: frozen"
     assert rows["batch 64: harness dense / bare model (graphed)"] == "0.50x (eager)"
     assert rows["batch 64: harness MEST, sieve=0.2 loader / bare model (graphed)"] == (
         "0.90x (fallback: RuntimeError: CUDA error: x)")

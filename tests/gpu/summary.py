@@ -91,6 +91,15 @@ def bound(d: dict, key: str) -> str:
     return NOT if loader is None or step is None else f"{loader:,.0f} / {step:,.0f}: {d.get(f'{key}_bound')}"
 
 
+def settings(common: dict | None, by_case: dict | None) -> str:
+    """The backend settings every case of a table ran with, and any case that ran with others."""
+    if not common:
+        return NOT
+    text = ", ".join(f"{k}={v}" for k, v in common.items())
+    differ = [name for name, s in (by_case or {}).items() if s != common]
+    return text + (f"; DIFFERENT in: {', '.join(differ)}" if differ else " (every case)")
+
+
 def summary_lines(out: Path) -> list[str]:
     g, d = load(out / "bench-gpu.json"), load(out / "bench-data.json")
     rows = [("steps", step_times(out / "steps.tsv")),
@@ -100,7 +109,8 @@ def summary_lines(out: Path) -> list[str]:
         bare = f"bare model ({g.get(f'{k}_bare_ran') or g.get(f'{k}_bare_anchor', 'CUDA graph')})"
         measured, planned = g.get(f"{k}_memory_reduction_measured"), g.get(f"{k}_memory_reduction_planned")
 
-        rows += [(f"batch {bs}: harness dense / {bare}", harness(g, k, "dense")),
+        rows += [(f"batch {bs}: backend settings", settings(g.get(f"{k}_settings"), g.get(f"{k}_settings_by_case"))),
+                 (f"batch {bs}: harness dense / {bare}", harness(g, k, "dense")),
                  (f"batch {bs}: harness MEST / {bare}", harness(g, k, "mest")),
                  (f"batch {bs}: harness MEST, sieve=0.2 loader / {bare}", harness(g, k, "mest_sieve")),
                  (f"batch {bs}: bare model, CUDA graph / eager",
@@ -128,6 +138,7 @@ def summary_lines(out: Path) -> list[str]:
              ("SpFDE, 160 epochs projected: epochs to 0.9x of the FLOPs saving",
               str(g.get("spfde_epochs_to_0.9x", NOT)))]
     model = d.get("model", "model")
+    rows += [("folder loaders: backend settings", settings(d.get("settings"), d.get("settings_by_case")))]
     for loader in ("pil", "gpu", "dali"):
         rows += [(f"folder loader {loader} / bare {model}",
                   ran(times(d.get(f"loader_{loader}_vs_bare")), d.get(f"loader_{loader}_ran"))),
