@@ -265,23 +265,42 @@ def test_a_relaunch_with_another_box_is_refused_naming_the_bounds(search):
     assert (sweep_dir / "study.db").read_bytes() == before
 
 
+OPTUNA2_STUDY = REPO / "tests" / "fixtures" / "optuna2-study.db"  # written by Optuna 2.10 (the former stack)
+
+
 @pytest.mark.slow
 @needs_search
-@pytest.mark.parametrize("content", ["older", "garbage", "truncated"])
-def test_a_study_of_an_older_optuna_or_a_damaged_one_is_one_line(tmp_path, content):
+def test_a_study_of_an_older_optuna_is_one_line_through_the_command(tmp_path):
     sweep_dir = tmp_path / "old"
     sweep_dir.mkdir()
-    old = (REPO / "tests" / "fixtures" / "optuna2-study.db").read_bytes()  # written by Optuna 2.10 (the former stack)
-    (sweep_dir / "study.db").write_bytes({"older": old, "garbage": b"not a database " * 100,
-                                          "truncated": old[:3000]}[content])
+    (sweep_dir / "study.db").write_bytes(OPTUNA2_STUDY.read_bytes())
     proc = run_cli(["-m", *quick_overrides(), *BOX, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     line = one_error_line(proc)
-    if content == "older":
-        assert f"holds a study of an older Optuna (optuna 2.10.1): upgrade it with `optuna storage upgrade --storage " \
-               f"sqlite:///{sweep_dir}/study.db`" in line
-    else:
-        assert "is damaged or not a study" in line or "cannot be opened as a study" in line
+    assert f"holds a study of an older Optuna (optuna 2.10.1): upgrade it with `optuna storage upgrade --storage " \
+           f"sqlite:///{sweep_dir}/study.db`" in line
     assert not list(sweep_dir.glob("epochs=*"))  # nothing trained
+
+
+@pytest.mark.slow
+@needs_search
+@pytest.mark.parametrize("content", ["garbage", "truncated"])
+def test_a_damaged_study_file_is_a_search_stop(tmp_path, content):
+    """The search opens its study before anything trains; a damaged file is a SearchStop, which the command prints
+    as its one line and exit 2 (as for the older study above, through the command)."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.spfde_search._impl import Search, SearchStop
+
+    (tmp_path / "study.db").write_bytes({"garbage": b"not a database " * 100,
+                                         "truncated": OPTUNA2_STUDY.read_bytes()[:3000]}[content])
+    search = object.__new__(Search)
+    search.storage, search.study_name = f"sqlite:///{tmp_path}/study.db", "pareto"
+    search.directions = ["maximize", "minimize"]
+    search.sampler_cfg = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 0})
+    with pytest.raises(SearchStop) as stop:
+        search.open_study(tmp_path, {}, None)
+    assert "is damaged or not a study" in str(stop.value) or "cannot be opened as a study" in str(stop.value)
+    assert "move it aside" in str(stop.value) and "\n" not in str(stop.value)
 
 
 @needs_search
