@@ -64,7 +64,9 @@ def test_snapshots_survive_a_resume(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_analyze_writes_the_three_figures(tmp_path):
+def test_analyze_writes_the_three_figures(tmp_path, capsys):
+    from spfde.analyze import main as analyze
+
     runs = []
     for name, extra in (("dense", ["sparsity=dense", "sparsity.ratio=0"]), ("mest", [])):
         run_training(quick_overrides("epochs=4", "interval=1", "analysis.every=1", "analysis.probe_size=64", *extra),
@@ -75,10 +77,14 @@ def test_analyze_writes_the_three_figures(tmp_path):
     for name in ("fig1a_structural_similarity.png", "fig1b_cka.png", "fig3b_grad_norm.png", "analysis.csv",
                  "fig1a_structural_similarity.pdf", "fig1b_cka.pdf", "fig3b_grad_norm.pdf"):
         assert (tmp_path / "figs" / name).stat().st_size > 1000, name
-    beyond = run_cli([*runs, "--out", str(tmp_path / "figs"), "--block", "5"], cwd=tmp_path, module="spfde.analyze")
-    assert beyond.returncode == 2 and "--block 5 is not a block of" in beyond.stderr  # depth 8: blocks 0..4
-    missing = run_cli([str(tmp_path)], cwd=tmp_path, module="spfde.analyze")
-    assert missing.returncode == 2 and "analysis.every" in missing.stderr
+    # the command's errors, in this process (the command itself ran above): one line, exit status 2
+    for argv, expected in (([*runs, "--out", str(tmp_path / "figs"), "--block", "5"], "--block 5 is not a block of"),
+                           ([str(tmp_path)], "analysis.every")):  # depth 8: blocks 0..4; a directory without snapshots
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            analyze(argv)
+        err = capsys.readouterr().err.strip()
+        assert done.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
 
 
 @pytest.mark.slow
