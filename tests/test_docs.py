@@ -80,6 +80,7 @@ def leaf_keys(node, prefix=""):
             yield f"{prefix}{key}"
 
 
+@pytest.mark.slow
 def test_the_configuration_reference_lists_every_key_of_every_option():
     """The generated table holds every key a composed configuration has, whichever method is chosen."""
     from spfde.config import compose_config, group_options
@@ -184,7 +185,11 @@ def test_the_docs_speak_of_the_project_only():
             assert not re.search(pattern, text), f"{path.name}: {re.search(pattern, text)[0]!r}"
 
 
-def test_each_tested_claim_names_its_test():
+def test_each_tested_claim_names_its_test_and_each_named_test_exists():
     for path in [REPO / "README.md", *PAGES]:
-        for claim in re.findall(r"\(tested[^)]*\)", path.read_text()):
+        text = path.read_text()
+        for claim in re.findall(r"\(tested[^)]*\)", text):
             assert "tests/" in claim or "::" in claim, f"{path.name}: {claim}"
+        for module, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", text):
+            defined = re.search(rf"^def {name}\(", (REPO / module).read_text(), flags=re.M)
+            assert defined, f"{path.name} names {module}::{name}, which does not exist"
