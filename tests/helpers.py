@@ -14,6 +14,7 @@ from omegaconf import open_dict
 
 from spfde.checks.validation import validate
 from spfde.config import compose_config
+from tests import warm_start
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -84,6 +85,8 @@ def run_cli(args: list[str], cwd: Path, module: str = "spfde.run", timeout: int 
     # the checkout under test comes first, whichever copy of spfde the environment has installed
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "PYTHONPATH": path}
+    if not python_flags and warm_start.available():  # forked from a warm interpreter: see tests/warm_start.py
+        return warm_start.run(module, args, cwd, env, timeout)
     return subprocess.run([sys.executable, *python_flags, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

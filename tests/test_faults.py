@@ -22,10 +22,15 @@ from spfde.checks.command_line import precheck_overrides
 from spfde.config import ConfigError
 from spfde.rundir.checkpoint import RunDirError, load_checkpoint
 from spfde.rundir.lifecycle import TrainingDiverged, config_fingerprint
-from tests.helpers import REPO, crash_at_epoch, make_cfg, read_metrics, run_training, summary_core
+from tests.helpers import REPO, crash_at_epoch, make_cfg, read_metrics, run_cli, run_training, summary_core
 
 TINY = ["experiment=quickstart", "model.depth=8", "dataset=fake", "dataset.train_size=128", "dataset.test_size=64",
         "dataset.image_size=8", "batch_size=32", "epochs=2"]
+
+
+
+def cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return run_cli(list(args), cwd=cwd, timeout=300)
 
 
 def tiny(*extra: str) -> list[str]:
@@ -69,8 +74,7 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoint(tmp_
 
 @pytest.mark.slow
 def test_a_real_divergence_is_a_non_zero_exit_logged_in_run_log(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "spfde.run", *tiny("optim.lr=1e30", "progress=false"),
-                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = cli(*tiny("optim.lr=1e30", "progress=false"), f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "spfde: error: training diverged in epoch 1" in proc.stderr and "Traceback" not in proc.stderr
     assert "training diverged in epoch 1" in (tmp_path / "run.log").read_text()  # item 14: errors in run.log
@@ -518,8 +522,7 @@ def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         (run_dir / ".lock").unlink()  # a user cleaning up
-        result = subprocess.run([sys.executable, "-m", "spfde.run", *tiny("epochs=1", "logger=none", "progress=false"),
-                                 f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        result = cli(*tiny("epochs=1", "logger=none", "progress=false"), f"hydra.run.dir={run_dir}")
         assert result.returncode == 2 and "is in use by another process" in result.stderr
         assert "Traceback" not in result.stderr
         assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the running run's record\n"
@@ -581,9 +584,6 @@ def mounted_tmpfs(path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spfde.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.mark.slow

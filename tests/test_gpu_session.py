@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
+from tests.training.test_distributed import comparable
 
 SESSION = REPO / "tests" / "gpu" / "session.sh"
 SUMMARY = runpy.run_path(str(REPO / "tests" / "gpu" / "summary.py"))
@@ -56,7 +57,8 @@ def test_logger_wandb_without_wandb_is_one_line_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
     """Every step of the session at its CPU sizes: pytest tests/test_gpu.py (skips here), `python -m spfde.bench gpu`,
-    `python -m spfde.bench data`, torchrun with one process vs a plain `spfde.run ... logger=none`, then the summary."""
+    `python -m spfde.bench data` (its tables checked below), torchrun with one process vs a plain `spfde.run ...
+    logger=none` (the same results), then the summary."""
     out = tmp_path / "out"
     env = {**gpu_machine_env(tmp_path), "REHEARSAL": "1", "OUT": str(out), "PY": sys.executable}
     proc = subprocess.run(["bash", "tests/gpu/session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
@@ -76,7 +78,31 @@ def test_gpu_session_rehearses_on_the_cpu_without_wandb_or_submitit(tmp_path):
         assert (value == "not measured") == any(g in label for g in gpu_only), (label, value)
     values = json.loads((out / "bench-gpu.json").read_text())
     assert values["batch_sizes"] == [16, 32] and 0 < values["spfde_flops_saving"] < 1
-    assert json.loads((out / "bench-data.json").read_text())["fastest_loader"] == "pil"
+    # torchrun with one process (no process group) gives the plain run's results, every key but times and ids
+    once, plain = (json.loads((out / "torchrun1" / run / "summary.json").read_text()) for run in ("torchrun", "plain"))
+    assert "world_size" not in once and comparable(once) == comparable(plain)
+    check_bench_data((out / "gpu-session.txt").read_text(), json.loads((out / "bench-data.json").read_text()),
+                     folder=REPO / "outputs" / "bench-data" / "jpeg-40")
+
+
+def check_bench_data(log: str, values: dict, folder: Path) -> None:
+    """`spfde.bench data` at its CPU sizes (40 generated JPEGs): the bare model's row, each harness case with img/s,
+    ratio, what ran, the loader alone, the step alone and which of them bounds it, the same backend settings in
+    every case."""
+    assert "| bare model, random batch on the device |" in log and "1.00x | eager |" in log
+    case = r" \| [\d,]+ \| \d+\.\d\dx \| eager \| [\d,]+ \| [\d,]+ \| (data|compute)-bound \|"
+    assert re.search(r"\| harness, dataset.loader=pil \(40 images, epoch 2\)" + case, log)
+    assert re.search(r"\| harness, dataset.loader=pil, all \d+ candidate blocks frozen" + case, log)
+    assert re.search(r"fastest loader: pil; epoch time with 0 frozen blocks .*speed-up \d+\.\d\dx; eager / eager", log)
+    assert (folder / ".complete").exists()
+    assert values["fastest_loader"] == "pil"
+    assert set(values["settings_by_case"]) == {"bare", "loader_pil", "frozen"}  # the same settings in every case
+    assert all(settings == values["settings"] for settings in values["settings_by_case"].values())
+    assert "backend settings of every case: cudnn.benchmark=True" in log and "DIFFERENT" not in log
+    for key in ("loader_pil", "frozen"):
+        data_bound = values[f"{key}_loader_only_img_s"] < values[f"{key}_step_only_img_s"]
+        assert values[f"{key}_bound"] == ("data-bound" if data_bound else "compute-bound")
+        assert values[f"{key}_ran"] == "eager"
 
 
 # a step like torchrun's launcher: its worker runs in a session of its own, wedged (and deaf to SIGTERM)

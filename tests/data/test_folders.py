@@ -4,7 +4,6 @@ order; small folders load into memory with CIFAR-style augmentation; grayscale a
 from __future__ import annotations
 
 import gc
-import json
 import os
 import re
 import time
@@ -440,27 +439,3 @@ def test_gpu_decode_on_cuda_matches_the_cpu_indices(tmp_path):
     assert all((a[0] - b[0].cpu()).abs().mean() < 0.05 for a, b in zip(cpu, cuda))  # normalised: ~3 grey levels
     busy = pass_of("cuda", busy=True)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(cuda, busy))
-
-
-@pytest.mark.slow
-def test_bench_data_cpu_rehearsal(tmp_path):
-    proc = run_cli(["data", "--generate", "40", "--batch-size", "8", "--steps", "2", "model=resnet32", "model.width=1",
-                    "model.depth=8", "dataset.image_size=32", "dataset.workers=0", "device=cpu", "--json", "data.json"],
-                   cwd=tmp_path, module="spfde.bench", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    assert "| bare model, random batch on the device |" in out and "1.00x | eager |" in out
-    # each harness case: img/s, ratio, what ran, the loader alone, the step alone, which of them bounds it
-    case = r" \| [\d,]+ \| \d+\.\d\dx \| eager \| [\d,]+ \| [\d,]+ \| (data|compute)-bound \|"
-    assert re.search(r"\| harness, dataset.loader=pil \(40 images, epoch 2\)" + case, out)
-    assert re.search(r"\| harness, dataset.loader=pil, all \d+ candidate blocks frozen" + case, out)
-    assert re.search(r"fastest loader: pil; epoch time with 0 frozen blocks .*speed-up \d+\.\d\dx; eager / eager", out)
-    assert (tmp_path / "outputs" / "bench-data" / "jpeg-40" / ".complete").exists()
-    values = json.loads((tmp_path / "data.json").read_text())
-    assert set(values["settings_by_case"]) == {"bare", "loader_pil", "frozen"}  # the same settings in every case
-    assert all(settings == values["settings"] for settings in values["settings_by_case"].values())
-    assert "backend settings of every case: cudnn.benchmark=True" in out and "DIFFERENT" not in out
-    for key in ("loader_pil", "frozen"):
-        data_bound = values[f"{key}_loader_only_img_s"] < values[f"{key}_step_only_img_s"]
-        assert values[f"{key}_bound"] == ("data-bound" if data_bound else "compute-bound")
-        assert values[f"{key}_ran"] == "eager"

@@ -18,7 +18,7 @@ from spfde.data import build_data
 from spfde.data.loaders import epoch_batches
 from spfde.planning.plan import build_plan
 from spfde.training.distributed import World
-from tests.helpers import REPO, make_cfg, quick_overrides, read_metrics
+from tests.helpers import REPO, make_cfg, quick_overrides, read_metrics, run_cli
 from tests.sweeps.test_sweeps import SLURM_TEST_LAUNCHER, slurm_cluster  # noqa: F401 - the fixture
 
 DDP_RUN = quick_overrides("epochs=4", "interval=1", "freeze=0.15", "sieve=0.2", "threads=1")
@@ -182,27 +182,12 @@ def test_a_two_task_slurm_job_equals_torchrun(slurm_cluster, straight_run, tmp_p
     sweep_dir = tmp_path / "sweep"
     args = ["-m", *DDP_RUN, *SLURM_TEST_LAUNCHER, "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=2",
             "logger=none", "progress=false", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job"]
-    proc = subprocess.run([sys.executable, "-m", "spfde.run", *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     slurm = json.loads((sweep_dir / "job" / "summary.json").read_text())
     torch_run = json.loads((straight_run / "summary.json").read_text())
     assert slurm["world_size"] == 2
     assert comparable(slurm) == comparable(torch_run)
-
-
-@pytest.mark.slow
-def test_torchrun_with_one_process_is_a_plain_run(tmp_path):
-    overrides = [*quick_overrides("epochs=2", "threads=1"), "logger=none", "progress=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher in (("torchrun", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]),
-                           ("plain", [])):
-        proc = subprocess.run([sys.executable, *launcher, "-m", "spfde.run", *overrides,
-                               f"hydra.run.dir={tmp_path / name}"], cwd=REPO, capture_output=True, text=True,
-                              timeout=300, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    once, plain = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("torchrun", "plain"))
-    assert "world_size" not in once and comparable(once) == comparable(plain)
 
 
 @pytest.mark.slow
