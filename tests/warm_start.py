@@ -56,7 +56,7 @@ def run_request(request: dict) -> None:
     env = request["env"]
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own streams, as an interpreter opens them
     sys.stdout = open(1, "w", buffering=1 if env.get("PYTHONUNBUFFERED") else -1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(env)
