@@ -28,7 +28,6 @@ TINY = ["experiment=quickstart", "model.depth=8", "dataset=fake", "dataset.train
         "dataset.image_size=8", "batch_size=32", "epochs=2"]
 
 
-
 def cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     return run_cli(list(args), cwd=cwd, timeout=300)
 
@@ -582,8 +581,6 @@ def mounted_tmpfs(path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True).returncode == 0
-
-
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,35 +103,39 @@ def server() -> subprocess.Popen:
     if _server is None or _server.poll() is not None:
         source = Path(__file__).read_text() + SERVER  # this module, then the loop
         _server = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True, start_new_session=False)
+                                   stderr=subprocess.DEVNULL, bufsize=0)
+        _server.replies = b""  # what was read of the replies and not yet taken, whole lines or not
     return _server
 
 
 def reply(proc: subprocess.Popen, deadline: float | None) -> dict | None:
-    """The server's next reply line, or None when the deadline passes first."""
-    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-    ready, _, _ = select.select([proc.stdout], [], [], wait)
-    if not ready:
-        return None
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError("the warm-start server died")
+    """The server's next reply line, or None when the deadline passes first. Read from the pipe itself, never
+    through a buffered reader: a line a reader had taken in already would be invisible to select."""
+    while b"\n" not in proc.replies:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([proc.stdout], [], [], wait)
+        if not ready:
+            return None
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            raise RuntimeError("the warm-start server died")
+        proc.replies += chunk
+    line, proc.replies = proc.replies.split(b"\n", 1)
     return json.loads(line)
 
 
 def run(module: str, args: list[str], cwd: Path, env: dict, timeout: float | None) -> subprocess.CompletedProcess:
     """What `subprocess.run([python, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
     timeout=timeout)` returns, from a child forked off the warm server."""
-    import tempfile
-
     command = [sys.executable, "-m", module, *args]
     with tempfile.TemporaryDirectory(prefix="spfde-cli-") as tmp:
         out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
         proc = server()
         request = {"module": module, "args": list(args), "cwd": str(cwd), "env": dict(env), "out": str(out),
                    "err": str(err)}
-        proc.stdin.write(json.dumps(request) + "\n")
-        proc.stdin.flush()
+        line = memoryview((json.dumps(request) + "\n").encode())
+        while line:  # an unbuffered pipe may take a long request (the whole environment) in parts
+            line = line[proc.stdin.write(line):]
         pid = reply(proc, None)["pid"]
         deadline = None if timeout is None else time.monotonic() + timeout
         done = reply(proc, deadline)
