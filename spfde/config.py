@@ -10,15 +10,17 @@ the option's file in `conf/<group>/`; every other key has its default here and n
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from spfde.errors import SpfdeError
 
@@ -312,17 +314,60 @@ def user_searchpath() -> list[str]:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    if "base_config.yaml" not in store.list(""):  # once per process: converting the dataclass is ~1/6 of a composition
+        store.store(name="base_config", node=Config)
+
+
+# Compositions this process made, newest last: a precheck composes the same command line several times (a search's
+# own settings, its jobs, its sweeper), and each composition takes about a tenth of a second
+COMPOSED: OrderedDict[tuple, DictConfig] = OrderedDict()
+COMPOSED_KEPT = 64
+
+
+def config_files_digest() -> str:
+    """A digest of every file in the config directories, names and contents: a kept composition is used only
+    while these are as they were (a file rewritten within the clock's tick keeps its modification time)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for directory in config_dirs():
+        files = (Path(root, name) for root, _, names in os.walk(directory, followlinks=True) for name in names)
+        for path in sorted(files):
+            try:
+                content = path.read_bytes()
+            except OSError:
+                continue
+            digest.update(f"{path}\0{len(content)}\0".encode())
+            digest.update(content)
+    return digest.hexdigest()
 
 
 def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    """Compose conf/config.yaml with command-line style overrides (tests, `spfde.planning.plan`, prechecks)."""
+    """Compose conf/config.yaml with command-line style overrides (tests, `spfde.planning.plan`, prechecks): a copy
+    of a composition kept from the same overrides, config files, user config directory and working directory
+    (Hydra records it in hydra.runtime.cwd), else a new one. With hydra.searchpath among the overrides, always new."""
     from hydra import compose, initialize_config_dir
 
-    register_configs()
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+    overrides = list(overrides)
+    key = None
+    if not any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
+        key = (str(CONF_DIR), os.environ.get(USER_CONFIG_ENV, ""), os.getcwd(), tuple(overrides), config_files_digest())
+    cfg = COMPOSED.get(key) if key else None
+    if cfg is None:
+        register_configs()
+        register_resolvers()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        if key:
+            COMPOSED[key] = cfg
+            while len(COMPOSED) > COMPOSED_KEPT:
+                COMPOSED.popitem(last=False)
+    else:
+        COMPOSED.move_to_end(key)
+    cfg = copy.deepcopy(cfg)  # the caller's own: what it changes, the next caller never sees
+    if not with_hydra and "hydra" in cfg:  # as Hydra's compose does without return_hydra_config
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def run_name(override_dirname: str) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
 from spfde.checks.command_line import precheck_overrides
-from spfde.config import ConfigError, run_name
+from spfde.config import USER_CONFIG_ENV, ConfigError, compose_config, run_name
 from tests.helpers import experiment_names, group_options, make_cfg, run_cli
 
 
@@ -24,6 +25,29 @@ def test_every_group_option_composes(group):
             overrides.append("dataset.root=/somewhere")
         cfg = make_cfg(overrides)
         assert cfg[group].name == option
+
+
+def test_a_kept_composition_is_a_copy_that_follows_the_config_files_and_the_working_directory(tmp_path, monkeypatch):
+    user = tmp_path / "user"
+    (user / "experiment").mkdir(parents=True)
+    mine = user / "experiment" / "mine.yaml"
+    mine.write_text("# @package _global_\nepochs: 3\n")
+    monkeypatch.setenv(USER_CONFIG_ENV, str(user))
+    first = compose_config(["experiment=mine"], with_hydra=True)
+    first.epochs = 99  # the caller's copy
+    again = compose_config(["experiment=mine"], with_hydra=True)
+    plain = compose_config(["experiment=mine"])
+    assert again.epochs == 3 and "hydra" not in plain
+    assert OmegaConf.to_container(plain) == {k: v for k, v in OmegaConf.to_container(again).items() if k != "hydra"}
+    mine.write_text("# @package _global_\nepochs: 4\n")  # the same size, maybe the same modification time
+    assert compose_config(["experiment=mine"]).epochs == 4
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert compose_config(["experiment=mine"], with_hydra=True).hydra.runtime.cwd == str(elsewhere)
+    monkeypatch.delenv(USER_CONFIG_ENV)
+    with pytest.raises(Exception, match="Could not find 'experiment/mine'"):  # gone with its directory
+        compose_config(["experiment=mine"])
 
 
 def test_default_is_paper_cifar100_setup():

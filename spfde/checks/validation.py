@@ -251,12 +251,20 @@ def compose_checked(overrides: list[str], values: bool = True) -> DictConfig:
     return cfg
 
 
+@functools.cache  # once per process: building it takes as long as a sixth of a composition, and every job asks
+def config_schema() -> DictConfig:
+    """The config's schema (spfde/config.py), read-only: each key with its type and default."""
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(schema, True)
+    return schema
+
+
 def check_booleans(overrides: list[str]) -> None:
     """A yes/no key takes true or false: OmegaConf would read any other number as true (plan.calibrate=2)."""
     from omegaconf import OmegaConf
     from omegaconf.nodes import BooleanNode
 
-    schema = OmegaConf.structured(Config)
+    schema = config_schema()
     for o in parse_overrides([a for a in overrides if not is_group(a.lstrip("+~").split("=", 1)[0])]):
         parent, _, leaf = o.key_or_group.rpartition(".")
         node = OmegaConf.select(schema, parent, default=None) if parent else schema
@@ -273,7 +281,7 @@ def similar_key(key: str) -> str:
     import difflib
 
     parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(OmegaConf.structured(Config), parent) if parent else OmegaConf.structured(Config)
+    node = OmegaConf.select(config_schema(), parent) if parent else config_schema()
     if not isinstance(node, DictConfig):
         return ""
     close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
