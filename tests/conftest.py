@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from spfde.data.sources import CACHE_ENV
+
 # tests never touch a network, never draw progress bars and keep to the CPU
 os.environ.setdefault("WANDB_MODE", "offline")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -17,6 +19,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 else:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """One data cache (the digits split) for the session's workers and every command they start, not the user's."""
+    root = tmp_path_factory.getbasetemp()
+    os.environ[CACHE_ENV] = str((root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "data-cache")
+
 
 # tests that need the whole machine (a SLURM cluster's jobs, torchrun's ranks, faults timed against a deadline)
 # run one after another on one worker: never side by side with each other

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import random
 import socket
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from spfde.errors import SpfdeError
+from spfde.rundir.checkpoint import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,22 +47,55 @@ def _to_uint8_size(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_digits(cfg) -> Arrays:
+    images, labels, train_idx, test_idx = digits_split(float(cfg.test_fraction), int(cfg.split_seed))
+    images = _to_uint8_size(images, cfg.image_size).repeat(1, cfg.channels, 1, 1)
+    return Arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
+
+
+# What a data source keeps between runs because making it again costs start-up time: the digits split (without
+# it every run imports scikit-learn, a second of CPU). SPFDE_CACHE_DIR moves it; else $XDG_CACHE_HOME/spfde.
+CACHE_ENV = "SPFDE_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "spfde"
+
+
+def digits_split(test_fraction: float, split_seed: int):
+    """scikit-learn's digits as uint8 8x8 images and labels, with its stratified train/test index split. The first
+    load stores them in the cache directory, named by the scikit-learn version; later loads read that file and do
+    not import scikit-learn (a file that cannot be read or written is made again, or not kept)."""
+    try:
+        version = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        version = None  # the import below says what is missing
+    path = cache_dir() / f"digits-sklearn-{version}-test{test_fraction!r}-seed{split_seed}.pt"
+    if version is not None and path.is_file():
+        with contextlib.suppress(Exception):  # damaged or foreign: made again below
+            saved = torch.load(path, weights_only=True)
+            return saved["images"], saved["labels"], saved["train_idx"], saved["test_idx"]
+
     # sklearn (through rich) draws from Python's global RNG when it is first imported: keep the run's seeded
     # stream the same whether this process imported it before or not
     state = random.getstate()
-    from sklearn.datasets import load_digits as sk_digits  # local: a second or more of start-up, digits only
+    from sklearn.datasets import load_digits as sk_digits  # local: a second of start-up, digits only, uncached
     from sklearn.model_selection import train_test_split
 
     random.setstate(state)
 
     x, y = sk_digits(return_X_y=True)
     images = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8).mul(255 / 16).round().to(torch.uint8)
-    images = _to_uint8_size(images, cfg.image_size).repeat(1, cfg.channels, 1, 1)
     labels = torch.tensor(y, dtype=torch.int64)
-    train_idx, test_idx = train_test_split(range(len(labels)), test_size=cfg.test_fraction,
-                                           stratify=y, random_state=cfg.split_seed)
-    train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
-    return Arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
+    train_idx, test_idx = train_test_split(range(len(labels)), test_size=test_fraction, stratify=y,
+                                           random_state=split_seed)
+    saved = {"images": images, "labels": labels, "train_idx": torch.tensor(train_idx),
+             "test_idx": torch.tensor(test_idx)}
+    with contextlib.suppress(OSError, SpfdeError):  # a read-only home: nothing kept, nothing lost
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(saved, tmp))
+    return saved["images"], saved["labels"], saved["train_idx"], saved["test_idx"]
 
 
 def load_fake(cfg) -> Arrays:

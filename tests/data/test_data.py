@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from PIL import Image
 
 from spfde.data import DataError, build_data
 from spfde.data.loaders import augmentation_draws, random_crop_flip
+from spfde.data.sources import CACHE_ENV, load_digits
 from tests.helpers import REPO, make_cfg
 
 
@@ -33,13 +35,36 @@ def test_digits_stratified_split_matches_config():
 
 
 @pytest.mark.slow
-def test_loading_digits_in_a_fresh_process_leaves_the_seeded_python_rng_alone():
-    # a fresh process: sklearn is imported for the first time here, as in `python -m spfde.run`
-    code = ("import random; from spfde.data.sources import load_digits; from tests.helpers import make_cfg; "
+def test_loading_digits_in_a_fresh_process_leaves_the_seeded_python_rng_alone(tmp_path):
+    # a fresh process with an empty cache: sklearn is imported for the first time here, as in `python -m spfde.run`
+    code = ("import random, sys; from spfde.data.sources import load_digits; from tests.helpers import make_cfg; "
             "cfg = make_cfg(['experiment=quickstart']); random.seed(0); state = random.getstate(); "
-            "load_digits(cfg.dataset); print(random.getstate() == state)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+            "load_digits(cfg.dataset); print(random.getstate() == state, 'sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, CACHE_ENV: str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr[-2000:]
+    assert len(list(tmp_path.glob("digits-*.pt"))) == 1  # kept for the next run
+
+
+def test_digits_come_from_the_cache_without_sklearn_and_a_bad_cache_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    cfg = make_cfg(["experiment=quickstart"]).dataset
+    made = load_digits(cfg)
+    (kept,) = (tmp_path / "cache").glob("digits-*.pt")
+
+    def same(arrays) -> bool:
+        return all(torch.equal(a, b) for a, b in zip(vars(made).values(), vars(arrays).values(), strict=True))
+
+    with monkeypatch.context() as m:  # the second load reads the file: an import of sklearn would fail here
+        m.setitem(sys.modules, "sklearn.datasets", None)
+        m.setitem(sys.modules, "sklearn.model_selection", None)
+        assert same(load_digits(cfg))
+    kept.write_bytes(b"not a tensor file")
+    assert same(load_digits(cfg))
+    assert torch.load(kept, weights_only=True)["images"].shape == (1797, 1, 8, 8)  # made again
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "a-file" / "cache"))  # cannot be made: nothing kept, nothing lost
+    assert same(load_digits(cfg))
 
 
 def test_loader_covers_its_index_array_once_per_epoch():
