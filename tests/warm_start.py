@@ -1,6 +1,6 @@
 """Commands forked from a warm interpreter. The tests start `python -m spfde.<command>` dozens of times, and a fresh
-interpreter spends ~5 s of CPU importing torch, torch._dynamo, scikit-learn and Hydra before the command's first
-line: on a 2-core CI machine, a sixth of the suite. Each pytest worker keeps one server process that imported those
+interpreter spends ~3 s of CPU importing torch, torch._dynamo, torchvision and Hydra before the command's first
+line: a large share of a 2-core CI machine's suite. Each pytest worker keeps one server process that imported those
 libraries once; a command is a child forked from it, with its own argv, working directory, environment, sys.path,
 stdout/stderr and exit status, which imports spfde afresh and runs the module as `python -m` would (its atexit
 handlers included).
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 # libraries every command imports before its first line, and no module of this project (spfde is imported afresh
-# in each child, from the checkout its PYTHONPATH names)
-PRELOAD = ("torch", "torch._dynamo", "torchvision", "sklearn.datasets", "sklearn.model_selection", "hydra",
-           "hydra.utils", "omegaconf", "yaml")
+# in each child, from the checkout its PYTHONPATH names). Not scikit-learn: the digits come from the session's
+# data cache (tests/conftest.py), so a command imports it only when that cache has no split yet.
+PRELOAD = ("torch", "torch._dynamo", "torchvision", "hydra", "hydra.utils", "omegaconf", "yaml")
 
 SERVER = r"""
 import importlib, json, os, sys
