@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from spfde.config import ConfigError
 from spfde.results.pareto import pareto_front, point_label, write_pareto
 from spfde.sweeps.search import check_objectives, installed, search_objectives, trial_values
-from tests.helpers import REPO, lock_held_by_another_process, quick_overrides, run_cli
+from tests.helpers import NATIVE_DIGITS, REPO, lock_held_by_another_process, quick_overrides, run_cli
 
 needs_search = pytest.mark.skipif(not installed(), reason="the search extra is not installed (pip install '.[search]')")
 BOX = ["+search=pareto", "freeze=interval(0.0,0.03)"]  # 2 epochs of ResNet-8 reach 3% by freezing
@@ -132,8 +132,8 @@ def test_search_runs_its_trials_as_run_directories_and_stores_the_study(search):
     trials = study_of(sweep_dir).trials
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:  # each trial is a run directory named by its values (on the 0.001 grid) with its summary
-        name = f"epochs=2,experiment=quickstart,freeze={round(t.params['freeze'], 3)!r},model.depth=8," \
-               f"sieve={round(t.params['sieve'], 3)!r}"
+        name = f"{NATIVE_DIGITS},epochs=2,experiment=quickstart,freeze={round(t.params['freeze'], 3)!r}," \
+               f"model.depth=8,sieve={round(t.params['sieve'], 3)!r}"
         assert re.fullmatch(r".*freeze=0\.\d{1,3},.*sieve=0\.\d{1,3}", name)
         summary = json.loads((sweep_dir / name / "summary.json").read_text())
         assert t.values == [summary["final_acc"], summary["train_flops"]]
@@ -170,7 +170,7 @@ def test_relaunch_continues_the_study_trains_nothing_again_and_a_failed_trial_is
     stopped.suggest_float("freeze", 0.0, 0.03, step=0.001)
     stopped.suggest_float("sieve", 0.0, 0.3, step=0.001)
     study.enqueue_trial({"freeze": 0.002, "sieve": 0.002})
-    busy = sweep_dir / "epochs=2,experiment=quickstart,freeze=0.002,model.depth=8,sieve=0.002"
+    busy = sweep_dir / f"{NATIVE_DIGITS},epochs=2,experiment=quickstart,freeze=0.002,model.depth=8,sieve=0.002"
     busy.mkdir()
     # what only training writes (a finished run rewrites metrics.jsonl from its checkpoint when it is found again)
     written = ("*/summary.json", "*/last.pt")

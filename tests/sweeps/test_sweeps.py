@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from spfde.checks.validation import validate
 from spfde.config import CONF_DIR, register_configs, register_resolvers
-from tests.helpers import REPO, read_metrics, run_cli
+from tests.helpers import NATIVE_DIGITS, REPO, read_metrics, run_cli
 
 SWEEPS = {"smoke": 4, "grid_xy": 75, "table2": 99, "table3": 14, "freeze_schemes": 36, "sieve_methods": 27,
           "dst_compat": 18}
@@ -113,12 +113,16 @@ def summaries(sweep_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))]
 
 
+# the smoke preset on the digits' own 8x8 pixels (a quarter of the convolutions' work of its 16x16)
+SMOKE = ["-m", "+sweep=smoke", NATIVE_DIGITS]
+
+
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory) -> Path:
     """The smoke sweep, run once with the local (submitit) launcher."""
     cwd = tmp_path_factory.mktemp("smoke")
     sweep_dir = cwd / "sweep"
-    proc = run_cli(["-m", "+sweep=smoke", "launcher=local", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)
+    proc = run_cli([*SMOKE, "launcher=local", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir
 
@@ -128,7 +132,8 @@ def test_smoke_sweep_runs_with_the_local_launcher(smoke_sweep):
     runs = summaries(smoke_sweep)
     assert len(runs) == 4 and all(r["final_acc"] > 0.3 for r in runs)
     names = sorted(p.parent.name for p in smoke_sweep.glob("*/summary.json"))
-    assert names == ["freeze=0,sieve=0", "freeze=0,sieve=0.2", "freeze=0.1,sieve=0", "freeze=0.1,sieve=0.2"]
+    jobs = ["freeze=0,sieve=0", "freeze=0,sieve=0.2", "freeze=0.1,sieve=0", "freeze=0.1,sieve=0.2"]
+    assert names == [f"{NATIVE_DIGITS},{job}" for job in jobs]
     assert list((smoke_sweep / ".submitit").iterdir())  # jobs went through submitit
     assert "SpFDE 10%+20%" in (smoke_sweep / "report" / "table.md").read_text()  # the after-sweep callback
     # the preset logs to wandb (offline), so that the README's dashboard of it has runs to show
@@ -156,7 +161,7 @@ def test_status_of_the_local_launcher_smoke_sweep(smoke_sweep):
 @pytest.mark.slow
 def test_relaunched_sweep_does_not_train_again(smoke_sweep):
     before = {p: p.read_text() for p in smoke_sweep.glob("*/metrics.jsonl")}
-    proc = run_cli(["-m", "+sweep=smoke", f"hydra.sweep.dir={smoke_sweep}"], cwd=smoke_sweep.parent)
+    proc = run_cli([*SMOKE, f"hydra.sweep.dir={smoke_sweep}"], cwd=smoke_sweep.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("already finished") + proc.stderr.count("already finished") == 4
     assert {p: p.read_text() for p in smoke_sweep.glob("*/metrics.jsonl")} == before
@@ -282,10 +287,10 @@ def sacct_states(job_ids: list[str], wait_for: str = "COMPLETED", timeout: float
 
 @pytest.mark.slow
 def test_smoke_sweep_runs_through_slurm(slurm_cluster, tmp_path):
-    """The preset's four jobs as an array on the cluster (shortened to 3 epochs without wandb: what the preset
-    trains and logs is checked with the local launcher above)."""
+    """The preset's four jobs as an array on the cluster (shortened to 3 epochs of 8x8 digits without wandb: what
+    the preset trains and logs is checked with the local launcher above)."""
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(["-m", "+sweep=smoke", "epochs=3", "logger=none", *SLURM_TEST_LAUNCHER,
+    proc = run_cli([*SMOKE, "epochs=3", "logger=none", *SLURM_TEST_LAUNCHER,
                     f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(summaries(sweep_dir)) == 4
@@ -298,8 +303,8 @@ def test_smoke_sweep_runs_through_slurm(slurm_cluster, tmp_path):
 @pytest.mark.slow
 def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    # 16 epochs: the requeue lands after epoch 2, with 14 epochs (~8 s at depth 8) left to interrupt
-    args = ["-m", "experiment=quickstart", "model.depth=8", "epochs=16", "seed=0", *SLURM_TEST_LAUNCHER,
+    # 16 epochs: the requeue lands after epoch 2, with 14 epochs (~6 s at depth 8 on 8x8 digits) left to interrupt
+    args = ["-m", "experiment=quickstart", "model.depth=8", NATIVE_DIGITS, "epochs=16", "seed=0", *SLURM_TEST_LAUNCHER,
             f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job"]
     proc = subprocess.Popen([sys.executable, "-m", "spfde.run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -329,11 +334,11 @@ def test_status_of_a_slurm_sweep_with_a_cancelled_job(slurm_cluster, tmp_path):
     from spfde.results.status import sweep_status
 
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "experiment=quickstart", "model.depth=8", "epochs=2,40", "logger=none", *SLURM_TEST_LAUNCHER,
-            f"hydra.sweep.dir={sweep_dir}"]
+    args = ["-m", "experiment=quickstart", "model.depth=8", NATIVE_DIGITS, "epochs=2,40", "logger=none",
+            *SLURM_TEST_LAUNCHER, f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "spfde.run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    long_run = "epochs=40,experiment=quickstart,model.depth=8"
+    long_run = f"{NATIVE_DIGITS},epochs=40,experiment=quickstart,model.depth=8"
     try:
         deadline = time.time() + 300
         while True:  # until the long job has trained an epoch and is seen training
