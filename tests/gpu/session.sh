@@ -114,9 +114,11 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
               model.depth=8 dataset.image_size=16 dataset.test_size=32)
     DATA_ARGS=(--generate 40 --batch-size 8 --steps 2 model=resnet32 model.width=1 model.depth=8
                dataset.image_size=32 dataset.workers=2 device=cpu)
+    RUN_ARGS=(dataset.image_size=8)  # the digits' own 8x8 pixels
 else
     GPU_ARGS=()  # empty: every array is expanded as ${A[@]+"${A[@]}"}, which bash < 4.4 needs under set -u
     DATA_ARGS=(dataset.workers=15)
+    RUN_ARGS=()
 fi
 for step in $steps; do
     case $step in
@@ -129,7 +131,7 @@ for step in $steps; do
             run data 110 $PY -m spfde.bench data --json "$OUT/bench-data.json" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ;;
         torchrun1)  # issue 14: torchrun with one process (no process group) gives a plain run's results
             args=(experiment=quickstart model.depth=8 epochs=4 interval=1 freeze=0.1 sieve=0.2 deterministic=true
-                  logger=none progress=false)
+                  logger=none progress=false ${RUN_ARGS[@]+"${RUN_ARGS[@]}"})
             rm -rf "$OUT/torchrun1"  # two new runs, not a resume of an earlier session's
             run torchrun 30 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m spfde.run \
                 ${args[@]+"${args[@]}"} hydra.run.dir="$OUT/torchrun1/torchrun"
