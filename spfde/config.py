@@ -320,9 +320,22 @@ def register_configs() -> None:
 
 
 # Compositions this process made, newest last: a precheck composes the same command line several times (a search's
-# own settings, its jobs, its sweeper), and each composition takes about a tenth of a second
+# own settings, its jobs, its sweeper), and each composition takes about a tenth of a second. Each is kept with its
+# hydra node, and (once asked for) without it: a copy of that is half the work.
 COMPOSED: OrderedDict[tuple, DictConfig] = OrderedDict()
+WITHOUT_HYDRA: dict[tuple, DictConfig] = {}
 COMPOSED_KEPT = 64
+
+
+def kept_without_hydra(key: tuple) -> DictConfig:
+    """The kept composition of `key` without its hydra node, as Hydra's compose gives it without
+    return_hydra_config (never handed out: callers get copies)."""
+    if key not in WITHOUT_HYDRA:
+        cfg = copy.deepcopy(COMPOSED[key])
+        with open_dict(cfg):
+            del cfg["hydra"]
+        WITHOUT_HYDRA[key] = cfg
+    return WITHOUT_HYDRA[key]
 
 
 def config_files_digest() -> str:
@@ -341,6 +354,14 @@ def config_files_digest() -> str:
     return digest.hexdigest()
 
 
+def compose_key(overrides: list[str]) -> tuple | None:
+    """What a composition depends on: the config files, the user config directory, the working directory (Hydra
+    records it in hydra.runtime.cwd) and the overrides. None with hydra.searchpath among them (other files)."""
+    if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
+        return None
+    return str(CONF_DIR), os.environ.get(USER_CONFIG_ENV, ""), os.getcwd(), tuple(overrides), config_files_digest()
+
+
 def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """Compose conf/config.yaml with command-line style overrides (tests, `spfde.planning.plan`, prechecks): a copy
     of a composition kept from the same overrides, config files, user config directory and working directory
@@ -348,26 +369,75 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
     from hydra import compose, initialize_config_dir
 
     overrides = list(overrides)
-    key = None
-    if not any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
-        key = (str(CONF_DIR), os.environ.get(USER_CONFIG_ENV, ""), os.getcwd(), tuple(overrides), config_files_digest())
-    cfg = COMPOSED.get(key) if key else None
-    if cfg is None:
+    key = compose_key(overrides)
+    keep = key is not None and COMPOSED_KEPT > 0
+    if key in COMPOSED:
+        COMPOSED.move_to_end(key)
+    elif keep and not with_hydra and (derived := with_values_set(key)) is not None:
+        return derived
+    else:
         register_configs()
         register_resolvers()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
-        if key:
-            COMPOSED[key] = cfg
-            while len(COMPOSED) > COMPOSED_KEPT:
-                COMPOSED.popitem(last=False)
-    else:
-        COMPOSED.move_to_end(key)
-    cfg = copy.deepcopy(cfg)  # the caller's own: what it changes, the next caller never sees
-    if not with_hydra and "hydra" in cfg:  # as Hydra's compose does without return_hydra_config
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
+            cfg = compose("config", overrides=overrides, return_hydra_config=with_hydra or keep)
+        if not keep:  # the caller's own
+            return cfg
+        COMPOSED[key] = cfg
+        while len(COMPOSED) > COMPOSED_KEPT:
+            WITHOUT_HYDRA.pop(COMPOSED.popitem(last=False)[0], None)
+    # the caller's own copy: what it changes, the next caller never sees
+    return copy.deepcopy(COMPOSED[key] if with_hydra else kept_without_hydra(key))
+
+
+def with_values_set(key: tuple) -> DictConfig | None:
+    """The composition of key's overrides (without the hydra node) made from a kept one whose overrides differ only
+    in the values of plain keys (a sweep's jobs: freeze=0 vs freeze=0.1): a copy of it with those values set as
+    Hydra sets a command line's values (OmegaConf.update with merge, in struct mode, after the config groups), a
+    hundredth of a second instead of a tenth. Only where the kept values and the order cannot matter: each such
+    key is set in both (key=value at the same place), lies outside the config groups and Hydra's settings, and is
+    given a scalar (which replaces what the node holds; a section or a list would be merged into it), and no other
+    value override names it, a key above it or one below it. None when no kept composition qualifies or a value
+    does not fit (the caller composes: Hydra's error is the one to show)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from omegaconf.errors import OmegaConfBaseException
+
+    *context, overrides, digest = key
+    for kept_key in reversed(COMPOSED):
+        *kept_context, kept, kept_digest = kept_key
+        if kept_context != context or kept_digest != digest or len(kept) != len(overrides):
+            continue
+        differ = [i for i, (a, b) in enumerate(zip(kept, overrides, strict=True)) if a != b]
+        if not differ:
+            continue
+        try:
+            parser = OverridesParser.create()
+            parsed, was = parser.parse_overrides(list(overrides)), parser.parse_overrides([kept[i] for i in differ])
+        except Exception:  # noqa: BLE001 - Hydra reports a bad override when it composes
+            return None
+        values = {i: o for i, o in enumerate(parsed) if o.package is None and not is_group(o.key_or_group)}
+        changed = [values.get(i) for i in differ]
+        if not all(o is not None and o.type == OverrideType.CHANGE and not o.is_sweep_override()
+                   and not o.key_or_group.startswith("hydra") and isinstance(o.value(), SCALARS)
+                   and (w.type, w.package, w.key_or_group) == (o.type, o.package, o.key_or_group)
+                   for o, w in zip(changed, was, strict=True)):
+            return None
+        names = [o.key_or_group for o in changed]
+        others = [o.key_or_group for i, o in values.items() if i not in differ]
+        if len(set(names)) != len(names) or any(k == n or k.startswith(n + ".") or n.startswith(k + ".")
+                                                for n in names for k in others):
+            return None
+        derived = copy.deepcopy(kept_without_hydra(kept_key))
+        try:
+            for o in changed:  # a scalar replaces what the node held: the kept value as the default
+                OmegaConf.update(derived, o.key_or_group, o.value(), merge=True)
+        except OmegaConfBaseException:
+            return None
+        return derived
+    return None
+
+
+SCALARS = (str, int, float, bool, type(None))
 
 
 def run_name(override_dirname: str) -> str:

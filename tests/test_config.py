@@ -50,6 +50,53 @@ def test_a_kept_composition_is_a_copy_that_follows_the_config_files_and_the_work
         compose_config(["experiment=mine"])
 
 
+@pytest.mark.slow
+def test_a_sweeps_jobs_made_from_one_kept_composition_equal_their_own_compositions(monkeypatch):
+    """A job that differs from a kept composition only in plain values is that composition with those values set:
+    the same config as Hydra composes for it, for jobs of every preset and of a command-line sweep. Where the
+    order of the values could matter, or a value does not fit, it is composed (and Hydra's error is raised)."""
+    import spfde.config
+    from spfde.checks.validation import sweep_jobs
+
+    def full(job):
+        with monkeypatch.context() as m:
+            m.setattr(spfde.config, "COMPOSED_KEPT", 0)
+            return compose_config(job)
+
+    made = 0
+    for sweep in [*(f"+sweep={name}" for name in group_options("sweep")),
+                  "experiment=quickstart optim.lr=0.1,1e-2 sparsity.ratio=0.8,0.95 freeze=0,0.25 seed=0,1",
+                  "experiment=quickstart sparsity=rigl,set sparsity.rigl.delta_t=10,20 optim.lr=${optim.momentum},0.5"]:
+        jobs, _ = sweep_jobs(sweep.split())
+        spfde.config.COMPOSED.clear()
+        first = compose_config(jobs[0])
+        for job in jobs[1::max(1, len(jobs) // 2)]:
+            derived = spfde.config.with_values_set(spfde.config.compose_key(job))
+            made += derived is not None
+            assert OmegaConf.to_yaml(compose_config(job)) == OmegaConf.to_yaml(full(job)), job
+            assert compose_config(job) == full(job) and compose_config(job) is not compose_config(job), job
+        assert OmegaConf.to_yaml(compose_config(jobs[0])) == OmegaConf.to_yaml(first)  # the kept one is untouched
+    assert made >= 10
+    # an order that decides the value: the last optim.lr wins, as in Hydra
+    compose_config(["experiment=quickstart", "optim.lr=0.3", "optim.lr=0.2"])
+    assert compose_config(["experiment=quickstart", "optim.lr=0.1", "optim.lr=0.2"]).optim.lr == 0.2
+    # a section, a value given to a section's key, a group: composed
+    kept = ["experiment=quickstart", "optim.lr=0.1", "model.depth=8"]
+    compose_config(kept)
+    for other in (["experiment=quickstart", "optim={lr:0.2}", "model.depth=8"],
+                  ["experiment=quickstart", "optim.lr=0.1", "model=resnet50"],
+                  ["experiment=quickstart", "optim.lr=0.1", "model.depth=[8]"],
+                  ["experiment=quickstart", "optim.lr=0.1", "sparsity.mest={lambda_grad:0.5}"],
+                  ["experiment=quickstart", "optim.lr=0.1", "freeze=0.1"]):  # where the kept one set model.depth
+        assert spfde.config.with_values_set(spfde.config.compose_key(other)) is None, other
+    compose_config(["experiment=quickstart", "sparsity.mest={mode:em}"])  # a section: merged into, not replaced
+    assert compose_config(["experiment=quickstart", "sparsity.mest={lambda_grad:0.5}"]).sparsity.mest.mode == "ems"
+    compose_config(["experiment=quickstart", "model=resnet50"])
+    assert compose_config(["experiment=quickstart", "epochs=3"]).model.name == "resnet32"
+    with pytest.raises(Exception, match="Error merging override freeze=abc"):
+        compose_config(["experiment=quickstart", "freeze=abc", "model.depth=8"])
+
+
 def test_default_is_paper_cifar100_setup():
     cfg = make_cfg([])
     assert (cfg.dataset.name, cfg.model.name, cfg.model.width) == ("cifar100", "resnet32", 2)

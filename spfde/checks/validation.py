@@ -359,7 +359,7 @@ def checked_sweep(overrides: list[str], data: bool = True,
     for job in jobs:
         try:
             cfg = compose_checked(job)
-            same_but_seed = re.sub(r"(?m)^seed: .*$", "", OmegaConf.to_yaml(cfg))
+            same_but_seed = repr({k: v for k, v in OmegaConf.to_container(cfg).items() if k != "seed"})
             if same_but_seed not in checked:
                 check_before_work(cfg, data)
                 checked.add(same_but_seed)
