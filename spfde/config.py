@@ -403,16 +403,15 @@ def with_values_set(key: tuple) -> DictConfig | None:
     from omegaconf.errors import OmegaConfBaseException
 
     *context, overrides, digest = key
-    for kept_key in reversed(COMPOSED):
+    parser, parsed = OverridesParser.create(), None
+    for kept_key in reversed(COMPOSED):  # the newest first
         *kept_context, kept, kept_digest = kept_key
         if kept_context != context or kept_digest != digest or len(kept) != len(overrides):
             continue
         differ = [i for i, (a, b) in enumerate(zip(kept, overrides, strict=True)) if a != b]
-        if not differ:
-            continue
         try:
-            parser = OverridesParser.create()
-            parsed, was = parser.parse_overrides(list(overrides)), parser.parse_overrides([kept[i] for i in differ])
+            parsed = parsed or parser.parse_overrides(list(overrides))
+            was = parser.parse_overrides([kept[i] for i in differ])
         except Exception:  # noqa: BLE001 - Hydra reports a bad override when it composes
             return None
         values = {i: o for i, o in enumerate(parsed) if o.package is None and not is_group(o.key_or_group)}
@@ -421,12 +420,12 @@ def with_values_set(key: tuple) -> DictConfig | None:
                    and not o.key_or_group.startswith("hydra") and isinstance(o.value(), SCALARS)
                    and (w.type, w.package, w.key_or_group) == (o.type, o.package, o.key_or_group)
                    for o, w in zip(changed, was, strict=True)):
-            return None
+            continue
         names = [o.key_or_group for o in changed]
         others = [o.key_or_group for i, o in values.items() if i not in differ]
         if len(set(names)) != len(names) or any(k == n or k.startswith(n + ".") or n.startswith(k + ".")
                                                 for n in names for k in others):
-            return None
+            continue
         derived = copy.deepcopy(kept_without_hydra(kept_key))
         try:
             for o in changed:  # a scalar replaces what the node held: the kept value as the default

@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 
-from omegaconf import OmegaConf
-
-from spfde.checks.validation import check_dense_layers, compose_checked, parse_overrides, sweep_jobs, validate
-from spfde.config import ConfigError, compose_config, is_group
+from spfde.checks.validation import check_dense_layers, compose_checked, parse_overrides, sweep_jobs
+from spfde.config import ConfigError, compose_config
 from spfde.data import FOLDERS, DataError
 from spfde.data.folders import find_image_folder, list_image_folder, planned_image_size
 from spfde.planning.calibrate import calibrate, estimate, fmt_duration, timeout_minutes, used_depths
@@ -277,43 +275,29 @@ def render(plan: dict) -> str:
 
 
 def sweep_configs(overrides: list[str]) -> list[tuple[list[str], object]]:
-    """The jobs of `-m overrides` with their checked configs, as `checked_sweep` gives them, fast: Hydra composes
-    once per distinct choice of config groups (and +/~ overrides), and each job's plain `key=value` overrides
-    are set on a copy of that composition, as Hydra sets command-line values after composing; then `validate`.
-    A job whose values do not apply that way is composed by `compose_checked` itself (its error, word for
-    word). The seeds of one configuration share its config object (that of its first seed: plans do not depend
-    on the seed). The data, model and freeze checks are the plan's own (build_plan)."""
+    """The jobs of `-m overrides` with their checked configs, as `checked_sweep` gives them, fast: jobs that differ
+    only in `key=value` overrides are made from one composition (`spfde.config.compose_config`), and the seeds of
+    one configuration share its config object (that of its first seed: plans do not depend on the seed). The data,
+    model and freeze checks are the plan's own (build_plan)."""
     jobs, standins = sweep_jobs(overrides)
     if standins:
         given = next(iter(standins))
         raise ConfigError(f"{given} is drawn by another sweeper during the sweep: spfde.plan -m plans the jobs of "
                           "a grid (a=1,2, choice, range, glob); plan a few of its values instead (one run each)")
-    composed: dict[tuple, object] = {}
     configs: dict[tuple, object] = {}  # a job's config but for its seed
     out, errors = [], []
     for job in jobs:
-        values = [o for o in job if not o.startswith(("+", "~")) and not is_group(o.split("=", 1)[0])]
-        groups = tuple(o for o in job if o not in values)
-        seeds = [o for o in values if o.split("=", 1)[0] == "seed"]
-        config = (groups, tuple(o for o in values if o not in seeds))
+        seeds = [o for o in job if o.split("=", 1)[0] == "seed"]
+        config = tuple(o for o in job if o not in seeds)
         try:
             if config in configs and all(isinstance(o.value(), int) for o in parse_overrides(seeds)):
-                # another seed of a checked configuration: the same config (copying it is most of the time)
-                out.append((job, configs[config]))
+                out.append((job, configs[config]))  # another seed of a checked configuration: the same config
                 continue
-            if groups not in composed:
-                composed[groups] = compose_config(list(groups))
-            cfg = copy.deepcopy(composed[groups])
-            for o in parse_overrides(values):
-                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
-            validate(cfg)
-            configs[config] = cfg
-        except Exception:  # noqa: BLE001 - composed the slow way below, which says what is wrong in one line
-            try:
-                cfg = compose_checked(job)
-            except ConfigError as e:
-                errors.append((" ".join(job), str(e)))
-                continue
+            cfg = compose_checked(job)
+        except ConfigError as e:
+            errors.append((" ".join(job), str(e)))
+            continue
+        configs[config] = cfg
         out.append((job, cfg))
     alike = {e for _, e in errors}
     if errors and len(errors) == len(jobs) and len(alike) == 1:
