@@ -403,18 +403,19 @@ def with_values_set(key: tuple) -> DictConfig | None:
     from omegaconf.errors import OmegaConfBaseException
 
     *context, overrides, digest = key
-    parser, parsed = OverridesParser.create(), None
+    parser, values = OverridesParser.create(), None
     for kept_key in reversed(COMPOSED):  # the newest first
         *kept_context, kept, kept_digest = kept_key
         if kept_context != context or kept_digest != digest or len(kept) != len(overrides):
             continue
         differ = [i for i, (a, b) in enumerate(zip(kept, overrides, strict=True)) if a != b]
         try:
-            parsed = parsed or parser.parse_overrides(list(overrides))
+            if values is None:  # the value overrides by their place, parsed once
+                values = {i: o for i, o in enumerate(parser.parse_overrides(list(overrides)))
+                          if o.package is None and not is_group(o.key_or_group)}
             was = parser.parse_overrides([kept[i] for i in differ])
         except Exception:  # noqa: BLE001 - Hydra reports a bad override when it composes
             return None
-        values = {i: o for i, o in enumerate(parsed) if o.package is None and not is_group(o.key_or_group)}
         changed = [values.get(i) for i in differ]
         if not all(o is not None and o.type == OverrideType.CHANGE and not o.is_sweep_override()
                    and not o.key_or_group.startswith("hydra") and isinstance(o.value(), SCALARS)
