@@ -389,6 +389,9 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
     return copy.deepcopy(COMPOSED[key] if with_hydra else kept_without_hydra(key))
 
 
+SCALARS = (str, int, float, bool, type(None))  # the values with_values_set sets (others would be merged)
+
+
 def with_values_set(key: tuple) -> DictConfig | None:
     """The composition of key's overrides (without the hydra node) made from a kept one whose overrides differ only
     in the values of plain keys (a sweep's jobs: freeze=0 vs freeze=0.1): a copy of it with those values set as
@@ -435,9 +438,6 @@ def with_values_set(key: tuple) -> DictConfig | None:
             return None
         return derived
     return None
-
-
-SCALARS = (str, int, float, bool, type(None))
 
 
 def run_name(override_dirname: str) -> str:

@@ -33,8 +33,8 @@ def make_cfg(overrides: list[str], run_dir: Path | None = None):
     return cfg
 
 
-# the digits at their own 8x8 pixels (the quickstart upsamples them to 16): half the CPU time of a training step, and
-# nothing a test of the training checks depends on the image size
+# the digits at their own 8x8 pixels (the quickstart upsamples them to 16): half the CPU time of a training step;
+# the tests whose checks depend on the image size keep 16x16 and say why
 NATIVE_DIGITS = "dataset.image_size=8"
 
 
